@@ -1,0 +1,241 @@
+//! The application: builds every component from the settings, runs them, and stops them in
+//! order. Data flows one way: ingest -> event log -> tracker (actors) -> record writer.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use metrics::{counter, gauge};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::Settings;
+use crate::health::Health;
+use crate::ingest::Ingest;
+use crate::log::EventLog;
+use crate::merge::PriceBook;
+use crate::tracker::{CallContext, Tracker};
+use crate::writer::RecordWriter;
+use crate::{db, http, telemetry};
+
+/// How often unit prices are re-read from `cost_models`.
+const PRICE_REFRESH: Duration = Duration::from_secs(60);
+
+pub struct Application {
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    health: Health,
+}
+
+impl Application {
+    /// Binds the HTTP port and prepares the database pool (connections are made lazily, so a
+    /// database that is down does not stop the service from starting and reporting it).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("http.listen: cannot bind {}", settings.http.listen))?;
+        let pool = db::pool(&settings.database)?;
+        Ok(Application {
+            settings,
+            pool,
+            listener,
+            health: Health::default(),
+        })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Runs until `shutdown` fires, then stops within `shutdown.timeout`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            pool,
+            listener,
+            health,
+        } = self;
+        let metrics = telemetry::metrics();
+        gauge!("cdr_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("CDR_GIT_COMMIT").unwrap_or("unknown")).set(1.0);
+        health.set_database_up(false);
+        health.set_broker_up(false);
+
+        let http_stop = CancellationToken::new();
+        let tracker_slot: http::TrackerSlot = Arc::default();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            health.clone(),
+            metrics,
+            tracker_slot.clone(),
+            http_stop.clone(),
+        ));
+
+        // Schema first: nothing else can run without it.
+        if settings.database.migrate {
+            let mut backoff = Backoff::new(&settings.backoff);
+            loop {
+                match db::migrate(&pool).await {
+                    Ok(()) => break,
+                    Err(db::DbError::Sqlx(e)) | Err(db::DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
+                        if db::is_transient(&e) =>
+                    {
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "database not reachable for migrations; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.cancelled() => { http_stop.cancel(); return Ok(()); }
+                        }
+                    }
+                    Err(e) => return Err(e).context("database migrations"),
+                }
+            }
+            info!("schema up to date");
+        }
+        health.set_database_up(true);
+
+        let prices = Arc::new(RwLock::new(Arc::new(load_prices(&pool).await.unwrap_or_default())));
+        let price_task = tokio::spawn(refresh_prices(pool.clone(), prices.clone()));
+
+        let (writer, writer_handle) = RecordWriter::new(
+            pool.clone(),
+            settings.writer.clone(),
+            settings.backoff.clone(),
+            health.clone(),
+        );
+        let writer_drain = CancellationToken::new();
+        let writer_abort = CancellationToken::new();
+        let writer_task = tokio::spawn(writer.run(writer_drain.clone(), writer_abort.clone()));
+
+        let log = EventLog::new(pool.clone());
+        let (tracker, _supervisor) = Tracker::start(
+            CallContext {
+                log: log.clone(),
+                writer: writer_handle,
+                prices,
+                calls: Arc::default(),
+                linger: settings.tracker.linger,
+                idle_timeout: settings.tracker.idle_timeout,
+                backoff: settings.backoff.clone(),
+            },
+            &settings.tracker,
+        )
+        .await?;
+        let _ = tracker_slot.set(tracker.clone());
+
+        recover(&pool, &tracker, &settings, &shutdown).await;
+        health.set_recovered();
+
+        let ingest_stop = CancellationToken::new();
+        let ingest = Ingest::new(
+            settings.amqp.clone(),
+            settings.ingest.clone(),
+            settings.backoff.clone(),
+            log,
+            tracker.clone(),
+            health.clone(),
+        );
+        let mut ingest_task = tokio::spawn(ingest.run(ingest_stop.clone()));
+        info!(http = %settings.http.listen, "cdr-service running");
+
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            r = &mut ingest_task => {
+                error!(result = ?r, "ingest ended unexpectedly");
+            }
+        }
+
+        // Stop in flow order: no new deliveries (commit and ack what is held), then the actors
+        // (ended calls write their records), then the writer drains.
+        let bound = settings.shutdown.timeout;
+        let started = Instant::now();
+        info!(bound = ?bound, "shutting down");
+        ingest_stop.cancel();
+        if tokio::time::timeout(bound, &mut ingest_task).await.is_err() {
+            warn!("ingest did not stop within the bound; unacked deliveries will be redelivered");
+            ingest_task.abort();
+        }
+        tracker
+            .shutdown(bound.saturating_sub(started.elapsed()))
+            .await;
+        writer_drain.cancel();
+        let remaining = bound.saturating_sub(started.elapsed());
+        let mut writer_task = writer_task;
+        if tokio::time::timeout(remaining, &mut writer_task).await.is_err() {
+            writer_abort.cancel();
+            let _ = writer_task.await;
+        }
+        price_task.abort();
+        http_stop.cancel();
+        let _ = http_task.await;
+        pool.close().await;
+        info!(took = ?started.elapsed(), "stopped");
+        Ok(())
+    }
+}
+
+/// Rebuilds every call whose logged events are not all folded into its written record: the
+/// calls that were active (or waiting to be written) when the service last stopped.
+async fn recover(pool: &PgPool, tracker: &Tracker, settings: &Settings, shutdown: &CancellationToken) {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(&settings.backoff);
+    let calls: Vec<(String, i64)> = loop {
+        let result = sqlx::query_as(
+            "SELECT e.call_id, count(*) AS events \
+             FROM call_events e LEFT JOIN calls c ON c.call_id = e.call_id \
+             GROUP BY e.call_id, c.event_count \
+             HAVING count(*) > COALESCE(c.event_count, 0)",
+        )
+        .fetch_all(pool)
+        .await;
+        match result {
+            Ok(rows) => break rows,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "recovery query failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    let events: i64 = calls.iter().map(|(_, n)| n).sum();
+    let count = calls.len();
+    if let Err(e) = tracker.resume(calls.into_iter().map(|(c, _)| c).collect()).await {
+        error!(error = %e, "could not resume calls; they resume with their next event");
+    }
+    counter!("cdr_calls_recovered_total").increment(count as u64);
+    info!(calls = count, events, took = ?started.elapsed(), "recovered active calls from the event log");
+}
+
+async fn load_prices(pool: &PgPool) -> Result<PriceBook, sqlx::Error> {
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>, rust_decimal::Decimal)> =
+        sqlx::query_as("SELECT resource_type, start_date, cost_per_unit::numeric FROM cost_models")
+            .fetch_all(pool)
+            .await?;
+    Ok(PriceBook::new(rows))
+}
+
+async fn refresh_prices(pool: PgPool, prices: Arc<RwLock<Arc<PriceBook>>>) {
+    let mut tick = tokio::time::interval(PRICE_REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match load_prices(&pool).await {
+            Ok(book) => {
+                if let Ok(mut slot) = prices.write() {
+                    *slot = Arc::new(book);
+                }
+            }
+            Err(e) => warn!(error = %e, "could not refresh cost_models; keeping the previous prices"),
+        }
+    }
+}

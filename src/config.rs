@@ -1,0 +1,502 @@
+//! Layered configuration: built-in defaults (`config/default.toml`), an optional file,
+//! the platform's own environment names, then `CDR__SECTION__KEY` variables.
+//!
+//! Every value is checked here, at startup, so that a bad setting stops the service with a
+//! message naming the key and the value instead of failing later in the middle of a call storm.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The defaults, compiled in so that the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override any key: `CDR__TRACKER__LINGER=5s`.
+pub const ENV_PREFIX: &str = "CDR__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: key `{key}` has invalid value {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub ingest: IngestSettings,
+    pub tracker: TrackerSettings,
+    pub writer: WriterSettings,
+    pub backoff: BackoffSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate: bool,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub exchange: String,
+    pub accept_existing_exchange_type: bool,
+    pub queue: String,
+    pub binding_key: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub prefetch: u16,
+    pub consumer_tag: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub batch_size: usize,
+    #[serde(with = "duration")]
+    pub batch_max_age: Duration,
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerSettings {
+    #[serde(with = "duration")]
+    pub linger: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    pub restart_budget: u32,
+    #[serde(with = "duration")]
+    pub restart_window: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterSettings {
+    pub batch_size: usize,
+    #[serde(with = "duration")]
+    pub batch_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSettings {
+    #[serde(with = "duration")]
+    pub initial: Duration,
+    #[serde(with = "duration")]
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Console,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// Loads the layered configuration from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads the layered configuration with an explicit environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Serialized::defaults(platform_overrides(&env)));
+        // `Env` reads the real process environment; feed it ours through a closure-free
+        // provider so that tests stay hermetic.
+        let prefixed: Vec<(String, String)> = env
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .map(|rest| (rest.to_ascii_lowercase().replace("__", "."), v.clone()))
+            })
+            .collect();
+        for (key, value) in prefixed {
+            figment = figment.merge(Serialized::default(&key, env_value(&value)));
+        }
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                reason: reason.to_string(),
+            }
+        }
+        if !(self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                &self.database.url,
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.database.max_connections < 2 {
+            return Err(invalid(
+                "database.max_connections",
+                self.database.max_connections,
+                "must be at least 2 (the event log and the record writer each hold one)",
+            ));
+        }
+        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+            return Err(invalid(
+                "amqp.url",
+                &self.amqp.url,
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        for (key, value) in [
+            ("amqp.exchange", &self.amqp.exchange),
+            ("amqp.queue", &self.amqp.queue),
+            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
+        ] {
+            if value.trim().is_empty() || value.len() > 255 {
+                return Err(invalid(key, value, "must be 1 to 255 characters"));
+            }
+        }
+        if self.amqp.exchange == self.amqp.dead_letter_exchange {
+            return Err(invalid(
+                "amqp.dead_letter_exchange",
+                &self.amqp.dead_letter_exchange,
+                "must differ from amqp.exchange, or dead letters would be consumed again",
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(invalid(
+                "amqp.prefetch",
+                0,
+                "must be at least 1 (0 would mean unlimited)",
+            ));
+        }
+        if self.ingest.batch_size == 0 || self.ingest.batch_size > 10_000 {
+            return Err(invalid(
+                "ingest.batch_size",
+                self.ingest.batch_size,
+                "must be between 1 and 10000",
+            ));
+        }
+        if usize::from(self.amqp.prefetch) < self.ingest.batch_size {
+            return Err(invalid(
+                "amqp.prefetch",
+                self.amqp.prefetch,
+                "must be at least ingest.batch_size, or batches could never fill",
+            ));
+        }
+        if self.ingest.max_body_bytes < 1024 {
+            return Err(invalid(
+                "ingest.max_body_bytes",
+                self.ingest.max_body_bytes,
+                "must be at least 1024",
+            ));
+        }
+        if self.ingest.max_json_depth < 4 || self.ingest.max_json_depth > 512 {
+            return Err(invalid(
+                "ingest.max_json_depth",
+                self.ingest.max_json_depth,
+                "must be between 4 and 512",
+            ));
+        }
+        if self.writer.batch_size == 0 || self.writer.batch_size > 10_000 {
+            return Err(invalid(
+                "writer.batch_size",
+                self.writer.batch_size,
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.tracker.idle_timeout <= self.tracker.linger {
+            return Err(invalid(
+                "tracker.idle_timeout",
+                humantime::format_duration(self.tracker.idle_timeout),
+                "must be longer than tracker.linger",
+            ));
+        }
+        if self.tracker.restart_budget == 0 {
+            return Err(invalid(
+                "tracker.restart_budget",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
+            return Err(invalid(
+                "backoff.max",
+                humantime::format_duration(self.backoff.max),
+                "backoff.initial must be non-zero and backoff.max at least backoff.initial",
+            ));
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(invalid(
+                "log.level",
+                &self.log.level,
+                "is not a tracing filter (try \"info\" or \"cdr_service=debug\")",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The platform's own variable names, which deployments already set.
+fn platform_overrides(env: &[(String, String)]) -> figment::value::Dict {
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let mut database = figment::value::Dict::new();
+    if let Some(url) = get("POSTGRES_URL").or_else(|| get("DATABASE_URL")) {
+        database.insert("url".into(), url.into());
+    }
+    let mut amqp = figment::value::Dict::new();
+    if let Some(url) = get("RABBITMQ_URL") {
+        amqp.insert("url".into(), url.into());
+    }
+    let mut log = figment::value::Dict::new();
+    if let Some(env_name) = get("ENV") {
+        let format = if env_name.eq_ignore_ascii_case("production") {
+            "json"
+        } else {
+            "console"
+        };
+        log.insert("format".into(), format.into());
+    }
+    if let Some(level) = get("LOG_LEVEL") {
+        log.insert("level".into(), level.to_ascii_lowercase().into());
+    }
+    let mut root = figment::value::Dict::new();
+    for (name, dict) in [("database", database), ("amqp", amqp), ("log", log)] {
+        if !dict.is_empty() {
+            root.insert(name.into(), dict.into());
+        }
+    }
+    root
+}
+
+/// Environment values are strings; numbers and booleans are recognised the way TOML would.
+fn env_value(raw: &str) -> figment::value::Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        return b.into();
+    }
+    if let Ok(n) = raw.parse::<u64>() {
+        return n.into();
+    }
+    raw.into()
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::from("(top level)")
+            } else {
+                e.path.join(".")
+            };
+            format!("key `{key}`: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// humantime durations whose parse errors repeat the offending value.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let raw = String::deserialize(d)?;
+        humantime::parse_duration(&raw).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{raw:?} is not a duration ({e}); write it like \"250ms\", \"2s\" or \"2h\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.amqp.exchange, "sentiric_events");
+        assert_eq!(s.amqp.queue, "sentiric.cdr_service.events");
+        assert_eq!(s.http.listen.port(), 12052);
+        assert_eq!(s.tracker.linger, Duration::from_secs(2));
+        assert_eq!(s.ingest.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn platform_names_and_prefixed_variables_override() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://a@h/db1"),
+                ("RABBITMQ_URL", "amqp://u:p@h:5672/%2f"),
+                ("ENV", "production"),
+                ("LOG_LEVEL", "DEBUG"),
+                ("CDR__TRACKER__LINGER", "750ms"),
+                ("CDR__AMQP__PREFETCH", "900"),
+                ("CDR__AMQP__ACCEPT_EXISTING_EXCHANGE_TYPE", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url, "postgres://a@h/db1");
+        assert_eq!(s.amqp.url, "amqp://u:p@h:5672/%2f");
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.log.level, "debug");
+        assert_eq!(s.tracker.linger, Duration::from_millis(750));
+        assert_eq!(s.amqp.prefetch, 900);
+        assert!(s.amqp.accept_existing_exchange_type);
+    }
+
+    #[test]
+    fn postgres_url_wins_over_database_url() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://a@h/one"),
+                ("POSTGRES_URL", "postgres://a@h/two"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url, "postgres://a@h/two");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_value() {
+        let err = Settings::load_from(None, env(&[("CDR__TRACKER__LINGER", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tracker.linger"), "{err}");
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn bad_number_names_key_and_value() {
+        let err = Settings::load_from(None, env(&[("CDR__AMQP__PREFETCH", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.prefetch"), "{err}");
+        assert!(err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_value() {
+        let err = Settings::load_from(None, env(&[("CDR__AMQP__PREFETCH", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.prefetch") && err.contains("\"0\""), "{err}");
+        let err = Settings::load_from(None, env(&[("POSTGRES_URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url") && err.contains("mysql://x"), "{err}");
+        let err = Settings::load_from(None, env(&[("CDR__TRACKER__IDLE_TIMEOUT", "1s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tracker.idle_timeout") && err.contains("1s"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.toml");
+        std::fs::write(&path, "[tracker]\nlinger = \"1s\"\nlingr = \"2s\"\n").unwrap();
+        let err = Settings::load_from(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lingr"), "{err}");
+    }
+
+    #[test]
+    fn file_layers_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.toml");
+        std::fs::write(&path, "[amqp]\nexchange = \"other\"\n").unwrap();
+        let s = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.amqp.exchange, "other");
+        assert_eq!(s.amqp.queue, "sentiric.cdr_service.events");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/cdr.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/cdr.toml"), "{err}");
+    }
+}

@@ -1,0 +1,51 @@
+//! What readiness is made of: the database and the broker reachable, recovery done.
+//! Shared by the components that learn it and the HTTP probes that report it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics::gauge;
+
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    database_up: AtomicBool,
+    broker_up: AtomicBool,
+    recovered: AtomicBool,
+}
+
+impl Health {
+    pub fn set_database_up(&self, up: bool) {
+        self.inner.database_up.store(up, Ordering::Relaxed);
+        gauge!("cdr_database_up").set(f64::from(u8::from(up)));
+    }
+
+    pub fn set_broker_up(&self, up: bool) {
+        self.inner.broker_up.store(up, Ordering::Relaxed);
+        gauge!("cdr_broker_up").set(f64::from(u8::from(up)));
+    }
+
+    pub fn set_recovered(&self) {
+        self.inner.recovered.store(true, Ordering::Relaxed);
+    }
+
+    pub fn database_up(&self) -> bool {
+        self.inner.database_up.load(Ordering::Relaxed)
+    }
+
+    pub fn broker_up(&self) -> bool {
+        self.inner.broker_up.load(Ordering::Relaxed)
+    }
+
+    pub fn recovered(&self) -> bool {
+        self.inner.recovered.load(Ordering::Relaxed)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.database_up() && self.broker_up() && self.recovered()
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP surface: Prometheus metrics, liveness and readiness probes, and the live view of
+//! active calls.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::tracker::Tracker;
+
+#[derive(Clone)]
+struct AppState {
+    health: Health,
+    metrics: PrometheusHandle,
+    tracker: std::sync::Arc<tokio::sync::OnceCell<Tracker>>,
+}
+
+/// The tracker is set once it has started; until then the live view answers 503.
+pub type TrackerSlot = std::sync::Arc<tokio::sync::OnceCell<Tracker>>;
+
+pub async fn serve(
+    listener: TcpListener,
+    health: Health,
+    metrics: PrometheusHandle,
+    tracker: TrackerSlot,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/calls", get(active_calls))
+        .route("/calls/{call_id}", get(one_call))
+        .with_state(AppState {
+            health,
+            metrics,
+            tracker,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn render_metrics(State(s): State<AppState>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let body = json!({
+        "ready": s.health.ready(),
+        "database": s.health.database_up(),
+        "broker": s.health.broker_up(),
+        "recovered": s.health.recovered(),
+    });
+    let code = if s.health.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn active_calls(State(s): State<AppState>) -> Response {
+    match s.tracker.get() {
+        Some(t) => Json(t.active()).into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn one_call(State(s): State<AppState>, Path(call_id): Path<String>) -> Response {
+    let Some(tracker) = s.tracker.get() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match tracker.inspect(&call_id).await {
+        Some(live) => Json(live).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no active call with this id", "call_id": call_id })),
+        )
+            .into_response(),
+    }
+}

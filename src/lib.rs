@@ -1,0 +1,21 @@
+//! cdr-service: the platform's call-detail-record service.
+//!
+//! Call events flow one way: [`ingest`] (RabbitMQ) -> [`log`] (`call_events`) -> [`tracker`]
+//! (one actor per active call, folding with [`merge`]) -> [`writer`] (`calls`).
+//! See `ARCHITECTURE.md` for the codemap and the invariants.
+
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod health;
+pub mod http;
+pub mod ingest;
+pub mod log;
+pub mod merge;
+pub mod simulate;
+pub mod telemetry;
+pub mod tracker;
+pub mod writer;

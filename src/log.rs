@@ -1,0 +1,329 @@
+//! The event log: every distinct raw event, in `call_events`. It is the write-ahead log of the
+//! service: a delivery is acked only after its event is committed here, and every call's state
+//! can be rebuilt from it.
+//!
+//! A batch is one statement (UNNEST), so the cost per event is a few microseconds of the
+//! database, not a round trip.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::event::{Envelope, EventKind};
+use crate::merge::CallEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The database cannot be reached: retry the same batch later.
+    #[error("event log unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The database refused the data itself: retrying the same batch will fail the same way.
+    #[error("event log refused the batch: {0}")]
+    Refused(sqlx::Error),
+}
+
+impl From<sqlx::Error> for LogError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::db::is_transient(&e) {
+            LogError::Unavailable(e)
+        } else {
+            LogError::Refused(e)
+        }
+    }
+}
+
+/// An event as committed to the log.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub event_id: i64,
+    pub call_id: String,
+    pub event: CallEvent,
+}
+
+/// The outcome of appending a batch.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// The events that were new, in batch order.
+    pub inserted: Vec<LoggedEvent>,
+    /// Messages already in the log (redeliveries and exact duplicates).
+    pub duplicates: usize,
+}
+
+#[derive(Clone)]
+pub struct EventLog {
+    pool: PgPool,
+}
+
+impl EventLog {
+    pub fn new(pool: PgPool) -> Self {
+        EventLog { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends a batch in one transaction: the raw events, then the per-event projections
+    /// (dialog turns, usage lines), so that a committed event always has its projections.
+    pub async fn append(&self, batch: &[Envelope]) -> Result<Appended, LogError> {
+        if batch.is_empty() {
+            return Ok(Appended::default());
+        }
+        let n = batch.len();
+        let mut call_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut timestamps = Vec::with_capacity(n);
+        let mut inferred = Vec::with_capacity(n);
+        let mut received = Vec::with_capacity(n);
+        let mut traces = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        for e in batch {
+            call_ids.push(e.call_id.as_str());
+            event_types.push(e.event_type.as_str());
+            timestamps.push(e.timestamp);
+            inferred.push(e.timestamp_inferred);
+            received.push(e.received_at);
+            traces.push(e.trace_id.as_deref());
+            bodies.push(e.body.as_str());
+            hashes.push(e.body_hash.as_slice());
+        }
+
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "INSERT INTO call_events \
+               (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
+             SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
+                         $6::text[], $7::text[], $8::bytea[]) \
+                  AS t(call_id, event_type, ts, inferred, received, trace, body, hash) \
+             ON CONFLICT (call_id, body_sha256) DO NOTHING \
+             RETURNING event_id, call_id, body_sha256",
+        )
+        .bind(&call_ids)
+        .bind(&event_types)
+        .bind(&timestamps)
+        .bind(&inferred)
+        .bind(&received)
+        .bind(&traces)
+        .bind(&bodies)
+        .bind(&hashes)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        self.project_dialog_turns(&mut tx, batch).await?;
+        self.project_usage(&mut tx, batch).await?;
+        tx.commit().await?;
+
+        let ids: HashMap<(&str, &[u8]), i64> = rows
+            .iter()
+            .map(|(id, call, hash)| ((call.as_str(), hash.as_slice()), *id))
+            .collect();
+        let mut seen = HashSet::with_capacity(n);
+        let mut inserted = Vec::with_capacity(rows.len());
+        for e in batch {
+            let key = (e.call_id.as_str(), e.body_hash.as_slice());
+            if let Some(id) = ids.get(&key)
+                && seen.insert(key)
+            {
+                inserted.push(LoggedEvent {
+                    event_id: *id,
+                    call_id: e.call_id.clone(),
+                    event: CallEvent {
+                        timestamp: e.timestamp,
+                        timestamp_inferred: e.timestamp_inferred,
+                        body_hash: e.body_hash,
+                        trace_id: e.trace_id.clone(),
+                        kind: e.kind.clone(),
+                    },
+                });
+            }
+        }
+        inserted.sort_by_key(|e| e.event_id);
+        Ok(Appended {
+            duplicates: n - inserted.len(),
+            inserted,
+        })
+    }
+
+    async fn project_dialog_turns(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        batch: &[Envelope],
+    ) -> Result<(), sqlx::Error> {
+        let turns: Vec<(&Envelope, &crate::event::DialogTurn)> = batch
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::DialogTurn(t) => Some((e, t.as_ref())),
+                _ => None,
+            })
+            .collect();
+        if turns.is_empty() {
+            return Ok(());
+        }
+        // One row per (call, turn); between two versions of a turn the later one by content
+        // (timestamp, then body hash) wins, whatever the order they were logged in.
+        let mut latest: HashMap<(&str, i32), (&Envelope, &crate::event::DialogTurn)> =
+            HashMap::new();
+        for (e, t) in turns {
+            let key = (e.call_id.as_str(), t.turn_index);
+            let newer = latest
+                .get(&key)
+                .is_none_or(|(old, _)| (e.timestamp, e.body_hash) > (old.timestamp, old.body_hash));
+            if newer {
+                latest.insert(key, (e, t));
+            }
+        }
+        let rows: Vec<_> = latest.into_values().collect();
+        sqlx::query(
+            "INSERT INTO call_dialog_events AS d \
+               (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], \
+                                  $6::int[], $7::int[], $8::int[], $9::timestamptz[], $10::bytea[]) \
+             ON CONFLICT (call_id, turn_index) DO UPDATE SET \
+               user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
+               rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
+               llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
+               event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
+             WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256)",
+        )
+        .bind(rows.iter().map(|(e, _)| e.call_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| t.turn_index).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| t.user_text.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| t.ai_text.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| sqlx::types::Json(&t.rag_sources)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| t.stt_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| t.llm_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, t)| t.tts_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(e, _)| e.timestamp).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(e, _)| e.body_hash.as_slice()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn project_usage(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        batch: &[Envelope],
+    ) -> Result<(), sqlx::Error> {
+        let mut latest: HashMap<(&str, String), (&Envelope, &crate::event::Usage)> =
+            HashMap::new();
+        for e in batch {
+            if let EventKind::UsageReported(u) = &e.kind {
+                let key = (e.call_id.as_str(), usage_key(u, &e.body_hash));
+                let newer = latest.get(&key).is_none_or(|(_, old)| {
+                    (&u.resource_type, u.quantity) > (&old.resource_type, old.quantity)
+                });
+                if newer {
+                    latest.insert(key, (e, u));
+                }
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = latest.into_iter().collect();
+        sqlx::query(
+            "INSERT INTO usage_records AS u \
+               (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamptz[]) \
+             ON CONFLICT (call_id, usage_key) DO UPDATE SET \
+               service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
+               quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
+             WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity)",
+        )
+        .bind(rows.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
+        .bind(rows.iter().map(|((_, k), _)| k.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, (_, u))| u.service.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, (_, u))| u.resource_type.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, (_, u))| u.quantity).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, (e, _))| e.timestamp).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Of `call_ids`, those with logged events older than `before`: calls seen earlier (and
+    /// possibly already written), which must be rebuilt from the log rather than start empty.
+    pub async fn calls_with_events_before(
+        &self,
+        call_ids: &[&str],
+        before: i64,
+    ) -> Result<HashSet<String>, LogError> {
+        if call_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT call_id FROM call_events WHERE call_id = ANY($1::text[]) AND event_id < $2",
+        )
+        .bind(call_ids)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// Every logged event of one call, in log order.
+    pub async fn load_call(&self, call_id: &str) -> Result<Vec<LoggedEvent>, LogError> {
+        let rows: Vec<StoredRow> = sqlx::query_as(
+            "SELECT event_id, call_id, event_type, \
+                    COALESCE(event_timestamp, received_at, created_at) AS ts, \
+                    timestamp_inferred OR event_timestamp IS NULL AS inferred, \
+                    trace_id, payload, body_sha256 \
+             FROM call_events WHERE call_id = $1 ORDER BY event_id",
+        )
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(StoredRow::into_logged).collect())
+    }
+}
+
+/// The usage-report identity shared by the fold and the `usage_records` projection.
+pub fn usage_key(u: &crate::event::Usage, body_hash: &[u8; 32]) -> String {
+    crate::merge::usage_key(u.usage_id.as_deref(), body_hash)
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    event_id: i64,
+    call_id: String,
+    event_type: String,
+    ts: DateTime<Utc>,
+    inferred: bool,
+    trace_id: Option<String>,
+    payload: sqlx::types::Json<serde_json::Value>,
+    body_sha256: Option<Vec<u8>>,
+}
+
+impl StoredRow {
+    fn into_logged(self) -> LoggedEvent {
+        let body_hash: [u8; 32] = self
+            .body_sha256
+            .as_deref()
+            .and_then(|h| h.try_into().ok())
+            // Rows logged before the hash column existed: hash the stored payload instead.
+            .unwrap_or_else(|| Sha256::digest(self.payload.0.to_string().as_bytes()).into());
+        let object = self.payload.0.as_object().cloned().unwrap_or_default();
+        let trace_id = self.trace_id.or_else(|| {
+            object
+                .get("traceId")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
+        LoggedEvent {
+            event_id: self.event_id,
+            call_id: self.call_id,
+            event: CallEvent {
+                timestamp: self.ts,
+                timestamp_inferred: self.inferred,
+                body_hash,
+                trace_id,
+                kind: EventKind::from_payload(&self.event_type, &object),
+            },
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The fold: a call's events, in any order and with any duplicates, into one record.
+//!
+//! `CallState` is a join-semilattice: `apply` is commutative, associative and idempotent, so
+//! folding any permutation of a multiset of events gives the same state, and folding a superset
+//! later (late events) converges to the same state as folding everything at once. Every choice
+//! between two events is made on their content (timestamp, then body hash), never on arrival order.
+//!
+//! Pure: no I/O, no clock. Prices come in as an argument.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::event::{EventKind, Identity, Started};
+
+/// One logged event as the fold sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallEvent {
+    pub timestamp: DateTime<Utc>,
+    /// The event had no timestamp; `timestamp` is its receive time.
+    pub timestamp_inferred: bool,
+    /// SHA-256 of the body: the tie-break between events with equal timestamps.
+    pub body_hash: [u8; 32],
+    pub trace_id: Option<String>,
+    pub kind: EventKind,
+}
+
+/// Where an event sits in the content order: timestamp, then body hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    pub at: DateTime<Utc>,
+    pub tie: [u8; 8],
+    pub inferred: bool,
+}
+
+impl Stamp {
+    fn of(e: &CallEvent) -> Self {
+        let mut tie = [0u8; 8];
+        tie.copy_from_slice(&e.body_hash[..8]);
+        Stamp {
+            at: e.timestamp,
+            tie,
+            inferred: e.timestamp_inferred,
+        }
+    }
+}
+
+/// A value with the stamp of the event it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked<T> {
+    pub stamp: Stamp,
+    pub value: T,
+}
+
+fn keep_earliest<T>(slot: &mut Option<Ranked<T>>, stamp: Stamp, value: impl FnOnce() -> T) {
+    if slot.as_ref().is_none_or(|r| stamp < r.stamp) {
+        *slot = Some(Ranked {
+            stamp,
+            value: value(),
+        });
+    }
+}
+
+fn keep_latest<T>(slot: &mut Option<Ranked<T>>, stamp: Stamp, value: impl FnOnce() -> T) {
+    if slot.as_ref().is_none_or(|r| stamp > r.stamp) {
+        *slot = Some(Ranked {
+            stamp,
+            value: value(),
+        });
+    }
+}
+
+/// The merged knowledge about one call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallState {
+    /// Earliest event of any kind: stands in for the start when `call.started` never came.
+    first_seen: Option<Stamp>,
+    /// Latest event of any kind.
+    last_seen: Option<Stamp>,
+    trace_id: Option<Ranked<String>>,
+    started: Option<Ranked<Box<Started>>>,
+    answered: Option<Stamp>,
+    ended: Option<Ranked<Option<String>>>,
+    identified: Option<Ranked<Identity>>,
+    dialplan_identity: Option<Ranked<Identity>>,
+    inbound: bool,
+    recording: Option<Ranked<String>>,
+    dialog_turns: bool,
+    terminate_requested: bool,
+    /// Usage reports keyed by `usageId` (or body hash when absent), so each counts once.
+    usage: BTreeMap<String, (String, Decimal)>,
+}
+
+/// Where a call stands, for the live view and the active-call gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Ringing,
+    Answered,
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// The call's end is known.
+    Completed,
+    /// Written by the idle timeout without an end; becomes COMPLETED if the end arrives later.
+    TimedOut,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Completed => "COMPLETED",
+            Status::TimedOut => "TIMED_OUT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Disposition {
+    Answered,
+    NoAnswer,
+    Busy,
+    Failed,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Answered => "ANSWERED",
+            Disposition::NoAnswer => "NO_ANSWER",
+            Disposition::Busy => "BUSY",
+            Disposition::Failed => "FAILED",
+        }
+    }
+}
+
+/// The consolidated row of `calls`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub trace_id: Option<String>,
+    pub user_id: Option<Uuid>,
+    pub contact_id: Option<i32>,
+    pub tenant_id: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub answer_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    /// End minus answer when answered, else end minus start; never negative.
+    pub duration_seconds: Option<i32>,
+    /// End minus answer, only for calls with a known answer time.
+    pub billable_seconds: Option<i32>,
+    pub status: Status,
+    pub disposition: Disposition,
+    pub recording_url: Option<String>,
+    pub total_cost: Option<Decimal>,
+    pub direction: Option<String>,
+    pub caller_number: Option<String>,
+    pub callee_number: Option<String>,
+    /// The end event's `reason` as sent.
+    pub sip_hangup_cause: Option<String>,
+    pub hangup_source: Option<String>,
+    /// Which of start/answer/end stand on a receive time, comma-separated; None when all were sent.
+    pub inferred_times: Option<String>,
+}
+
+/// Unit prices from `cost_models`, each valid from its start date until the next one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PriceBook {
+    prices: HashMap<String, Vec<(DateTime<Utc>, Decimal)>>,
+}
+
+/// Resource type of the telephony minutes added to every answered call.
+pub const TELEPHONY_MINUTE: &str = "telephony_minute";
+
+impl PriceBook {
+    pub fn new(rows: impl IntoIterator<Item = (String, DateTime<Utc>, Decimal)>) -> Self {
+        let mut prices: HashMap<String, Vec<(DateTime<Utc>, Decimal)>> = HashMap::new();
+        for (resource, from, price) in rows {
+            prices.entry(resource).or_default().push((from, price));
+        }
+        for list in prices.values_mut() {
+            list.sort();
+        }
+        PriceBook { prices }
+    }
+
+    /// The unit price in force at `at`.
+    pub fn price_at(&self, resource: &str, at: DateTime<Utc>) -> Option<Decimal> {
+        let list = self.prices.get(resource)?;
+        list.iter()
+            .rev()
+            .find(|(from, _)| *from <= at)
+            .map(|(_, p)| *p)
+    }
+}
+
+impl CallState {
+    /// Joins one event into the state.
+    pub fn apply(&mut self, e: &CallEvent) {
+        let stamp = Stamp::of(e);
+        if self.first_seen.is_none_or(|s| stamp < s) {
+            self.first_seen = Some(stamp);
+        }
+        if self.last_seen.is_none_or(|s| stamp > s) {
+            self.last_seen = Some(stamp);
+        }
+        if let Some(trace) = &e.trace_id {
+            keep_earliest(&mut self.trace_id, stamp, || trace.clone());
+        }
+        match &e.kind {
+            EventKind::Started(started) => {
+                keep_earliest(&mut self.started, stamp, || started.clone());
+                if !started.dialplan_identity.is_empty() {
+                    keep_latest(&mut self.dialplan_identity, stamp, || {
+                        started.dialplan_identity.clone()
+                    });
+                }
+                self.inbound |= started.inbound;
+            }
+            EventKind::Answered => {
+                if self.answered.is_none_or(|s| stamp < s) {
+                    self.answered = Some(stamp);
+                }
+            }
+            EventKind::Identified(identity) => {
+                if !identity.is_empty() {
+                    keep_latest(&mut self.identified, stamp, || identity.clone());
+                }
+            }
+            EventKind::RecordingAvailable { uri: Some(uri) } => {
+                keep_latest(&mut self.recording, stamp, || uri.clone());
+            }
+            EventKind::RecordingAvailable { uri: None } => {}
+            EventKind::Ended { reason } => keep_earliest(&mut self.ended, stamp, || reason.clone()),
+            EventKind::TerminateRequested => self.terminate_requested = true,
+            EventKind::DialogTurn(_) => self.dialog_turns = true,
+            EventKind::UsageReported(usage) => {
+                let key = usage_key(usage.usage_id.as_deref(), &e.body_hash);
+                let candidate = (usage.resource_type.clone(), usage.quantity);
+                // Two reports with one usageId: keep one, chosen by content, so order never matters.
+                match self.usage.get(&key) {
+                    Some(existing) if *existing >= candidate => {}
+                    _ => {
+                        self.usage.insert(key, candidate);
+                    }
+                }
+            }
+            EventKind::Other => {}
+        }
+    }
+
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a CallEvent>) -> Self {
+        let mut state = CallState::default();
+        for e in events {
+            state.apply(e);
+        }
+        state
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first_seen.is_none()
+    }
+
+    pub fn phase(&self) -> Phase {
+        if self.ended.is_some() {
+            Phase::Ended
+        } else if self.is_answered() {
+            Phase::Answered
+        } else {
+            Phase::Ringing
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// Answered: an explicit `call.answered`, or media evidence (a recording or a dialog turn),
+    /// since some producers never sent `call.answered`.
+    fn is_answered(&self) -> bool {
+        self.answered.is_some() || self.recording.is_some() || self.dialog_turns
+    }
+
+    /// The record this state stands for. Deterministic in (state, prices).
+    pub fn record(&self, call_id: &str, prices: &PriceBook) -> CallRecord {
+        let start = self
+            .started
+            .as_ref()
+            .map(|r| r.stamp)
+            .or(self.first_seen);
+        let start_time = start.map(|s| s.at);
+        let answer_time = self.answered.map(|s| s.at);
+        let end_time = self.ended.as_ref().map(|r| r.stamp.at);
+        let answered = self.is_answered();
+        let reason = self.ended.as_ref().and_then(|r| r.value.clone());
+
+        let seconds = |from: DateTime<Utc>, to: DateTime<Utc>| {
+            i32::try_from((to - from).num_seconds().max(0)).unwrap_or(i32::MAX)
+        };
+        let billable_seconds = match (answer_time, end_time) {
+            (Some(a), Some(e)) => Some(seconds(a, e)),
+            _ => None,
+        };
+        let duration_seconds = match (answer_time, start_time, end_time) {
+            (Some(a), _, Some(e)) => Some(seconds(a, e)),
+            (None, Some(s), Some(e)) => Some(seconds(s, e)),
+            _ => None,
+        };
+        let disposition = if answered {
+            Disposition::Answered
+        } else {
+            match reason.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                Some("busy" | "user_busy") => Disposition::Busy,
+                Some("failure" | "network_failure" | "system_terminated") => Disposition::Failed,
+                _ => Disposition::NoAnswer,
+            }
+        };
+        let hangup_source = match reason.as_deref() {
+            Some("normal_clearing_by_user") => Some("caller"),
+            Some("terminated_by_request") => Some("agent"),
+            Some("system_terminated") => Some("system"),
+            Some("network_failure" | "failure") => Some("network"),
+            _ if self.terminate_requested && end_time.is_some() => Some("agent"),
+            _ => None,
+        }
+        .map(str::to_owned);
+
+        let identified = self.identified.as_ref().map(|r| &r.value);
+        let dialplan = self.dialplan_identity.as_ref().map(|r| &r.value);
+        let pick = |f: &dyn Fn(&Identity) -> bool| identified.filter(|i| f(i)).or(dialplan.filter(|i| f(i)));
+        let user_id = pick(&|i| i.user_id.is_some()).and_then(|i| i.user_id);
+        let contact_id = pick(&|i| i.contact_id.is_some()).and_then(|i| i.contact_id);
+        let tenant_id = pick(&|i| i.tenant_id.is_some()).and_then(|i| i.tenant_id.clone());
+
+        let mut inferred = Vec::new();
+        if start.is_some_and(|s| s.inferred) || (self.started.is_none() && start.is_some()) {
+            inferred.push("start");
+        }
+        if self.answered.is_some_and(|s| s.inferred) {
+            inferred.push("answer");
+        }
+        if self.ended.as_ref().is_some_and(|r| r.stamp.inferred) {
+            inferred.push("end");
+        }
+
+        let started = self.started.as_ref().map(|r| &r.value);
+        CallRecord {
+            call_id: call_id.to_owned(),
+            trace_id: self.trace_id().map(str::to_owned),
+            user_id,
+            contact_id,
+            tenant_id,
+            start_time,
+            answer_time,
+            end_time,
+            duration_seconds,
+            billable_seconds,
+            status: if end_time.is_some() {
+                Status::Completed
+            } else {
+                Status::TimedOut
+            },
+            disposition,
+            recording_url: self.recording.as_ref().map(|r| r.value.clone()),
+            total_cost: self.cost(start_time, billable_seconds, prices),
+            direction: self.inbound.then(|| "inbound".to_owned()),
+            caller_number: started.and_then(|s| s.caller_number.clone()),
+            callee_number: started.and_then(|s| s.callee_number.clone()),
+            sip_hangup_cause: reason,
+            hangup_source,
+            inferred_times: (!inferred.is_empty()).then(|| inferred.join(",")),
+        }
+    }
+
+    /// Usage reports priced at the call's start, plus telephony minutes (rounded up) unless a
+    /// producer reported them itself. None when nothing could be priced.
+    fn cost(
+        &self,
+        start: Option<DateTime<Utc>>,
+        billable_seconds: Option<i32>,
+        prices: &PriceBook,
+    ) -> Option<Decimal> {
+        let at = start?;
+        let mut total: Option<Decimal> = None;
+        let mut add = |amount: Decimal| *total.get_or_insert(Decimal::ZERO) += amount;
+        let mut telephony_reported = false;
+        for (resource, quantity) in self.usage.values() {
+            telephony_reported |= resource == TELEPHONY_MINUTE;
+            if let Some(price) = prices.price_at(resource, at) {
+                add(price * quantity);
+            }
+        }
+        if !telephony_reported
+            && let (Some(secs), Some(price)) = (billable_seconds, prices.price_at(TELEPHONY_MINUTE, at))
+        {
+            let minutes = Decimal::from((i64::from(secs) + 59) / 60);
+            add(price * minutes);
+        }
+        total.map(|t| t.round_dp(5))
+    }
+}
+
+/// Identity of a usage report: its `usageId`, or its body when it has none.
+pub fn usage_key(usage_id: Option<&str>, body_hash: &[u8; 32]) -> String {
+    match usage_id {
+        Some(id) => format!("id:{id}"),
+        None => {
+            let hex: String = body_hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("hash:{hex}")
+        }
+    }
+}

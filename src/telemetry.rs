@@ -1,0 +1,86 @@
+//! Logs and metrics plumbing: the tracing subscriber and the Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::time::ChronoUtc;
+
+use crate::config::{LogFormat, LogSettings};
+
+pub const SERVICE_NAME: &str = "cdr-service";
+
+/// Installs the global tracing subscriber: JSON lines for production, readable lines for
+/// people. Both carry a UTC RFC 3339 timestamp, the level, the service and the span fields
+/// (`call_id`, `trace_id`). Safe to call more than once (later calls are no-ops).
+pub fn init_logging(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(ChronoUtc::rfc_3339())
+        .with_target(true);
+    let result = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Console => builder.try_init(),
+    };
+    if result.is_ok() {
+        tracing::info!(service = SERVICE_NAME, version = env!("CARGO_PKG_VERSION"), "logging started");
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0, 60.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_batch_size".into()),
+                        &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0],
+                    )
+                })
+                .expect("static bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding test harness); the
+            // handle still renders what this recorder sees.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("cdr_build_info", "Always 1; labels carry the version and commit");
+    describe_gauge!("cdr_active_calls", "Calls with a live actor that have not ended, by state");
+    describe_gauge!("cdr_calls_lingering", "Ended calls waiting out the linger before their record is written");
+    describe_counter!("cdr_events_received_total", "Call events decoded from the queue, by event type");
+    describe_counter!("cdr_events_rejected_total", "Messages dead-lettered, by reason");
+    describe_counter!("cdr_duplicates_dropped_total", "Messages already in the event log (redeliveries, exact duplicates)");
+    describe_counter!("cdr_calls_reactivated_total", "Events for calls seen before that had no active actor (late events)");
+    describe_counter!("cdr_records_written_total", "Call records upserted, by status, disposition and cause");
+    describe_counter!("cdr_calls_timed_out_total", "Calls written as TIMED_OUT by the idle timeout");
+    describe_counter!("cdr_actor_restarts_total", "Call actors restarted after a failure");
+    describe_counter!("cdr_actor_quarantines_total", "Calls quarantined after exhausting their restart budget");
+    describe_counter!("cdr_calls_recovered_total", "Calls rebuilt from the event log at startup");
+    describe_histogram!("cdr_log_batch_size", Unit::Count, "Events per event-log batch");
+    describe_histogram!("cdr_log_write_duration_seconds", Unit::Seconds, "Time to commit one event-log batch");
+    describe_histogram!("cdr_record_flush_latency_seconds", Unit::Seconds, "From a call's end event arriving to its record being committed");
+    describe_gauge!("cdr_messages_in_flight", "Deliveries received and not yet acked");
+    describe_gauge!("cdr_broker_up", "1 while connected to RabbitMQ");
+    describe_gauge!("cdr_database_up", "1 while the last database operation succeeded");
+}

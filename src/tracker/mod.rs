@@ -1,0 +1,244 @@
+//! The call tracker: one actor per active call, under one supervisor.
+//!
+//! Events reach it only after they are committed to the log (see `ingest`), so an actor is a
+//! cache over the log: whatever it loses (a crash, a failure, a stop) is rebuilt from
+//! `call_events`.
+//!
+//! Routing goes through our own typed map, `CallMap`, not ractor's global registry. Only two
+//! parties change it: the supervisor inserts and replaces entries, and an actor removes its own
+//! entry when it finishes, and only if nothing was routed to it that it has not handled.
+
+mod call;
+mod supervisor;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use metrics::{counter, gauge};
+use ractor::{Actor, ActorRef, call_t};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use call::{CallMsg, LiveCall};
+use supervisor::{CallSupervisor, SpawnCall, SupervisorArgs, SupervisorMsg};
+
+use crate::config::{BackoffSettings, TrackerSettings};
+use crate::log::{EventLog, LoggedEvent};
+use crate::merge::{Phase, PriceBook};
+use crate::writer::WriterHandle;
+
+/// An active call's entry in the routing map.
+pub struct CallEntry {
+    pub actor: ActorRef<CallMsg>,
+    /// Events sent to this actor's mailbox; the actor compares it with what it handled
+    /// before it removes itself, so no routed event is ever left behind.
+    pub routed: u64,
+    pub phase: Arc<AtomicU8>,
+}
+
+pub type CallMap = Arc<DashMap<String, CallEntry>>;
+
+/// What every call actor shares.
+pub struct CallContext {
+    pub log: EventLog,
+    pub writer: WriterHandle,
+    pub prices: Arc<RwLock<Arc<PriceBook>>>,
+    pub calls: CallMap,
+    pub linger: Duration,
+    pub idle_timeout: Duration,
+    pub backoff: BackoffSettings,
+}
+
+pub(crate) fn phase_code(p: Phase) -> u8 {
+    match p {
+        Phase::Ringing => 0,
+        Phase::Answered => 1,
+        Phase::Ended => 2,
+    }
+}
+
+/// Active calls by phase, as the gauges report them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ActiveCounts {
+    pub ringing: u64,
+    pub answered: u64,
+    pub ending: u64,
+}
+
+#[derive(Clone)]
+pub struct Tracker {
+    ctx: Arc<CallContext>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("could not start the call supervisor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error("the call supervisor is gone: {0}")]
+    SupervisorGone(String),
+}
+
+impl Tracker {
+    pub async fn start(
+        ctx: CallContext,
+        settings: &TrackerSettings,
+    ) -> Result<(Tracker, JoinHandle<()>), TrackerError> {
+        let ctx = Arc::new(ctx);
+        let (supervisor, handle) = Actor::spawn(
+            Some("cdr-call-supervisor".into()),
+            CallSupervisor,
+            SupervisorArgs {
+                ctx: ctx.clone(),
+                restart_budget: settings.restart_budget,
+                restart_window: settings.restart_window,
+            },
+        )
+        .await?;
+        let tracker = Tracker { ctx, supervisor };
+        tokio::spawn(tracker.clone().report_gauges());
+        Ok((tracker, handle))
+    }
+
+    /// Routes committed events to their calls' actors, starting actors for calls not active.
+    /// Events must come in log order; the ids of one call only grow from one call to the next.
+    pub async fn dispatch(&self, events: Vec<LoggedEvent>) -> Result<(), TrackerError> {
+        let Some(min_id) = events.iter().map(|e| e.event_id).min() else {
+            return Ok(());
+        };
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: std::collections::HashMap<String, Vec<LoggedEvent>> =
+            std::collections::HashMap::new();
+        for e in events {
+            groups
+                .entry(e.call_id.clone())
+                .or_insert_with(|| {
+                    order.push(e.call_id.clone());
+                    Vec::new()
+                })
+                .push(e);
+        }
+        let mut unknown: Vec<(String, Vec<LoggedEvent>)> = Vec::new();
+        for call_id in order {
+            let evs = groups.remove(&call_id).unwrap_or_default();
+            match self.ctx.calls.get_mut(&call_id) {
+                Some(mut entry) => {
+                    entry.routed += evs.len() as u64;
+                    for e in evs {
+                        // A send fails only to an actor that just failed: its replacement
+                        // reloads the call from the log, which holds this event.
+                        let _ = entry.actor.send_message(CallMsg::Event(Box::new(e)));
+                    }
+                }
+                None => unknown.push((call_id, evs)),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = unknown.iter().map(|(c, _)| c.as_str()).collect();
+        let seen_before = match self.ctx.log.calls_with_events_before(&ids, min_id).await {
+            Ok(set) => Some(set),
+            Err(e) => {
+                // Unsure: rebuilding from the log is always right, only slower.
+                warn!(error = %e, "could not tell new calls from known ones; rebuilding all from the log");
+                None
+            }
+        };
+        let spawns: Vec<SpawnCall> = unknown
+            .into_iter()
+            .map(|(call_id, events)| {
+                let load_from_log = seen_before.as_ref().is_none_or(|s| s.contains(&call_id));
+                if load_from_log {
+                    counter!("cdr_calls_reactivated_total").increment(1);
+                }
+                SpawnCall {
+                    call_id,
+                    load_from_log,
+                    events,
+                }
+            })
+            .collect();
+        self.spawn_calls(spawns).await
+    }
+
+    /// Starts actors that rebuild the given calls from the log (recovery after a restart).
+    pub async fn resume(&self, call_ids: Vec<String>) -> Result<(), TrackerError> {
+        for chunk in call_ids.chunks(1000) {
+            let spawns = chunk
+                .iter()
+                .map(|call_id| SpawnCall {
+                    call_id: call_id.clone(),
+                    load_from_log: true,
+                    events: Vec::new(),
+                })
+                .collect();
+            self.spawn_calls(spawns).await?;
+        }
+        Ok(())
+    }
+
+    async fn spawn_calls(&self, spawns: Vec<SpawnCall>) -> Result<(), TrackerError> {
+        call_t!(self.supervisor, SupervisorMsg::Spawn, 60_000, spawns)
+            .map_err(|e| TrackerError::SupervisorGone(e.to_string()))
+    }
+
+    /// The merged state of one active call, for the live view.
+    pub async fn inspect(&self, call_id: &str) -> Option<LiveCall> {
+        let actor = self.ctx.calls.get(call_id).map(|e| e.actor.clone())?;
+        call_t!(actor, CallMsg::Inspect, 2_000).ok()
+    }
+
+    pub fn active(&self) -> ActiveCounts {
+        let mut counts = ActiveCounts::default();
+        for entry in self.ctx.calls.iter() {
+            match entry.phase.load(Ordering::Relaxed) {
+                0 => counts.ringing += 1,
+                1 => counts.answered += 1,
+                _ => counts.ending += 1,
+            }
+        }
+        counts
+    }
+
+    /// Publishes the active-call gauges once a second. Counting the map rather than keeping
+    /// running sums means the gauges can never drift, whatever fails.
+    async fn report_gauges(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let c = self.active();
+            gauge!("cdr_active_calls", "state" => "ringing").set(c.ringing as f64);
+            gauge!("cdr_active_calls", "state" => "answered").set(c.answered as f64);
+            gauge!("cdr_calls_lingering").set(c.ending as f64);
+            if self.supervisor.get_status() != ractor::ActorStatus::Running {
+                break;
+            }
+        }
+    }
+
+    /// Graceful stop: ended calls write their records now; calls still open are left to be
+    /// rebuilt from the log on the next start. Returns once every actor has stopped.
+    pub async fn shutdown(&self, bound: Duration) {
+        let actors: Vec<ActorRef<CallMsg>> =
+            self.ctx.calls.iter().map(|e| e.actor.clone()).collect();
+        info!(active_calls = actors.len(), "stopping call actors");
+        for a in &actors {
+            let _ = a.send_message(CallMsg::Shutdown);
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        for a in actors {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if a.get_status() != ractor::ActorStatus::Stopped
+                && tokio::time::timeout(remaining, a.wait(None)).await.is_err()
+            {
+                warn!("call actors did not stop within the shutdown bound");
+                break;
+            }
+        }
+        self.supervisor.stop(None);
+    }
+}

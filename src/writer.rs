@@ -1,0 +1,253 @@
+//! The CDR writer: consolidated rows upserted into `calls` in batches, one statement per batch.
+//!
+//! A row only ever replaces one folded from fewer events (`event_count` is its version), so a
+//! late or out-of-order write can never make a record go backwards.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, histogram};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{BackoffSettings, WriterSettings};
+use crate::health::Health;
+use crate::merge::CallRecord;
+
+/// A record to write, with what the writer needs beyond the row itself.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub record: CallRecord,
+    /// Distinct logged events folded into the record: its version.
+    pub event_count: i32,
+    /// When the call's end reached the service, for the flush-latency histogram.
+    pub end_received: Option<Instant>,
+    /// Why the actor flushed: "ended" or "idle_timeout".
+    pub cause: &'static str,
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<WriteRequest>,
+}
+
+impl WriterHandle {
+    /// Queues a record. Waits when the writer is behind: actors slow down rather than the
+    /// service buffering without bound.
+    pub async fn write(&self, request: WriteRequest) -> Result<(), WriterClosed> {
+        self.tx.send(request).await.map_err(|_| WriterClosed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the record writer has stopped")]
+pub struct WriterClosed;
+
+pub struct RecordWriter {
+    pool: PgPool,
+    settings: WriterSettings,
+    backoff: BackoffSettings,
+    health: Health,
+    rx: mpsc::Receiver<WriteRequest>,
+}
+
+impl RecordWriter {
+    pub fn new(
+        pool: PgPool,
+        settings: WriterSettings,
+        backoff: BackoffSettings,
+        health: Health,
+    ) -> (Self, WriterHandle) {
+        let (tx, rx) = mpsc::channel(settings.batch_size * 8);
+        (
+            RecordWriter {
+                pool,
+                settings,
+                backoff,
+                health,
+                rx,
+            },
+            WriterHandle { tx },
+        )
+    }
+
+    /// Runs until `drain` fires, then writes what is queued and returns. `abort` fires when
+    /// the shutdown bound has passed: unwritten records are rebuilt from the log next start.
+    pub async fn run(mut self, drain: CancellationToken, abort: CancellationToken) {
+        let mut batch: Vec<WriteRequest> = Vec::with_capacity(self.settings.batch_size);
+        loop {
+            batch.clear();
+            let draining = drain.is_cancelled();
+            let first = if draining {
+                self.rx.try_recv().ok()
+            } else {
+                tokio::select! {
+                    r = self.rx.recv() => r,
+                    _ = drain.cancelled() => self.rx.try_recv().ok(),
+                }
+            };
+            let Some(first) = first else {
+                break;
+            };
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.settings.batch_max_age;
+            while batch.len() < self.settings.batch_size {
+                if drain.is_cancelled() {
+                    match self.rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if !self.write_with_retry(&batch, &abort).await {
+                warn!(
+                    pending = batch.len() + self.rx.len(),
+                    "record writer stopped before writing everything; the log still holds those calls' events"
+                );
+                return;
+            }
+        }
+        info!("record writer drained");
+    }
+
+    /// Writes one batch, retrying while the database is unavailable. False if aborted.
+    async fn write_with_retry(&self, batch: &[WriteRequest], abort: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(&self.backoff);
+        loop {
+            let started = Instant::now();
+            match upsert(&self.pool, batch).await {
+                Ok(written) => {
+                    self.health.set_database_up(true);
+                    self.observe(batch, written, started.elapsed());
+                    return true;
+                }
+                Err(e) if crate::db::is_transient(&e) => {
+                    self.health.set_database_up(false);
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, records = batch.len(), "record write failed; retrying");
+                    counter!("cdr_record_write_retries_total").increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = abort.cancelled() => return false,
+                    }
+                }
+                Err(e) => {
+                    // The data itself was refused: find the rows at fault, write the rest.
+                    warn!(error = %e, records = batch.len(), "record batch refused; writing rows one by one");
+                    for request in batch {
+                        if let Err(e) = upsert(&self.pool, std::slice::from_ref(request)).await {
+                            error!(
+                                call_id = %request.record.call_id,
+                                trace_id = request.record.trace_id.as_deref().unwrap_or(""),
+                                error = %e,
+                                "record refused by the database; its events stay in call_events"
+                            );
+                            counter!("cdr_records_refused_total").increment(1);
+                        } else {
+                            self.observe(std::slice::from_ref(request), 1, Duration::ZERO);
+                        }
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn observe(&self, batch: &[WriteRequest], written: u64, took: Duration) {
+        histogram!("cdr_record_batch_size").record(batch.len() as f64);
+        if !took.is_zero() {
+            histogram!("cdr_record_write_duration_seconds").record(took.as_secs_f64());
+        }
+        counter!("cdr_records_stale_skipped_total").increment((batch.len() as u64).saturating_sub(written));
+        for r in batch {
+            counter!(
+                "cdr_records_written_total",
+                "status" => r.record.status.as_str(),
+                "disposition" => r.record.disposition.as_str(),
+                "cause" => r.cause,
+            )
+            .increment(1);
+            if let Some(end) = r.end_received {
+                histogram!("cdr_record_flush_latency_seconds").record(end.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Column limits of the existing `calls` table: a value longer than its column would make the
+/// whole batch fail, so it is cut to fit (the full value stays in the raw event).
+fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
+    value.map(|v| match v.char_indices().nth(max_chars) {
+        Some((cut, _)) => &v[..cut],
+        None => v,
+    })
+}
+
+/// Upserts a batch; returns how many rows changed (stale versions are skipped).
+pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::Error> {
+    // One row per call per statement: keep the highest version of each.
+    let mut newest: HashMap<&str, &WriteRequest> = HashMap::with_capacity(batch.len());
+    for r in batch {
+        let slot = newest.entry(r.record.call_id.as_str()).or_insert(r);
+        if r.event_count >= slot.event_count {
+            *slot = r;
+        }
+    }
+    let rows: Vec<&WriteRequest> = newest.into_values().collect();
+    let recs: Vec<&CallRecord> = rows.iter().map(|r| &r.record).collect();
+    let result = sqlx::query(
+        "INSERT INTO calls AS c (call_id, trace_id, user_id, contact_id, tenant_id, start_time, \
+            answer_time, end_time, duration_seconds, billable_seconds, status, disposition, \
+            recording_url, total_cost, direction, caller_number, callee_number, sip_hangup_cause, \
+            hangup_source, inferred_times, event_count) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::int[], $5::text[], \
+            $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int[], $10::int[], \
+            $11::text[], $12::text[], $13::text[], $14::numeric[], $15::text[], $16::text[], \
+            $17::text[], $18::text[], $19::text[], $20::text[], $21::int[]) \
+         ON CONFLICT (call_id) DO UPDATE SET \
+            trace_id = EXCLUDED.trace_id, user_id = EXCLUDED.user_id, \
+            contact_id = EXCLUDED.contact_id, tenant_id = EXCLUDED.tenant_id, \
+            start_time = EXCLUDED.start_time, answer_time = EXCLUDED.answer_time, \
+            end_time = EXCLUDED.end_time, duration_seconds = EXCLUDED.duration_seconds, \
+            billable_seconds = EXCLUDED.billable_seconds, status = EXCLUDED.status, \
+            disposition = EXCLUDED.disposition, recording_url = EXCLUDED.recording_url, \
+            total_cost = EXCLUDED.total_cost, direction = EXCLUDED.direction, \
+            caller_number = EXCLUDED.caller_number, callee_number = EXCLUDED.callee_number, \
+            sip_hangup_cause = EXCLUDED.sip_hangup_cause, hangup_source = EXCLUDED.hangup_source, \
+            inferred_times = EXCLUDED.inferred_times, event_count = EXCLUDED.event_count, \
+            updated_at = now() \
+         WHERE c.event_count <= EXCLUDED.event_count",
+    )
+    .bind(recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| fit(r.trace_id.as_deref(), 255)).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.contact_id).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| fit(r.tenant_id.as_deref(), 255)).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.start_time).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.answer_time).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.end_time).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.duration_seconds).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.billable_seconds).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.disposition.as_str()).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.recording_url.as_deref()).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.total_cost).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.direction.as_deref()).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| fit(r.caller_number.as_deref(), 255)).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| fit(r.callee_number.as_deref(), 255)).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| fit(r.sip_hangup_cause.as_deref(), 64)).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.hangup_source.as_deref()).collect::<Vec<_>>())
+    .bind(recs.iter().map(|r| r.inferred_times.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
