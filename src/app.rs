@@ -84,7 +84,8 @@ impl Application {
             loop {
                 match db::migrate(&pool).await {
                     Ok(()) => break,
-                    Err(db::DbError::Sqlx(e)) | Err(db::DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
+                    Err(db::DbError::Sqlx(e))
+                    | Err(db::DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
                         if db::is_transient(&e) =>
                     {
                         let delay = backoff.next_delay();
@@ -101,7 +102,9 @@ impl Application {
         }
         health.set_database_up(true);
 
-        let prices = Arc::new(RwLock::new(Arc::new(load_prices(&pool).await.unwrap_or_default())));
+        let prices = Arc::new(RwLock::new(Arc::new(
+            load_prices(&pool).await.unwrap_or_default(),
+        )));
         let price_task = tokio::spawn(refresh_prices(pool.clone(), prices.clone()));
 
         let (writer, writer_handle) = RecordWriter::new(
@@ -168,7 +171,10 @@ impl Application {
         writer_drain.cancel();
         let remaining = bound.saturating_sub(started.elapsed());
         let mut writer_task = writer_task;
-        if tokio::time::timeout(remaining, &mut writer_task).await.is_err() {
+        if tokio::time::timeout(remaining, &mut writer_task)
+            .await
+            .is_err()
+        {
             writer_abort.cancel();
             let _ = writer_task.await;
         }
@@ -183,7 +189,12 @@ impl Application {
 
 /// Rebuilds every call whose logged events are not all folded into its written record: the
 /// calls that were active (or waiting to be written) when the service last stopped.
-async fn recover(pool: &PgPool, tracker: &Tracker, settings: &Settings, shutdown: &CancellationToken) {
+async fn recover(
+    pool: &PgPool,
+    tracker: &Tracker,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) {
     let started = Instant::now();
     let mut backoff = Backoff::new(&settings.backoff);
     let calls: Vec<(String, i64)> = loop {
@@ -209,7 +220,10 @@ async fn recover(pool: &PgPool, tracker: &Tracker, settings: &Settings, shutdown
     };
     let events: i64 = calls.iter().map(|(_, n)| n).sum();
     let count = calls.len();
-    if let Err(e) = tracker.resume(calls.into_iter().map(|(c, _)| c).collect()).await {
+    if let Err(e) = tracker
+        .resume(calls.into_iter().map(|(c, _)| c).collect())
+        .await
+    {
         error!(error = %e, "could not resume calls; they resume with their next event");
     }
     counter!("cdr_calls_recovered_total").increment(count as u64);
@@ -235,7 +249,9 @@ async fn refresh_prices(pool: PgPool, prices: Arc<RwLock<Arc<PriceBook>>>) {
                     *slot = Arc::new(book);
                 }
             }
-            Err(e) => warn!(error = %e, "could not refresh cost_models; keeping the previous prices"),
+            Err(e) => {
+                warn!(error = %e, "could not refresh cost_models; keeping the previous prices")
+            }
         }
     }
 }

@@ -13,7 +13,11 @@ use crate::simulate::{self, SimulateOptions};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "cdr-service", version, about = "Call-detail records from the platform's call events")]
+#[command(
+    name = "cdr-service",
+    version,
+    about = "Call-detail records from the platform's call events"
+)]
 pub struct Cli {
     /// A TOML file layered over the built-in defaults (config/default.toml).
     #[arg(long, global = true, env = "CDR_CONFIG")]

@@ -274,11 +274,7 @@ impl Settings {
             ));
         }
         if self.tracker.restart_budget == 0 {
-            return Err(invalid(
-                "tracker.restart_budget",
-                0,
-                "must be at least 1",
-            ));
+            return Err(invalid("tracker.restart_budget", 0, "must be at least 1"));
         }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
             return Err(invalid(
@@ -287,7 +283,12 @@ impl Settings {
                 "backoff.initial must be non-zero and backoff.max at least backoff.initial",
             ));
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return Err(invalid(
                 "log.level",
                 &self.log.level,
@@ -460,15 +461,24 @@ mod tests {
         let err = Settings::load_from(None, env(&[("CDR__AMQP__PREFETCH", "0")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("amqp.prefetch") && err.contains("\"0\""), "{err}");
+        assert!(
+            err.contains("amqp.prefetch") && err.contains("\"0\""),
+            "{err}"
+        );
         let err = Settings::load_from(None, env(&[("POSTGRES_URL", "mysql://x")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("database.url") && err.contains("mysql://x"), "{err}");
+        assert!(
+            err.contains("database.url") && err.contains("mysql://x"),
+            "{err}"
+        );
         let err = Settings::load_from(None, env(&[("CDR__TRACKER__IDLE_TIMEOUT", "1s")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("tracker.idle_timeout") && err.contains("1s"), "{err}");
+        assert!(
+            err.contains("tracker.idle_timeout") && err.contains("1s"),
+            "{err}"
+        );
     }
 
     #[test]

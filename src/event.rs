@@ -86,11 +86,7 @@ pub struct Envelope {
 }
 
 /// Decodes a broker message. `received_at` stands in for a missing timestamp.
-pub fn decode(
-    body: &[u8],
-    received_at: DateTime<Utc>,
-    limits: Limits,
-) -> Result<Envelope, Reject> {
+pub fn decode(body: &[u8], received_at: DateTime<Utc>, limits: Limits) -> Result<Envelope, Reject> {
     if body.len() > limits.max_body_bytes {
         return Err(Reject::Oversize {
             size: body.len(),
@@ -247,8 +243,12 @@ pub enum EventKind {
     Started(Box<Started>),
     Answered,
     Identified(Identity),
-    RecordingAvailable { uri: Option<String> },
-    Ended { reason: Option<String> },
+    RecordingAvailable {
+        uri: Option<String>,
+    },
+    Ended {
+        reason: Option<String>,
+    },
     TerminateRequested,
     DialogTurn(Box<DialogTurn>),
     UsageReported(Usage),
@@ -381,8 +381,11 @@ fn read_started(o: &Map<String, Value>) -> Started {
         ),
         None => (None, None),
     };
-    let dialplan = field(o, &["dialplan", "dialplanResolution", "dialplan_resolution"])
-        .and_then(Value::as_object);
+    let dialplan = field(
+        o,
+        &["dialplan", "dialplanResolution", "dialplan_resolution"],
+    )
+    .and_then(Value::as_object);
     let mut dialplan_identity = Identity::default();
     let mut inbound = false;
     if let Some(d) = dialplan {
@@ -428,7 +431,11 @@ pub fn sip_user(header: &str) -> Option<String> {
         .unwrap_or(uri);
     let user = match rest.find('@') {
         Some(at) => &rest[..at],
-        None if uri.len() != rest.len() && uri[..uri.len() - rest.len()].eq_ignore_ascii_case("tel:") => rest,
+        None if uri.len() != rest.len()
+            && uri[..uri.len() - rest.len()].eq_ignore_ascii_case("tel:") =>
+        {
+            rest
+        }
         None => return None,
     };
     let user = user.split([';', ':']).next().unwrap_or(user).trim();
@@ -436,9 +443,7 @@ pub fn sip_user(header: &str) -> Option<String> {
 }
 
 fn field<'a>(o: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter()
-        .filter_map(|k| o.get(*k))
-        .find(|v| !v.is_null())
+    keys.iter().filter_map(|k| o.get(*k)).find(|v| !v.is_null())
 }
 
 fn str_field(o: &Map<String, Value>, keys: &[&str]) -> Option<String> {
@@ -502,8 +507,14 @@ mod tests {
             sip_user("\"Alice\" <sips:alice@example.com:5061;transport=tls>").as_deref(),
             Some("alice")
         );
-        assert_eq!(sip_user("sip:902124440000@10.0.0.1").as_deref(), Some("902124440000"));
-        assert_eq!(sip_user("<tel:+905551234567>").as_deref(), Some("+905551234567"));
+        assert_eq!(
+            sip_user("sip:902124440000@10.0.0.1").as_deref(),
+            Some("902124440000")
+        );
+        assert_eq!(
+            sip_user("<tel:+905551234567>").as_deref(),
+            Some("+905551234567")
+        );
         assert_eq!(sip_user("<sip:203.0.113.5>"), None);
         assert_eq!(sip_user(""), None);
     }

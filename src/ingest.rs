@@ -11,9 +11,8 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -312,7 +311,6 @@ impl Ingest {
         };
         publish_dead_letter(channel, &self.amqp.dead_letter_exchange, delivery, &reason).await
     }
-
 }
 
 struct Rejected {
@@ -326,12 +324,11 @@ async fn publish_dead_letter(
     delivery: &Delivery,
     reason: &Rejected,
 ) -> Result<(), IngestError> {
-    let mut headers = delivery
-        .properties
-        .headers()
-        .clone()
-        .unwrap_or_default();
-    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.code.into()));
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(reason.code.into()),
+    );
     headers.insert(
         DETAIL_HEADER.into(),
         AMQPValue::LongString(reason.detail.as_str().into()),
@@ -481,4 +478,3 @@ fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
         if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
 }
-

@@ -209,8 +209,7 @@ impl EventLog {
         tx: &mut sqlx::PgConnection,
         batch: &[Envelope],
     ) -> Result<(), sqlx::Error> {
-        let mut latest: HashMap<(&str, String), (&Envelope, &crate::event::Usage)> =
-            HashMap::new();
+        let mut latest: HashMap<(&str, String), (&Envelope, &crate::event::Usage)> = HashMap::new();
         for e in batch {
             if let EventKind::UsageReported(u) = &e.kind {
                 let key = (e.call_id.as_str(), usage_key(u, &e.body_hash));

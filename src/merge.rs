@@ -294,11 +294,7 @@ impl CallState {
 
     /// The record this state stands for. Deterministic in (state, prices).
     pub fn record(&self, call_id: &str, prices: &PriceBook) -> CallRecord {
-        let start = self
-            .started
-            .as_ref()
-            .map(|r| r.stamp)
-            .or(self.first_seen);
+        let start = self.started.as_ref().map(|r| r.stamp).or(self.first_seen);
         let start_time = start.map(|s| s.at);
         let answer_time = self.answered.map(|s| s.at);
         let end_time = self.ended.as_ref().map(|r| r.stamp.at);
@@ -338,7 +334,9 @@ impl CallState {
 
         let identified = self.identified.as_ref().map(|r| &r.value);
         let dialplan = self.dialplan_identity.as_ref().map(|r| &r.value);
-        let pick = |f: &dyn Fn(&Identity) -> bool| identified.filter(|i| f(i)).or(dialplan.filter(|i| f(i)));
+        let pick = |f: &dyn Fn(&Identity) -> bool| {
+            identified.filter(|i| f(i)).or(dialplan.filter(|i| f(i)))
+        };
         let user_id = pick(&|i| i.user_id.is_some()).and_then(|i| i.user_id);
         let contact_id = pick(&|i| i.contact_id.is_some()).and_then(|i| i.contact_id);
         let tenant_id = pick(&|i| i.tenant_id.is_some()).and_then(|i| i.tenant_id.clone());
@@ -402,7 +400,8 @@ impl CallState {
             }
         }
         if !telephony_reported
-            && let (Some(secs), Some(price)) = (billable_seconds, prices.price_at(TELEPHONY_MINUTE, at))
+            && let (Some(secs), Some(price)) =
+                (billable_seconds, prices.price_at(TELEPHONY_MINUTE, at))
         {
             let minutes = Decimal::from((i64::from(secs) + 59) / 60);
             add(price * minutes);

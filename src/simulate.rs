@@ -161,18 +161,36 @@ pub struct Publisher {
 impl Publisher {
     pub async fn connect(url: &str, exchange: &str) -> Result<Self, lapin::Error> {
         let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        channel
+        // Use the exchange as it exists (an old deployment may have it as fanout); declare it
+        // as a durable topic exchange only when it is missing.
+        let mut channel = conn.create_channel().await?;
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        if channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
+                passive,
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .is_err()
+        {
+            channel = conn.create_channel().await?;
+            channel
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -266,9 +284,10 @@ pub async fn wait_for_record(
 }
 
 pub async fn run(settings: &Settings, o: SimulateOptions) -> anyhow::Result<ExitCode> {
-    let call_id = o.call_id.clone().unwrap_or_else(|| {
-        format!("sim-{}@198.51.100.7", uuid::Uuid::new_v4().simple())
-    });
+    let call_id = o
+        .call_id
+        .clone()
+        .unwrap_or_else(|| format!("sim-{}@198.51.100.7", uuid::Uuid::new_v4().simple()));
     let call = SyntheticCall::new(&call_id, Utc::now());
     let mut events = call.events(!o.drop_end);
     let distinct = events.len() as i32;
@@ -302,7 +321,10 @@ pub async fn run(settings: &Settings, o: SimulateOptions) -> anyhow::Result<Exit
         );
     }
     let pool = crate::db::pool(&settings.database)?;
-    println!("waiting up to {} for the record...", humantime::format_duration(o.timeout));
+    println!(
+        "waiting up to {} for the record...",
+        humantime::format_duration(o.timeout)
+    );
     match wait_for_record(&pool, &call_id, distinct, o.timeout).await? {
         Some(record) => {
             println!("{}", serde_json::to_string_pretty(&record)?);

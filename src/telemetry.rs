@@ -28,7 +28,11 @@ pub fn init_logging(settings: &LogSettings) {
         LogFormat::Console => builder.try_init(),
     };
     if result.is_ok() {
-        tracing::info!(service = SERVICE_NAME, version = env!("CARGO_PKG_VERSION"), "logging started");
+        tracing::info!(
+            service = SERVICE_NAME,
+            version = env!("CARGO_PKG_VERSION"),
+            "logging started"
+        );
     }
 }
 
@@ -48,7 +52,9 @@ pub fn metrics() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Suffix("_batch_size".into()),
-                        &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0],
+                        &[
+                            1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+                        ],
                     )
                 })
                 .expect("static bucket lists are non-empty")
@@ -64,23 +70,77 @@ pub fn metrics() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!("cdr_build_info", "Always 1; labels carry the version and commit");
-    describe_gauge!("cdr_active_calls", "Calls with a live actor that have not ended, by state");
-    describe_gauge!("cdr_calls_lingering", "Ended calls waiting out the linger before their record is written");
-    describe_counter!("cdr_events_received_total", "Call events decoded from the queue, by event type");
-    describe_counter!("cdr_events_rejected_total", "Messages dead-lettered, by reason");
-    describe_counter!("cdr_duplicates_dropped_total", "Messages already in the event log (redeliveries, exact duplicates)");
-    describe_counter!("cdr_calls_reactivated_total", "Events for calls seen before that had no active actor (late events)");
-    describe_counter!("cdr_records_written_total", "Call records upserted, by status, disposition and cause");
-    describe_counter!("cdr_calls_timed_out_total", "Calls written as TIMED_OUT by the idle timeout");
-    describe_counter!("cdr_actor_restarts_total", "Call actors restarted after a failure");
-    describe_counter!("cdr_actor_quarantines_total", "Calls quarantined after exhausting their restart budget");
-    describe_counter!("cdr_calls_recovered_total", "Calls rebuilt from the event log at startup");
-    describe_histogram!("cdr_log_batch_size", Unit::Count, "Events per event-log batch");
-    describe_histogram!("cdr_log_write_duration_seconds", Unit::Seconds, "Time to commit one event-log batch");
-    describe_histogram!("cdr_record_flush_latency_seconds", Unit::Seconds, "From a call's end event arriving to its record being committed");
-    describe_gauge!("cdr_messages_in_flight", "Deliveries received and not yet acked");
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "cdr_build_info",
+        "Always 1; labels carry the version and commit"
+    );
+    describe_gauge!(
+        "cdr_active_calls",
+        "Calls with a live actor that have not ended, by state"
+    );
+    describe_gauge!(
+        "cdr_calls_lingering",
+        "Ended calls waiting out the linger before their record is written"
+    );
+    describe_counter!(
+        "cdr_events_received_total",
+        "Call events decoded from the queue, by event type"
+    );
+    describe_counter!(
+        "cdr_events_rejected_total",
+        "Messages dead-lettered, by reason"
+    );
+    describe_counter!(
+        "cdr_duplicates_dropped_total",
+        "Messages already in the event log (redeliveries, exact duplicates)"
+    );
+    describe_counter!(
+        "cdr_calls_reactivated_total",
+        "Events for calls seen before that had no active actor (late events)"
+    );
+    describe_counter!(
+        "cdr_records_written_total",
+        "Call records upserted, by status, disposition and cause"
+    );
+    describe_counter!(
+        "cdr_calls_timed_out_total",
+        "Calls written as TIMED_OUT by the idle timeout"
+    );
+    describe_counter!(
+        "cdr_actor_restarts_total",
+        "Call actors restarted after a failure"
+    );
+    describe_counter!(
+        "cdr_actor_quarantines_total",
+        "Calls quarantined after exhausting their restart budget"
+    );
+    describe_counter!(
+        "cdr_calls_recovered_total",
+        "Calls rebuilt from the event log at startup"
+    );
+    describe_histogram!(
+        "cdr_log_batch_size",
+        Unit::Count,
+        "Events per event-log batch"
+    );
+    describe_histogram!(
+        "cdr_log_write_duration_seconds",
+        Unit::Seconds,
+        "Time to commit one event-log batch"
+    );
+    describe_histogram!(
+        "cdr_record_flush_latency_seconds",
+        Unit::Seconds,
+        "From a call's end event arriving to its record being committed"
+    );
+    describe_gauge!(
+        "cdr_messages_in_flight",
+        "Deliveries received and not yet acked"
+    );
     describe_gauge!("cdr_broker_up", "1 while connected to RabbitMQ");
-    describe_gauge!("cdr_database_up", "1 while the last database operation succeeded");
+    describe_gauge!(
+        "cdr_database_up",
+        "1 while the last database operation succeeded"
+    );
 }

@@ -166,7 +166,8 @@ impl RecordWriter {
         if !took.is_zero() {
             histogram!("cdr_record_write_duration_seconds").record(took.as_secs_f64());
         }
-        counter!("cdr_records_stale_skipped_total").increment((batch.len() as u64).saturating_sub(written));
+        counter!("cdr_records_stale_skipped_total")
+            .increment((batch.len() as u64).saturating_sub(written));
         for r in batch {
             counter!(
                 "cdr_records_written_total",
@@ -227,25 +228,65 @@ pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::
          WHERE c.event_count <= EXCLUDED.event_count",
     )
     .bind(recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| fit(r.trace_id.as_deref(), 255)).collect::<Vec<_>>())
+    .bind(
+        recs.iter()
+            .map(|r| fit(r.trace_id.as_deref(), 255))
+            .collect::<Vec<_>>(),
+    )
     .bind(recs.iter().map(|r| r.user_id).collect::<Vec<_>>())
     .bind(recs.iter().map(|r| r.contact_id).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| fit(r.tenant_id.as_deref(), 255)).collect::<Vec<_>>())
+    .bind(
+        recs.iter()
+            .map(|r| fit(r.tenant_id.as_deref(), 255))
+            .collect::<Vec<_>>(),
+    )
     .bind(recs.iter().map(|r| r.start_time).collect::<Vec<_>>())
     .bind(recs.iter().map(|r| r.answer_time).collect::<Vec<_>>())
     .bind(recs.iter().map(|r| r.end_time).collect::<Vec<_>>())
     .bind(recs.iter().map(|r| r.duration_seconds).collect::<Vec<_>>())
     .bind(recs.iter().map(|r| r.billable_seconds).collect::<Vec<_>>())
     .bind(recs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.disposition.as_str()).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.recording_url.as_deref()).collect::<Vec<_>>())
+    .bind(
+        recs.iter()
+            .map(|r| r.disposition.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        recs.iter()
+            .map(|r| r.recording_url.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(recs.iter().map(|r| r.total_cost).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.direction.as_deref()).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| fit(r.caller_number.as_deref(), 255)).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| fit(r.callee_number.as_deref(), 255)).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| fit(r.sip_hangup_cause.as_deref(), 64)).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.hangup_source.as_deref()).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.inferred_times.as_deref()).collect::<Vec<_>>())
+    .bind(
+        recs.iter()
+            .map(|r| r.direction.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        recs.iter()
+            .map(|r| fit(r.caller_number.as_deref(), 255))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        recs.iter()
+            .map(|r| fit(r.callee_number.as_deref(), 255))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        recs.iter()
+            .map(|r| fit(r.sip_hangup_cause.as_deref(), 64))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        recs.iter()
+            .map(|r| r.hangup_source.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        recs.iter()
+            .map(|r| r.inferred_times.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
     .execute(pool)
     .await?;

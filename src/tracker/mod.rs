@@ -89,7 +89,7 @@ impl Tracker {
     ) -> Result<(Tracker, JoinHandle<()>), TrackerError> {
         let ctx = Arc::new(ctx);
         let (supervisor, handle) = Actor::spawn(
-            Some("cdr-call-supervisor".into()),
+            None,
             CallSupervisor,
             SupervisorArgs {
                 ctx: ctx.clone(),

@@ -79,7 +79,10 @@ impl SupervisorState {
         let window = self.restart_window;
         let recent = self.failures.entry(call_id.to_owned()).or_default();
         recent.push_back(now);
-        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             recent.pop_front();
         }
         recent.len() > self.restart_budget as usize
@@ -118,7 +121,8 @@ impl Actor for CallSupervisor {
             SupervisorMsg::Spawn(calls, reply) => {
                 for call in calls {
                     if state.quarantined.contains(&call.call_id) {
-                        counter!("cdr_quarantined_events_total").increment(call.events.len() as u64);
+                        counter!("cdr_quarantined_events_total")
+                            .increment(call.events.len() as u64);
                         continue;
                     }
                     if let Some(mut entry) = state.ctx.calls.get_mut(&call.call_id) {

@@ -1,0 +1,409 @@
+//! End to end through the real broker and database: publish call events, read `calls`.
+
+mod common;
+
+use std::time::Duration;
+
+use cdr_service::simulate::SyntheticCall;
+use chrono::{DateTime, Utc};
+use common::*;
+use serde_json::{Value, json};
+
+fn t0() -> DateTime<Utc> {
+    "2025-09-24T10:01:02.123456Z".parse().unwrap()
+}
+
+fn call(id: &str) -> SyntheticCall {
+    SyntheticCall::new(format!("{id}@198.51.100.7"), t0())
+}
+
+/// What the record of `SyntheticCall` must be, whatever the order its events came in.
+fn assert_full_record(r: &Row, c: &SyntheticCall) {
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(r.disposition.as_deref(), Some("ANSWERED"));
+    assert_eq!(r.start_time, Some(t0()));
+    assert_eq!(r.answer_time, Some(t0() + chrono::Duration::seconds(3)));
+    assert_eq!(r.end_time, Some(t0() + chrono::Duration::seconds(45)));
+    assert_eq!(r.duration_seconds, Some(42));
+    assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
+    assert_eq!(r.contact_id, Some(42));
+    assert_eq!(r.tenant_id.as_deref(), Some("sentiric_demo"));
+    assert_eq!(r.caller_number.as_deref(), Some("905551234567"));
+    assert_eq!(r.callee_number.as_deref(), Some("902124440000"));
+    assert_eq!(r.sip_hangup_cause.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.trace_id.as_deref(), Some(c.trace_id.as_str()));
+    assert_eq!(
+        r.recording_url.as_deref(),
+        Some(format!("s3://recordings/sentiric_demo/{}.wav", c.call_id).as_str())
+    );
+    assert_eq!(r.inferred_times, None);
+}
+
+async fn publish_all(app: &TestApp, events: &[Value]) {
+    for e in events {
+        app.publisher.publish(e).await.expect("publish");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_in_order_becomes_one_complete_record() {
+    let app = TestApp::spawn().await;
+    let c = call("in-order");
+    publish_all(&app, &c.events(true)).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    assert_eq!(r.event_count, 5);
+    assert_eq!(logged_events(&app.pool, &c.call_id).await, 5);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fully_reversed_call_gives_the_same_record() {
+    let app = TestApp::spawn().await;
+    let c = call("reversed");
+    let mut events = c.events(true);
+    events.reverse();
+    publish_all(&app, &events).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identification_before_start_is_kept() {
+    let app = TestApp::spawn().await;
+    let c = call("ident-first");
+    publish_all(
+        &app,
+        &[
+            c.identified(),
+            c.started(),
+            c.answered(),
+            c.ended(),
+            c.recording(),
+        ],
+    )
+    .await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_duplicates_are_logged_once() {
+    let app = TestApp::spawn().await;
+    let c = call("dups");
+    let events = c.events(true);
+    // Every message three times, as a broker redelivering after reconnects would.
+    for round in 0..3 {
+        for e in &events {
+            app.publisher.publish(e).await.unwrap();
+        }
+        if round == 0 {
+            wait_for_row(&app.pool, &c.call_id, 5).await;
+        }
+    }
+    // A duplicate `call.started` from a retransmitted INVITE (later timestamp, same call).
+    let mut late_invite = c.started();
+    late_invite["timestamp"] = json!("2025-09-24T10:05:00.000000Z");
+    app.publisher.publish(&late_invite).await.unwrap();
+
+    let r = wait_for_row(&app.pool, &c.call_id, 6).await;
+    assert_eq!(logged_events(&app.pool, &c.call_id).await, 6);
+    assert_eq!(r.event_count, 6);
+    // The late INVITE changes nothing: earliest start, answer, user and recording stay.
+    assert_full_record(&r, &c);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_after_linger_updates_the_row() {
+    let app = TestApp::spawn().await;
+    let c = call("late-recording");
+    publish_all(
+        &app,
+        &[c.started(), c.answered(), c.identified(), c.ended()],
+    )
+    .await;
+    let first = wait_for_row(&app.pool, &c.call_id, 4).await;
+    assert_eq!(first.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(first.recording_url, None);
+    // Well past the linger: the call's actor has written its row and stopped.
+    tokio::time::sleep(app.settings.tracker.linger * 3).await;
+    app.publisher.publish(&c.recording()).await.unwrap();
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_without_end_times_out_then_completes_when_the_end_comes() {
+    let app = TestApp::spawn().await;
+    let c = call("no-end");
+    publish_all(&app, &[c.started(), c.answered(), c.identified()]).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 3).await;
+    assert_eq!(r.status.as_deref(), Some("TIMED_OUT"));
+    assert_eq!(r.end_time, None);
+    assert_eq!(r.duration_seconds, None);
+    assert_eq!(r.start_time, Some(t0()));
+
+    app.publisher.publish(&c.ended()).await.unwrap();
+    let r = wait_for_row(&app.pool, &c.call_id, 4).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(r.duration_seconds, Some(42));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_without_timestamp_uses_receive_time_and_says_so() {
+    let app = TestApp::spawn().await;
+    let c = call("no-ts");
+    let mut ended = c.ended();
+    ended.as_object_mut().unwrap().remove("timestamp");
+    let before = Utc::now();
+    publish_all(&app, &[c.started(), ended]).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 2).await;
+    let after = Utc::now();
+    let end = r.end_time.expect("end time from receive time");
+    assert!(
+        end >= before - chrono::Duration::seconds(1) && end <= after,
+        "{end}"
+    );
+    assert_eq!(r.inferred_times.as_deref(), Some("end"));
+    assert_eq!(r.disposition.as_deref(), Some("NO_ANSWER"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_view_shows_an_active_call() {
+    let app = TestApp::spawn().await;
+    let c = call("live");
+    publish_all(&app, &[c.started(), c.answered()]).await;
+    let url = app.url(&format!("/calls/{}", c.call_id));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body: Value = loop {
+        if let Ok(resp) = reqwest::get(&url).await
+            && resp.status().is_success()
+        {
+            let body: Value = resp.json().await.unwrap();
+            if body["events"] == json!(2) {
+                break body;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live view of the call"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["phase"], json!("answered"));
+    assert_eq!(body["record"]["caller_number"], json!("905551234567"));
+    let counts: Value = reqwest::get(app.url("/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counts["answered"], json!(1));
+    let missing = reqwest::get(app.url("/calls/nope")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_with_its_reason_and_nothing_stops() {
+    let app = TestApp::spawn().await;
+    let long_id = "x".repeat(256);
+    let deep = format!(
+        "{{\"eventType\":\"call.started\",\"callId\":\"d@h\",\"x\":{}1{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let oversize = format!(
+        "{{\"eventType\":\"call.started\",\"callId\":\"big@h\",\"pad\":\"{}\"}}",
+        "a".repeat(1024 * 1024 + 1)
+    );
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "not_json"),
+        (b"[1,2,3]".to_vec(), "not_object"),
+        (
+            br#"{"eventType":"call.started"}"#.to_vec(),
+            "missing_call_id",
+        ),
+        (
+            br#"{"eventType":"call.started","callId":""}"#.to_vec(),
+            "invalid_call_id",
+        ),
+        (
+            br#"{"eventType":"call.started","callId":12345}"#.to_vec(),
+            "invalid_call_id",
+        ),
+        (
+            format!(r#"{{"eventType":"call.started","callId":"{long_id}"}}"#).into_bytes(),
+            "invalid_call_id",
+        ),
+        (br#"{"callId":"a@h"}"#.to_vec(), "missing_event_type"),
+        (
+            br#"{"eventType":"call.started","callId":"a@h","timestamp":"24/09/2025 10:01"}"#
+                .to_vec(),
+            "bad_timestamp",
+        ),
+        (
+            b"{\"eventType\":\"call.started\",\"callId\":\"\xff\xfe\"}".to_vec(),
+            "invalid_utf8",
+        ),
+        (deep.into_bytes(), "too_deep"),
+        (oversize.into_bytes(), "oversize"),
+        (
+            br#"{"eventType":"call.started","callId":"nul@h","from":"a\u0000b"}"#.to_vec(),
+            "nul_character",
+        ),
+    ];
+    for (body, _) in &cases {
+        app.publisher
+            .publish_raw("call.started", body)
+            .await
+            .unwrap();
+    }
+    // Good events after the garbage are still processed.
+    let c = call("after-garbage");
+    publish_all(&app, &c.events(true)).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dead.len() < cases.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead letters missing: {dead:?}"
+        );
+        dead.extend(drain_queue(&app.settings.amqp.dead_letter_queue).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), cases.len());
+    for ((body, reason), (dl_body, dl_reason)) in cases.iter().zip(&dead) {
+        assert_eq!(dl_reason.as_deref(), Some(*reason));
+        assert_eq!(dl_body, body, "the dead letter carries the original body");
+    }
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 5, "only the good call's events are logged");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_call_scoped_events_are_kept_raw() {
+    let app = TestApp::spawn().await;
+    let c = call("extra");
+    let odd = json!({
+        "eventType": "call.transfer.requested",
+        "callId": c.call_id,
+        "timestamp": "2025-09-24T10:01:10Z",
+        "target": "sip:agent@pbx",
+        "someFutureKey": {"nested": [1, 2, 3]}
+    });
+    publish_all(&app, &[c.started(), odd.clone(), c.ended()]).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 3).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    let payload: Value = sqlx::query_scalar(
+        "SELECT payload FROM call_events WHERE call_id = $1 AND event_type = 'call.transfer.requested'",
+    )
+    .bind(&c.call_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        payload, odd,
+        "the whole message is stored, unknown keys included"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_exchange_is_reported_and_used_when_allowed() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    // An old deployment declared the exchange as fanout.
+    {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_declare(
+            settings.amqp.exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        conn.close(200, "ok".into()).await.unwrap();
+    }
+    settings.amqp.accept_existing_exchange_type = true;
+    let app = TestApp::start(env, settings).await;
+    let c = call("fanout");
+    // An old producer published with an empty routing key.
+    for e in c.events(true) {
+        app.publisher
+            .publish_raw("", e.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_exchange_without_permission_keeps_the_service_up_and_not_ready() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_declare(
+            settings.amqp.exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        conn.close(200, "ok".into()).await.unwrap();
+    }
+    let app = cdr_service::app::Application::build(settings.clone())
+        .await
+        .unwrap();
+    let port = app.http_port();
+    let health = app.health();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(app.run(stop.clone()));
+    // Recovery finishes; the broker side never becomes ready.
+    wait_until(Duration::from_secs(20), "recovery done", || {
+        let done = health.recovered();
+        async move { done }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!health.broker_up());
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let live = reqwest::get(format!("http://127.0.0.1:{port}/health/live"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(!handle.is_finished(), "the service must not crash");
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    env.cleanup(&settings).await;
+}
