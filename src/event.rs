@@ -447,10 +447,12 @@ fn field<'a>(o: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
 }
 
 fn str_field(o: &Map<String, Value>, keys: &[&str]) -> Option<String> {
-    field(o, keys)
-        .and_then(Value::as_str)
+    // The first key that holds a non-blank string: `"from": ""` next to a real `fromUri`
+    // must not hide it.
+    keys.iter()
+        .filter_map(|k| o.get(*k).and_then(Value::as_str))
         .map(str::trim)
-        .filter(|s| !s.is_empty())
+        .find(|s| !s.is_empty())
         .map(str::to_owned)
 }
 

@@ -214,7 +214,8 @@ impl EventLog {
             if let EventKind::UsageReported(u) = &e.kind {
                 let key = (e.call_id.as_str(), usage_key(u, &e.body_hash));
                 let newer = latest.get(&key).is_none_or(|(_, old)| {
-                    (&u.resource_type, u.quantity) > (&old.resource_type, old.quantity)
+                    (&u.resource_type, u.quantity.normalize())
+                        > (&old.resource_type, old.quantity.normalize())
                 });
                 if newer {
                     latest.insert(key, (e, u));
@@ -238,7 +239,7 @@ impl EventLog {
         .bind(rows.iter().map(|((_, k), _)| k.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, (_, u))| u.service.as_deref()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, (_, u))| u.resource_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, (_, u))| u.quantity).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, (_, u))| u.quantity.normalize()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, (e, _))| e.timestamp).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;

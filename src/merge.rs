@@ -243,7 +243,9 @@ impl CallState {
             EventKind::DialogTurn(_) => self.dialog_turns = true,
             EventKind::UsageReported(usage) => {
                 let key = usage_key(usage.usage_id.as_deref(), &e.body_hash);
-                let candidate = (usage.resource_type.clone(), usage.quantity);
+                // One value, one form: `30` and `30.0` are equal as Decimals, so without this
+                // the first to arrive would be kept and the cost's scale would follow arrival order.
+                let candidate = (usage.resource_type.clone(), usage.quantity.normalize());
                 // Two reports with one usageId: keep one, chosen by content, so order never matters.
                 match self.usage.get(&key) {
                     Some(existing) if *existing >= candidate => {}

@@ -45,6 +45,7 @@ const EVENT_FIXTURES: &[&str] = &[
     "call_started_no_timestamp.json",
     "call_started_null_rtp.json",
     "call_started_snake_dialplan.json",
+    "call_started_snake_user_only.json",
     "call_started_uri_keys.json",
     "dialog_turn.json",
     "recording_available.json",
@@ -176,10 +177,16 @@ fn body_value(env: &Envelope) -> Value {
     serde_json::from_str(&env.body).expect("stored body must be JSON")
 }
 
+fn padding_head() -> String {
+    format!(r#"{{"eventType":"call.answered","callId":"{CALL_ID}","padding":""#)
+}
+
+const PADDING_TAIL: &str = r#""}"#;
+
 /// Pads an event with an unknown key so that the body is exactly `len` bytes.
 fn body_of_len(len: usize) -> Vec<u8> {
-    let head = format!(r#"{{"eventType":"call.answered","callId":"{CALL_ID}","padding":""#);
-    let tail = r#""}"#;
+    let head = padding_head();
+    let tail = PADDING_TAIL;
     assert!(len >= head.len() + tail.len());
     let mut body = head.into_bytes();
     body.resize(len - tail.len(), b'x');
@@ -340,6 +347,34 @@ fn call_started_snake_case_media_and_dialplan() {
                 tenant_id: Some("legacy_tenant".into()),
             },
             inbound: true,
+        }
+    );
+}
+
+#[test]
+fn call_started_snake_case_matched_user_without_contact_or_route() {
+    // Old producer: no dialplan-level tenant, no matched contact, null inbound route; the user
+    // and the tenant can only come from `matched_user`.
+    let env = decode_event("call_started_snake_user_only.json");
+    assert_eq!(env.call_id, "0e1f2a3b4c5d@198.51.100.7");
+    assert_eq!(env.trace_id.as_deref(), Some("trace-Old0Prod5678"));
+    assert_eq!(env.timestamp, at(2025, 9, 24, 10, 6, 0, 1));
+    assert!(!env.timestamp_inferred);
+    assert_eq!(
+        *started(&env),
+        Started {
+            from_uri: Some("<sip:905301112299@203.0.113.21>;tag=77aa".into()),
+            to_uri: Some("<sip:902124440001@198.51.100.7>".into()),
+            caller_number: Some("905301112299".into()),
+            callee_number: Some("902124440001".into()),
+            server_rtp_port: Some(10202),
+            caller_rtp_addr: None,
+            dialplan_identity: Identity {
+                user_id: Some(uuid("16fd2706-8baf-433b-82eb-8c7fada847da")),
+                contact_id: None,
+                tenant_id: Some("legacy_tenant".into()),
+            },
+            inbound: false,
         }
     );
 }
@@ -1017,6 +1052,10 @@ fn body_of_exactly_the_limit_is_accepted() {
     assert_eq!(env.call_id, CALL_ID);
     assert_eq!(env.kind, EventKind::Answered);
     assert_eq!(env.body.len(), 2048);
-    let padding = body_value(&env)["padding"].as_str().unwrap().len();
-    assert_eq!(padding, 2048 - body_of_len(64).len() + 64 - 0);
+    let padding = body_value(&env)["padding"].as_str().unwrap().to_owned();
+    assert_eq!(
+        padding.len(),
+        2048 - padding_head().len() - PADDING_TAIL.len()
+    );
+    assert!(padding.bytes().all(|b| b == b'x'));
 }

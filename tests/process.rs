@@ -1,0 +1,143 @@
+//! The real binary as a child process: graceful stop on SIGTERM, and resumption on restart.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cdr_service::simulate::{Publisher, SyntheticCall};
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Service {
+    async fn start(env: &TestEnv, settings: &cdr_service::config::Settings) -> Service {
+        let port = free_port();
+        let mut vars = env.env_vars(settings);
+        vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
+        vars.push(("CDR__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
+            .arg("run")
+            .envs(vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cdr-service");
+        let service = Service { child, port };
+        let url = format!("http://127.0.0.1:{port}/health/ready");
+        wait_until(Duration::from_secs(60), "child service ready", || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) }
+        })
+        .await;
+        service
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit code and how long it took.
+    fn terminate(mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("service did not exit within 60s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_loses_nothing_and_restart_completes_open_calls() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    // Long enough that no open call times out during the test.
+    settings.tracker.idle_timeout = Duration::from_secs(600);
+    let pool = env.pool().await;
+    let service = Service::start(&env, &settings).await;
+    assert!(service.port > 0);
+
+    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+        .await
+        .unwrap();
+    let t0: chrono::DateTime<chrono::Utc> = "2025-09-24T10:00:00Z".parse().unwrap();
+    let calls: Vec<SyntheticCall> = (0..150)
+        .map(|i| SyntheticCall::new(format!("term-{i}@198.51.100.7"), t0))
+        .collect();
+    // First part: every call starts and is answered; a third of them also end.
+    let mut published = 0i64;
+    for (i, c) in calls.iter().enumerate() {
+        publisher.publish(&c.started()).await.unwrap();
+        publisher.publish(&c.answered()).await.unwrap();
+        published += 2;
+        if i % 3 == 0 {
+            publisher.publish(&c.ended()).await.unwrap();
+            published += 1;
+        }
+    }
+    // Stop while the backlog is still being consumed.
+    let (code, took) = service.terminate();
+    assert_eq!(code, Some(0), "clean exit on SIGTERM");
+    assert!(
+        took < settings.shutdown.timeout + Duration::from_secs(5),
+        "exit within the configured bound (took {took:?})"
+    );
+
+    // Everything acked is in the log; everything else is still in the queue.
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let waiting = i64::from(queue_depth(&settings.amqp.queue).await);
+    assert_eq!(
+        logged + waiting,
+        published,
+        "logged {logged} + queued {waiting}"
+    );
+
+    // The rest of the calls' lives happen while the service is down.
+    for (i, c) in calls.iter().enumerate() {
+        if i % 3 != 0 {
+            publisher.publish(&c.ended()).await.unwrap();
+        }
+        publisher.publish(&c.identified()).await.unwrap();
+        publisher.publish(&c.recording()).await.unwrap();
+    }
+
+    let service = Service::start(&env, &settings).await;
+    for c in &calls {
+        let r = wait_for_row(&pool, &c.call_id, 5).await;
+        assert_eq!(r.status.as_deref(), Some("COMPLETED"), "{}", c.call_id);
+        assert_eq!(r.start_time, Some(t0), "{}", c.call_id);
+        assert_eq!(r.duration_seconds, Some(42), "{}", c.call_id);
+        assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
+        assert!(r.recording_url.is_some(), "{}", c.call_id);
+        assert_eq!(r.event_count, 5);
+    }
+    let (code, _) = service.terminate();
+    assert_eq!(code, Some(0));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM calls")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, calls.len() as i64, "one row per call");
+    assert_eq!(queue_depth(&settings.amqp.queue).await, 0);
+    pool.close().await;
+    env.cleanup(&settings).await;
+}
