@@ -239,10 +239,6 @@ impl Ingest {
                 }
             }
         };
-        let last = batch.last().map(|p| p.delivery.acker.clone());
-        if let Some(acker) = last {
-            acker.ack(BasicAckOptions { multiple: true }).await?;
-        }
         counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
         debug!(
             events = batch.len(),
@@ -250,12 +246,14 @@ impl Ingest {
             duplicates = appended.duplicates,
             "batch committed"
         );
+        // Dispatch before acking: if the ack is lost with the connection, the redelivered
+        // copies are dropped as duplicates, so the actors must already have these events.
+        self.dispatch(appended.inserted).await;
+        let last = batch.last().map(|p| p.delivery.acker.clone());
         batch.clear();
         gauge!("cdr_messages_in_flight").set(0.0);
-        if let Err(e) = self.tracker.dispatch(appended.inserted).await {
-            // Committed and acked already: the events are safe in the log and the calls are
-            // rebuilt from it on the next start.
-            error!(error = %e, "could not dispatch committed events");
+        if let Some(acker) = last {
+            acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
     }
@@ -270,11 +268,9 @@ impl Ingest {
         for p in batch.drain(..) {
             match self.log.append(std::slice::from_ref(&p.envelope)).await {
                 Ok(appended) => {
-                    p.delivery.acker.ack(BasicAckOptions::default()).await?;
                     counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
-                    if let Err(e) = self.tracker.dispatch(appended.inserted).await {
-                        error!(error = %e, "could not dispatch committed events");
-                    }
+                    self.dispatch(appended.inserted).await;
+                    p.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Err(LogError::Refused(e)) => {
                     let reason = Rejected {
@@ -297,6 +293,13 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    async fn dispatch(&self, events: Vec<crate::log::LoggedEvent>) {
+        if let Err(e) = self.tracker.dispatch(events).await {
+            // The events are committed: the calls are rebuilt from the log on the next start.
+            error!(error = %e, "could not dispatch committed events");
+        }
     }
 
     async fn dead_letter(

@@ -1,0 +1,82 @@
+//! Rough end-to-end throughput of a running service: publishes N synthetic calls (5 events
+//! each) to the configured exchange as fast as publisher confirms allow, then waits until every
+//! call has its complete record, and prints events per second for both phases.
+//!
+//! ```sh
+//! scripts/run-local.sh &                      # or any running cdr-service
+//! cargo run --release --example backlog -- 20000
+//! ```
+
+use std::time::{Duration, Instant};
+
+use cdr_service::config::Settings;
+use cdr_service::simulate::SyntheticCall;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let calls: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(10_000);
+    let settings = Settings::load(None)?;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let conn = Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let start = chrono::Utc::now();
+
+    let published = Instant::now();
+    let mut events = 0usize;
+    for i in 0..calls {
+        let call = SyntheticCall::new(format!("backlog-{run}-{i}@198.51.100.7"), start);
+        for e in call.events(true) {
+            let key = e["eventType"].as_str().unwrap_or_default().to_owned();
+            channel
+                .basic_publish(
+                    settings.amqp.exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    e.to_string().as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?;
+            events += 1;
+        }
+        if i % 500 == 499 {
+            channel.wait_for_confirms().await?;
+        }
+    }
+    channel.wait_for_confirms().await?;
+    let publish_secs = published.elapsed().as_secs_f64();
+    println!(
+        "published {events} events ({calls} calls) in {publish_secs:.1}s: {:.0} events/s",
+        events as f64 / publish_secs
+    );
+
+    let pool = cdr_service::db::pool(&settings.database)?;
+    let pattern = format!("backlog-{run}-%");
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM calls WHERE call_id LIKE $1 AND event_count = 5 AND status = 'COMPLETED'",
+        )
+        .bind(&pattern)
+        .fetch_one(&pool)
+        .await?;
+        if done as usize >= calls {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = published.elapsed().as_secs_f64();
+    println!(
+        "all {calls} records complete {total:.1}s after the first publish: {:.0} events/s end to end (includes linger {})",
+        events as f64 / total,
+        humantime::format_duration(settings.tracker.linger)
+    );
+    Ok(())
+}
