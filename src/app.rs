@@ -23,6 +23,8 @@ use crate::{db, http, telemetry};
 
 /// How often unit prices are re-read from `cost_models`.
 const PRICE_REFRESH: Duration = Duration::from_secs(60);
+/// How often the database is checked for readiness.
+const DB_PING: Duration = Duration::from_secs(1);
 
 pub struct Application {
     settings: Settings,
@@ -102,6 +104,7 @@ impl Application {
         }
         health.set_database_up(true);
 
+        let ping_task = tokio::spawn(watch_database(pool.clone(), health.clone()));
         let prices = Arc::new(RwLock::new(Arc::new(
             load_prices(&pool).await.unwrap_or_default(),
         )));
@@ -118,6 +121,10 @@ impl Application {
         let writer_task = tokio::spawn(writer.run(writer_drain.clone(), writer_abort.clone()));
 
         let log = EventLog::new(pool.clone());
+        let quarantined = log.quarantined_calls().await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not read quarantined calls; none are held back");
+            Vec::new()
+        });
         let (tracker, _supervisor) = Tracker::start(
             CallContext {
                 log: log.clone(),
@@ -129,11 +136,12 @@ impl Application {
                 backoff: settings.backoff.clone(),
             },
             &settings.tracker,
+            quarantined,
         )
         .await?;
         let _ = tracker_slot.set(tracker.clone());
 
-        recover(&pool, &tracker, &settings, &shutdown).await;
+        recover(&log, &tracker, &settings, &shutdown).await;
         health.set_recovered();
 
         let ingest_stop = CancellationToken::new();
@@ -179,6 +187,7 @@ impl Application {
             let _ = writer_task.await;
         }
         price_task.abort();
+        ping_task.abort();
         http_stop.cancel();
         let _ = http_task.await;
         pool.close().await;
@@ -187,27 +196,19 @@ impl Application {
     }
 }
 
-/// Rebuilds every call whose logged events are not all folded into its written record: the
-/// calls that were active (or waiting to be written) when the service last stopped.
+/// Rebuilds every open call (logged events not yet all in its row): the calls that were active,
+/// or waiting to be written, when the service last stopped, however it stopped.
 async fn recover(
-    pool: &PgPool,
+    log: &EventLog,
     tracker: &Tracker,
     settings: &Settings,
     shutdown: &CancellationToken,
 ) {
     let started = Instant::now();
     let mut backoff = Backoff::new(&settings.backoff);
-    let calls: Vec<(String, i64)> = loop {
-        let result = sqlx::query_as(
-            "SELECT e.call_id, count(*) AS events \
-             FROM call_events e LEFT JOIN calls c ON c.call_id = e.call_id \
-             GROUP BY e.call_id, c.event_count \
-             HAVING count(*) > COALESCE(c.event_count, 0)",
-        )
-        .fetch_all(pool)
-        .await;
-        match result {
-            Ok(rows) => break rows,
+    let calls = loop {
+        match log.open_calls().await {
+            Ok(calls) => break calls,
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "recovery query failed; retrying");
@@ -218,16 +219,35 @@ async fn recover(
             }
         }
     };
-    let events: i64 = calls.iter().map(|(_, n)| n).sum();
     let count = calls.len();
-    if let Err(e) = tracker
-        .resume(calls.into_iter().map(|(c, _)| c).collect())
-        .await
-    {
-        error!(error = %e, "could not resume calls; they resume with their next event");
+    match tracker.resume(calls).await {
+        Ok(events) => {
+            counter!("cdr_calls_recovered_total").increment(count as u64);
+            info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
+        }
+        Err(e) => error!(error = %e, "could not resume calls; they resume with their next event"),
     }
-    counter!("cdr_calls_recovered_total").increment(count as u64);
-    info!(calls = count, events, took = ?started.elapsed(), "recovered active calls from the event log");
+}
+
+/// Keeps readiness honest while no traffic flows: a database that went away is noticed within
+/// `DB_PING` even if no write has failed yet.
+async fn watch_database(pool: PgPool, health: Health) {
+    let mut tick = tokio::time::interval(DB_PING);
+    loop {
+        tick.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(DB_PING, sqlx::query("SELECT 1").execute(&pool)).await,
+            Ok(Ok(_))
+        );
+        if ok != health.database_up() {
+            if ok {
+                info!("database reachable again");
+            } else {
+                warn!("database unreachable");
+            }
+        }
+        health.set_database_up(ok);
+    }
 }
 
 async fn load_prices(pool: &PgPool) -> Result<PriceBook, sqlx::Error> {

@@ -65,8 +65,9 @@ impl EventLog {
         &self.pool
     }
 
-    /// Appends a batch in one transaction: the raw events, then the per-event projections
-    /// (dialog turns, usage lines), so that a committed event always has its projections.
+    /// Appends a batch in one transaction: the raw events, their calls marked open (see
+    /// `open_calls` in the migrations), then the per-event projections (dialog turns, usage
+    /// lines), so that a committed event always has its projections and its recovery entry.
     pub async fn append(&self, batch: &[Envelope]) -> Result<Appended, LogError> {
         if batch.is_empty() {
             return Ok(Appended::default());
@@ -93,14 +94,22 @@ impl EventLog {
 
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "INSERT INTO call_events \
-               (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
-             SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
-             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
-                         $6::text[], $7::text[], $8::bytea[]) \
-                  AS t(call_id, event_type, ts, inferred, received, trace, body, hash) \
-             ON CONFLICT (call_id, body_sha256) DO NOTHING \
-             RETURNING event_id, call_id, body_sha256",
+            "WITH inserted AS ( \
+               INSERT INTO call_events \
+                 (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
+               SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
+               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
+                           $6::text[], $7::text[], $8::bytea[]) \
+                    AS t(call_id, event_type, ts, inferred, received, trace, body, hash) \
+               ON CONFLICT (call_id, body_sha256) DO NOTHING \
+               RETURNING event_id, call_id, body_sha256 \
+             ), opened AS ( \
+               INSERT INTO open_calls AS o (call_id, last_event_id) \
+               SELECT call_id, max(event_id) FROM inserted GROUP BY call_id \
+               ON CONFLICT (call_id) DO UPDATE \
+                 SET last_event_id = GREATEST(o.last_event_id, EXCLUDED.last_event_id) \
+             ) \
+             SELECT event_id, call_id, body_sha256 FROM inserted",
         )
         .bind(&call_ids)
         .bind(&event_types)
@@ -266,19 +275,78 @@ impl EventLog {
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
+    /// Calls to rebuild on start: open (events not yet in their row) and not quarantined.
+    pub async fn open_calls(&self) -> Result<Vec<String>, LogError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT o.call_id FROM open_calls o \
+             WHERE NOT EXISTS (SELECT 1 FROM quarantined_calls q WHERE q.call_id = o.call_id) \
+             ORDER BY o.last_event_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    pub async fn quarantined_calls(&self) -> Result<Vec<String>, LogError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT call_id FROM quarantined_calls")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// Marks a call quarantined; its events stay in the log. Returns the call's trace id.
+    pub async fn quarantine(
+        &self,
+        call_id: &str,
+        failures: i32,
+        reason: &str,
+    ) -> Result<Option<String>, LogError> {
+        let trace_id: Option<String> = sqlx::query_scalar(
+            "INSERT INTO quarantined_calls (call_id, trace_id, failures, reason) \
+             VALUES ($1, (SELECT trace_id FROM call_events WHERE call_id = $1 AND trace_id IS NOT NULL \
+                          ORDER BY event_id LIMIT 1), $2, $3) \
+             ON CONFLICT (call_id) DO UPDATE SET failures = EXCLUDED.failures, reason = EXCLUDED.reason, \
+               quarantined_at = now() \
+             RETURNING trace_id",
+        )
+        .bind(call_id)
+        .bind(failures)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(trace_id)
+    }
+
     /// Every logged event of one call, in log order.
     pub async fn load_call(&self, call_id: &str) -> Result<Vec<LoggedEvent>, LogError> {
+        let mut calls = self.load_calls(&[call_id.to_owned()]).await?;
+        Ok(calls.pop().map(|(_, events)| events).unwrap_or_default())
+    }
+
+    /// Every logged event of each call, in log order, in one query.
+    pub async fn load_calls(
+        &self,
+        call_ids: &[String],
+    ) -> Result<Vec<(String, Vec<LoggedEvent>)>, LogError> {
         let rows: Vec<StoredRow> = sqlx::query_as(
             "SELECT event_id, call_id, event_type, \
                     COALESCE(event_timestamp, received_at, created_at) AS ts, \
                     timestamp_inferred OR event_timestamp IS NULL AS inferred, \
                     trace_id, payload, body_sha256 \
-             FROM call_events WHERE call_id = $1 ORDER BY event_id",
+             FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, event_id",
         )
-        .bind(call_id)
+        .bind(call_ids)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(StoredRow::into_logged).collect())
+        let mut calls: Vec<(String, Vec<LoggedEvent>)> = Vec::new();
+        for row in rows {
+            let e = row.into_logged();
+            match calls.last_mut() {
+                Some((id, events)) if *id == e.call_id => events.push(e),
+                _ => calls.push((e.call_id.clone(), vec![e])),
+            }
+        }
+        Ok(calls)
     }
 }
 

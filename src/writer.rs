@@ -23,6 +23,9 @@ pub struct WriteRequest {
     pub record: CallRecord,
     /// Distinct logged events folded into the record: its version.
     pub event_count: i32,
+    /// Highest event id folded into the record: the call leaves `open_calls` once a row
+    /// covering its last logged event is committed.
+    pub max_event_id: i64,
     /// When the call's end reached the service, for the flush-latency histogram.
     pub end_received: Option<Instant>,
     /// Why the actor flushed: "ended" or "idle_timeout".
@@ -204,6 +207,7 @@ pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::
     }
     let rows: Vec<&WriteRequest> = newest.into_values().collect();
     let recs: Vec<&CallRecord> = rows.iter().map(|r| &r.record).collect();
+    let mut tx = pool.begin().await?;
     let result = sqlx::query(
         "INSERT INTO calls AS c (call_id, trace_id, user_id, contact_id, tenant_id, start_time, \
             answer_time, end_time, duration_seconds, billable_seconds, status, disposition, \
@@ -288,7 +292,19 @@ pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::
             .collect::<Vec<_>>(),
     )
     .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    // Same transaction: a call leaves open_calls only with a row that covers its last logged
+    // event. A concurrent log append for the call holds the open_calls row lock, and the
+    // re-checked condition then keeps the row.
+    sqlx::query(
+        "DELETE FROM open_calls o USING UNNEST($1::text[], $2::bigint[]) AS t(call_id, upto) \
+         WHERE o.call_id = t.call_id AND o.last_event_id <= t.upto",
+    )
+    .bind(recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.max_event_id).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(result.rows_affected())
 }

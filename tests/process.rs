@@ -2,66 +2,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cdr_service::simulate::{Publisher, SyntheticCall};
+use common::service::Service;
 use common::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Service {
-    async fn start(env: &TestEnv, settings: &cdr_service::config::Settings) -> Service {
-        let port = free_port();
-        let mut vars = env.env_vars(settings);
-        vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
-        vars.push(("CDR__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
-        let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
-            .arg("run")
-            .envs(vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cdr-service");
-        let service = Service { child, port };
-        let url = format!("http://127.0.0.1:{port}/health/ready");
-        wait_until(Duration::from_secs(60), "child service ready", || {
-            let url = url.clone();
-            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) }
-        })
-        .await;
-        service
-    }
-
-    /// SIGTERM, then wait for the exit; returns the exit code and how long it took.
-    fn terminate(mut self) -> (Option<i32>, Duration) {
-        let started = Instant::now();
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return (status.code(), started.elapsed());
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = self.child.kill();
-                panic!("service did not exit within 60s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_loses_nothing_and_restart_completes_open_calls() {

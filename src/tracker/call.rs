@@ -39,6 +39,7 @@ pub struct CallArgs {
     pub call_id: String,
     pub load_from_log: bool,
     pub events: Vec<LoggedEvent>,
+    pub live: bool,
     pub phase: Arc<std::sync::atomic::AtomicU8>,
     pub ctx: Arc<CallContext>,
 }
@@ -63,6 +64,7 @@ pub struct CallActorState {
     /// Events folded since the last write.
     dirty: bool,
     pending: Vec<LoggedEvent>,
+    pending_live: bool,
     load_from_log: bool,
 }
 
@@ -136,6 +138,7 @@ impl CallActorState {
             .write(WriteRequest {
                 record,
                 event_count: i32::try_from(self.event_count).unwrap_or(i32::MAX),
+                max_event_id: self.max_event_id,
                 end_received: self.end_received.take(),
                 cause,
             })
@@ -159,6 +162,22 @@ impl CallActorState {
         }
         removed
     }
+}
+
+/// Fault injection for the supervision tests (cargo feature `failpoints`; compiled out of
+/// normal builds). `fail::cfg("call-actor-event", "return(PREFIX)")` makes every call whose id
+/// starts with PREFIX fail with an error when it folds; `return(panic:PREFIX)` makes it panic.
+fn injected_fault(call_id: &str) -> Result<(), ActorProcessingErr> {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(spec)) = fail::eval("call-actor-event", |arg| arg) {
+        if let Some(prefix) = spec.strip_prefix("panic:") {
+            assert!(!call_id.starts_with(prefix), "injected panic for {call_id}");
+        } else if call_id.starts_with(&spec) {
+            return Err(format!("injected failure for {call_id}").into());
+        }
+    }
+    let _ = call_id;
+    Ok(())
 }
 
 pub struct CallActor;
@@ -188,6 +207,7 @@ impl Actor for CallActor {
             timer_at: None,
             dirty: false,
             pending: args.events,
+            pending_live: args.live,
             load_from_log: args.load_from_log,
         })
     }
@@ -219,8 +239,9 @@ impl Actor for CallActor {
             s.dirty = true;
         }
         let pending = std::mem::take(&mut s.pending);
+        injected_fault(&s.call_id)?;
         for e in &pending {
-            s.fold(e, true);
+            s.fold(e, s.pending_live);
         }
         if s.state.is_ended() && s.ended_at.is_none() {
             s.ended_at = Some(Instant::now());
@@ -238,6 +259,7 @@ impl Actor for CallActor {
         match msg {
             CallMsg::Event(e) => {
                 s.received += 1;
+                injected_fault(&s.call_id)?;
                 s.fold(&e, true);
                 s.arm(&myself);
             }

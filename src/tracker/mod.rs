@@ -83,9 +83,12 @@ pub enum TrackerError {
 }
 
 impl Tracker {
+    /// Starts the supervisor. `quarantined` are calls that exhausted their restart budget
+    /// earlier: their events are not dispatched until an operator releases them.
     pub async fn start(
         ctx: CallContext,
         settings: &TrackerSettings,
+        quarantined: Vec<String>,
     ) -> Result<(Tracker, JoinHandle<()>), TrackerError> {
         let ctx = Arc::new(ctx);
         let (supervisor, handle) = Actor::spawn(
@@ -95,6 +98,7 @@ impl Tracker {
                 ctx: ctx.clone(),
                 restart_budget: settings.restart_budget,
                 restart_window: settings.restart_window,
+                quarantined,
             },
         )
         .await?;
@@ -159,26 +163,44 @@ impl Tracker {
                     call_id,
                     load_from_log,
                     events,
+                    live: true,
                 }
             })
             .collect();
         self.spawn_calls(spawns).await
     }
 
-    /// Starts actors that rebuild the given calls from the log (recovery after a restart).
-    pub async fn resume(&self, call_ids: Vec<String>) -> Result<(), TrackerError> {
+    /// Rebuilds the given calls from the log (recovery at start), loading them in bulk.
+    /// Returns how many events were loaded.
+    pub async fn resume(&self, call_ids: Vec<String>) -> Result<usize, TrackerError> {
+        let mut events_loaded = 0;
         for chunk in call_ids.chunks(1000) {
-            let spawns = chunk
-                .iter()
-                .map(|call_id| SpawnCall {
-                    call_id: call_id.clone(),
-                    load_from_log: true,
-                    events: Vec::new(),
+            let mut backoff = crate::backoff::Backoff::new(&self.ctx.backoff);
+            let calls = loop {
+                match self.ctx.log.load_calls(chunk).await {
+                    Ok(calls) => break calls,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "cannot load open calls; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            };
+            let spawns = calls
+                .into_iter()
+                .map(|(call_id, events)| {
+                    events_loaded += events.len();
+                    SpawnCall {
+                        call_id,
+                        load_from_log: false,
+                        events,
+                        live: false,
+                    }
                 })
                 .collect();
             self.spawn_calls(spawns).await?;
         }
-        Ok(())
+        Ok(events_loaded)
     }
 
     async fn spawn_calls(&self, spawns: Vec<SpawnCall>) -> Result<(), TrackerError> {

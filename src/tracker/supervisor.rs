@@ -17,8 +17,11 @@ use crate::log::LoggedEvent;
 
 pub struct SpawnCall {
     pub call_id: String,
+    /// Load the call's logged events before folding `events` (a call seen before).
     pub load_from_log: bool,
     pub events: Vec<LoggedEvent>,
+    /// `events` arrive live (not replayed from the log by recovery).
+    pub live: bool,
 }
 
 pub enum SupervisorMsg {
@@ -30,6 +33,7 @@ pub struct SupervisorArgs {
     pub ctx: Arc<CallContext>,
     pub restart_budget: u32,
     pub restart_window: Duration,
+    pub quarantined: Vec<String>,
 }
 
 pub struct SupervisorState {
@@ -55,6 +59,7 @@ impl SupervisorState {
                 call_id: call.call_id.clone(),
                 load_from_log: call.load_from_log,
                 events: call.events,
+                live: call.live,
                 phase: phase.clone(),
                 ctx: self.ctx.clone(),
             },
@@ -105,7 +110,7 @@ impl Actor for CallSupervisor {
             ctx: args.ctx,
             by_actor: HashMap::new(),
             failures: HashMap::new(),
-            quarantined: HashSet::new(),
+            quarantined: args.quarantined.into_iter().collect(),
             restart_budget: args.restart_budget,
             restart_window: args.restart_window,
         })
@@ -171,12 +176,31 @@ impl Actor for CallSupervisor {
                 if state.over_budget(&call_id) {
                     state.quarantined.insert(call_id.clone());
                     counter!("cdr_actor_quarantines_total").increment(1);
-                    error!(
-                        call_id = %call_id,
-                        error = %reason,
-                        budget = state.restart_budget,
-                        "call actor keeps failing; call quarantined (its events stay in call_events)"
-                    );
+                    let failures = state.failures.get(&call_id).map_or(0, VecDeque::len);
+                    // Recorded off the supervisor's loop: a slow database must not hold up
+                    // the other calls. Until it lands, the call stays open and is retried on
+                    // the next start, which is the safe side.
+                    let log = state.ctx.log.clone();
+                    let reason = reason.to_string();
+                    tokio::spawn(async move {
+                        let failures = i32::try_from(failures).unwrap_or(i32::MAX);
+                        match log.quarantine(&call_id, failures, &reason).await {
+                            Ok(trace_id) => error!(
+                                call_id = %call_id,
+                                trace_id = trace_id.as_deref().unwrap_or(""),
+                                error = %reason,
+                                failures,
+                                "call actor keeps failing; call quarantined (its events stay in call_events)"
+                            ),
+                            Err(e) => error!(
+                                call_id = %call_id,
+                                error = %reason,
+                                failures,
+                                db_error = %e,
+                                "call actor keeps failing; quarantined in memory, but recording it failed"
+                            ),
+                        }
+                    });
                     return Ok(());
                 }
                 counter!("cdr_actor_restarts_total").increment(1);
@@ -185,6 +209,7 @@ impl Actor for CallSupervisor {
                     call_id: call_id.clone(),
                     load_from_log: true,
                     events: Vec::new(),
+                    live: true,
                 };
                 if let Err(e) = state.start_call(&myself, restart).await {
                     error!(call_id = %call_id, error = %e, "could not restart call actor");

@@ -2,6 +2,8 @@
 //! real PostgreSQL and RabbitMQ, so tests run in parallel without seeing each other.
 #![allow(dead_code)]
 
+pub mod service;
+
 use std::time::{Duration, Instant};
 
 use cdr_service::app::Application;

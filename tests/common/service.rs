@@ -1,0 +1,71 @@
+//! The service binary as a child process.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{TestEnv, wait_until};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary as a child process on a test's settings.
+pub struct Service {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Service {
+    pub async fn start(env: &TestEnv, settings: &cdr_service::config::Settings) -> Service {
+        let port = free_port();
+        let mut vars = env.env_vars(settings);
+        vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
+        vars.push(("CDR__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
+            .arg("run")
+            .envs(vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cdr-service");
+        let service = Service { child, port };
+        let url = format!("http://127.0.0.1:{port}/health/ready");
+        wait_until(Duration::from_secs(60), "child service ready", || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) }
+        })
+        .await;
+        service
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit code and how long it took.
+    pub fn terminate(mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("service did not exit within 60s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Service {
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
