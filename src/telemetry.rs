@@ -3,8 +3,12 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::ChronoUtc;
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -15,24 +19,51 @@ pub const SERVICE_NAME: &str = "cdr-service";
 /// (`call_id`, `trace_id`). Safe to call more than once (later calls are no-ops).
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_timer(ChronoUtc::rfc_3339())
-        .with_target(true);
     let result = match settings.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .event_format(WithService(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_timer(ChronoUtc::rfc_3339())
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .try_init(),
-        LogFormat::Console => builder.try_init(),
+        LogFormat::Console => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_timer(ChronoUtc::rfc_3339())
+            .with_target(true)
+            .try_init(),
     };
     if result.is_ok() {
-        tracing::info!(
-            service = SERVICE_NAME,
-            version = env!("CARGO_PKG_VERSION"),
-            "logging started"
-        );
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "logging started");
+    }
+}
+
+/// Adds `"service":"cdr-service"` to every JSON log line, so log collectors can route the
+/// service's lines without parsing targets.
+struct WithService<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithService<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"service\":\"{SERVICE_NAME}\",{rest}"),
+            None => writer.write_str(&line),
+        }
     }
 }
 

@@ -157,7 +157,9 @@ impl Tracker {
             .map(|(call_id, events)| {
                 let load_from_log = seen_before.as_ref().is_none_or(|s| s.contains(&call_id));
                 if load_from_log {
-                    counter!("cdr_calls_reactivated_total").increment(1);
+                    // Events for a call whose actor had finished: usually a recording or an
+                    // identification after the record was written.
+                    counter!("cdr_late_events_total").increment(events.len() as u64);
                 }
                 SpawnCall {
                     call_id,
