@@ -39,6 +39,8 @@ impl From<sqlx::Error> for LogError {
 pub struct LoggedEvent {
     pub event_id: i64,
     pub call_id: String,
+    /// When the service received it (idle timeouts count from here, across restarts).
+    pub received_at: DateTime<Utc>,
     pub event: CallEvent,
 }
 
@@ -140,6 +142,7 @@ impl EventLog {
                 inserted.push(LoggedEvent {
                     event_id: *id,
                     call_id: e.call_id.clone(),
+                    received_at: e.received_at,
                     event: CallEvent {
                         timestamp: e.timestamp,
                         timestamp_inferred: e.timestamp_inferred,
@@ -332,6 +335,7 @@ impl EventLog {
             "SELECT event_id, call_id, event_type, \
                     COALESCE(event_timestamp, received_at, created_at) AS ts, \
                     timestamp_inferred OR event_timestamp IS NULL AS inferred, \
+                    COALESCE(received_at, created_at) AS received, \
                     trace_id, payload, body_sha256 \
              FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, event_id",
         )
@@ -362,6 +366,7 @@ struct StoredRow {
     event_type: String,
     ts: DateTime<Utc>,
     inferred: bool,
+    received: DateTime<Utc>,
     trace_id: Option<String>,
     payload: sqlx::types::Json<serde_json::Value>,
     body_sha256: Option<Vec<u8>>,
@@ -385,6 +390,7 @@ impl StoredRow {
         LoggedEvent {
             event_id: self.event_id,
             call_id: self.call_id,
+            received_at: self.received,
             event: CallEvent {
                 timestamp: self.ts,
                 timestamp_inferred: self.inferred,

@@ -407,3 +407,34 @@ async fn fanout_exchange_without_permission_keeps_the_service_up_and_not_ready()
     handle.await.unwrap().unwrap();
     env.cleanup(&settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_counts_from_the_last_event_across_restarts() {
+    let app = TestApp::spawn_with(|s| s.tracker.idle_timeout = Duration::from_secs(600)).await;
+    let c = call("idle-across-restart");
+    publish_all(&app, &[c.started(), c.answered()]).await;
+    wait_until(Duration::from_secs(10), "events logged", || {
+        let pool = app.pool.clone();
+        let id = c.call_id.clone();
+        async move { logged_events(&pool, &id).await == 2 }
+    })
+    .await;
+    let (env, settings) = app.stop().await;
+    // The service was down for an hour since the call's last event.
+    let pool = env.pool().await;
+    sqlx::query(
+        "UPDATE call_events SET received_at = received_at - interval '1 hour' WHERE call_id = $1",
+    )
+    .bind(&c.call_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let app = TestApp::start(env, settings).await;
+    // Ten minutes of idle timeout have long passed: the recovered call is written at once,
+    // not ten minutes after the restart.
+    let r = wait_for_row(&app.pool, &c.call_id, 2).await;
+    assert_eq!(r.status.as_deref(), Some("TIMED_OUT"));
+    assert_eq!(r.start_time, Some(t0()));
+    app.finish().await;
+}

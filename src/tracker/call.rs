@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -56,6 +56,9 @@ pub struct CallActorState {
     max_event_id: i64,
     /// Event messages handled from the mailbox (compared with `CallEntry::routed`).
     received: u64,
+    /// Receive time of the newest event folded, on the monotonic clock: the idle timeout
+    /// counts from it, so a call without an end times out on schedule however often the
+    /// service restarts.
     last_event: Instant,
     ended_at: Option<Instant>,
     /// When the end arrived live, for the flush-latency histogram.
@@ -79,7 +82,13 @@ impl CallActorState {
         self.event_count += 1;
         self.dirty = true;
         let now = Instant::now();
-        self.last_event = now;
+        let age = (chrono::Utc::now() - e.received_at)
+            .to_std()
+            .unwrap_or_default();
+        let received = now.checked_sub(age).unwrap_or(now);
+        if received > self.last_event {
+            self.last_event = received;
+        }
         if !was_ended && self.state.is_ended() {
             self.ended_at = Some(now);
             if live {
@@ -192,7 +201,6 @@ impl Actor for CallActor {
         _myself: ActorRef<CallMsg>,
         args: CallArgs,
     ) -> Result<CallActorState, ActorProcessingErr> {
-        let now = Instant::now();
         Ok(CallActorState {
             call_id: args.call_id,
             ctx: args.ctx,
@@ -201,7 +209,10 @@ impl Actor for CallActor {
             event_count: 0,
             max_event_id: 0,
             received: 0,
-            last_event: now,
+            // Until an event is folded; the first one sets it.
+            last_event: Instant::now()
+                .checked_sub(Duration::from_secs(365 * 24 * 3600))
+                .unwrap_or_else(Instant::now),
             ended_at: None,
             end_received: None,
             timer_at: None,
