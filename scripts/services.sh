@@ -77,7 +77,30 @@ ensure_database() {
   fi
 }
 
+ensure_prometheus() {
+  # The binary only, for the dashboard test (tests/dashboard_promql.rs runs its own server on a
+  # free port). No Prometheus service is started: a policy-rc.d that forbids service starts is
+  # in place during the install, and a postinst that still fails to start one is not an error.
+  if command -v prometheus >/dev/null 2>&1; then return 0; fi
+  log "installing Prometheus (binary only, no service)"
+  local policy=/usr/sbin/policy-rc.d own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# cdr-service: no service starts during this install\nexit 101\n' \
+      | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    own_policy=1
+  fi
+  apt_install --no-install-recommends prometheus || log "prometheus package setup reported an error (a service start, most likely); checking the binary"
+  # A half-configured package (postinst failed) would break later installs; settle it.
+  DEBIAN_FRONTEND=noninteractive $SUDO dpkg --configure -a >/dev/null 2>&1 || true
+  [ -z "$own_policy" ] || $SUDO rm -f "$policy"
+  if ! command -v prometheus >/dev/null 2>&1; then
+    log "prometheus is still missing after the install"; return 1
+  fi
+}
+
 ensure_postgres
 ensure_rabbitmq
 ensure_database
-log "PostgreSQL and RabbitMQ are up"
+ensure_prometheus
+log "PostgreSQL and RabbitMQ are up; prometheus is installed"

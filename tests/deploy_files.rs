@@ -1,0 +1,641 @@
+//! The deployment files in `deploy/` hold together: the compose stack names what exists (build
+//! context, Dockerfile, mounted folders, dependencies, ports), the Grafana provisioning points at
+//! what compose mounts, and the dashboard is well-formed. No container engine is needed: the
+//! files are parsed and checked against the repository. Whether each dashboard query has data
+//! is checked against a real Prometheus in `tests/dashboard_promql.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use yaml_serde::Value as Yaml;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn deploy() -> PathBuf {
+    repo().join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn yaml(path: &Path) -> Yaml {
+    let mut v: Yaml = yaml_serde::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+    v.apply_merge()
+        .unwrap_or_else(|e| panic!("{}: merge keys: {e}", path.display()));
+    v
+}
+
+fn compose() -> Yaml {
+    yaml(&deploy().join("compose.yaml"))
+}
+
+fn services(compose: &Yaml) -> BTreeMap<String, Yaml> {
+    compose
+        .get("services")
+        .and_then(Yaml::as_mapping)
+        .expect("compose.yaml has a `services` mapping")
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().expect("service names are strings").to_owned(),
+                v.clone(),
+            )
+        })
+        .collect()
+}
+
+fn service<'a>(services: &'a BTreeMap<String, Yaml>, name: &str) -> &'a Yaml {
+    services
+        .get(name)
+        .unwrap_or_else(|| panic!("compose.yaml has no service `{name}`"))
+}
+
+fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(*key)?;
+    }
+    cur.as_str()
+}
+
+fn strings(v: Option<&Yaml>) -> Vec<String> {
+    v.and_then(Yaml::as_sequence)
+        .map(|s| {
+            s.iter()
+                .map(|x| match x {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Number(n) => n.to_string(),
+                    other => panic!("expected a string, got {other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `environment` as a map, whether written as a mapping or as a list of `KEY=VALUE`.
+fn environment(svc: &Yaml) -> BTreeMap<String, String> {
+    match svc.get("environment") {
+        None => BTreeMap::new(),
+        Some(Yaml::Mapping(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Bool(b) => b.to_string(),
+                    Yaml::Number(n) => n.to_string(),
+                    Yaml::Null => String::new(),
+                    other => panic!("environment value {other:?}"),
+                };
+                (k.as_str().unwrap().to_owned(), value)
+            })
+            .collect(),
+        Some(list @ Yaml::Sequence(_)) => strings(Some(list))
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv, String::new()),
+            })
+            .collect(),
+        Some(other) => panic!("environment must be a mapping or a list, got {other:?}"),
+    }
+}
+
+/// `depends_on` targets and their conditions (`service_started` for the list form).
+fn depends_on(svc: &Yaml) -> BTreeMap<String, String> {
+    match svc.get("depends_on") {
+        None => BTreeMap::new(),
+        Some(list @ Yaml::Sequence(_)) => strings(Some(list))
+            .into_iter()
+            .map(|s| (s, "service_started".to_owned()))
+            .collect(),
+        Some(Yaml::Mapping(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let cond = str_at(v, &["condition"]).unwrap_or("service_started");
+                (k.as_str().unwrap().to_owned(), cond.to_owned())
+            })
+            .collect(),
+        Some(other) => panic!("depends_on must be a list or a mapping, got {other:?}"),
+    }
+}
+
+/// A volume entry as (source, target): short `SRC:DST[:MODE]` or long `{source, target}`.
+fn volumes(svc: &Yaml) -> Vec<(String, String)> {
+    let Some(list) = svc.get("volumes").and_then(Yaml::as_sequence) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|v| match v {
+            Yaml::String(s) => {
+                let mut parts = s.splitn(3, ':');
+                let src = parts.next().unwrap().to_owned();
+                let dst = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("volume `{s}` has no target"))
+                    .to_owned();
+                (src, dst)
+            }
+            Yaml::Mapping(_) => (
+                str_at(v, &["source"]).unwrap_or_default().to_owned(),
+                str_at(v, &["target"])
+                    .expect("long volume syntax needs a target")
+                    .to_owned(),
+            ),
+            other => panic!("volume entry {other:?}"),
+        })
+        .collect()
+}
+
+fn is_host_path(src: &str) -> bool {
+    src.starts_with('.') || src.starts_with('/') || src.starts_with('~')
+}
+
+/// Published (host, container) ports of a service.
+fn ports(svc: &Yaml) -> Vec<(u16, u16)> {
+    let Some(list) = svc.get("ports").and_then(Yaml::as_sequence) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|p| {
+            let text = match p {
+                Yaml::String(s) => s.clone(),
+                Yaml::Number(n) => n.to_string(),
+                Yaml::Mapping(_) => {
+                    let target = p.get("target").and_then(Yaml::as_u64).expect("port target");
+                    let published = match p.get("published") {
+                        Some(Yaml::String(s)) => s.clone(),
+                        Some(Yaml::Number(n)) => n.to_string(),
+                        _ => target.to_string(),
+                    };
+                    format!("{published}:{target}")
+                }
+                other => panic!("port entry {other:?}"),
+            };
+            let text = text.split('/').next().unwrap();
+            let parts: Vec<&str> = text.rsplitn(3, ':').collect();
+            let container: u16 = parts[0].parse().unwrap_or_else(|_| panic!("port `{text}`"));
+            let host: u16 = parts
+                .get(1)
+                .map(|h| h.parse().unwrap_or_else(|_| panic!("port `{text}`")))
+                .unwrap_or(container);
+            (host, container)
+        })
+        .collect()
+}
+
+fn resolve(base: &Path, relative: &str) -> PathBuf {
+    let joined = base.join(relative);
+    joined
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{} (from `{relative}`): {e}", joined.display()))
+}
+
+const SERVICES: [&str; 6] = [
+    "postgres",
+    "rabbitmq",
+    "cdr-service",
+    "prometheus",
+    "grafana",
+    "storm",
+];
+
+#[test]
+fn compose_has_every_service_and_each_has_an_image() {
+    let services = services(&compose());
+    for name in SERVICES {
+        let svc = service(&services, name);
+        assert!(
+            svc.get("image").is_some() || svc.get("build").is_some(),
+            "service `{name}` has neither an image nor a build"
+        );
+    }
+    let pg = str_at(service(&services, "postgres"), &["image"]).unwrap();
+    assert!(pg.starts_with("postgres:16"), "postgres image `{pg}`");
+    let mq = str_at(service(&services, "rabbitmq"), &["image"]).unwrap();
+    assert!(
+        mq.starts_with("rabbitmq:3") && mq.contains("management"),
+        "rabbitmq image `{mq}` must be a 3.x management image"
+    );
+}
+
+#[test]
+fn postgres_and_rabbitmq_have_healthchecks_and_the_service_waits_for_them() {
+    let services = services(&compose());
+    for name in ["postgres", "rabbitmq", "cdr-service"] {
+        let test = service(&services, name)
+            .get("healthcheck")
+            .and_then(|h| h.get("test"))
+            .unwrap_or_else(|| panic!("`{name}` has no healthcheck test"));
+        assert!(
+            !strings(Some(test)).is_empty() || test.as_str().is_some_and(|s| !s.is_empty()),
+            "`{name}` healthcheck test is empty"
+        );
+    }
+    let deps = depends_on(service(&services, "cdr-service"));
+    for dep in ["postgres", "rabbitmq"] {
+        assert_eq!(
+            deps.get(dep).map(String::as_str),
+            Some("service_healthy"),
+            "cdr-service must wait for {dep} to be healthy: {deps:?}"
+        );
+    }
+}
+
+#[test]
+fn cdr_service_build_context_and_dockerfile_exist() {
+    let services = services(&compose());
+    let svc = service(&services, "cdr-service");
+    let build = svc.get("build").expect("cdr-service has a build section");
+    let context = str_at(build, &["context"]).expect("build.context");
+    let context_dir = resolve(&deploy(), context);
+    assert!(context_dir.is_dir(), "{}", context_dir.display());
+    assert_eq!(
+        context_dir,
+        repo().canonicalize().unwrap(),
+        "the build context is the repository root"
+    );
+    let dockerfile = str_at(build, &["dockerfile"]).unwrap_or("Dockerfile");
+    let dockerfile_path = context_dir.join(dockerfile);
+    assert!(
+        dockerfile_path.is_file(),
+        "Dockerfile {} does not exist",
+        dockerfile_path.display()
+    );
+    // The build arguments compose passes are ones the Dockerfile declares.
+    let args = build
+        .get("args")
+        .and_then(Yaml::as_mapping)
+        .expect("build.args");
+    let docker_text = read(&dockerfile_path);
+    for arg in ["VERSION", "CDR_GIT_COMMIT"] {
+        assert!(args.contains_key(arg), "build arg {arg} missing: {args:?}");
+        assert!(
+            docker_text.contains(&format!("ARG {arg}")),
+            "the Dockerfile declares no ARG {arg}"
+        );
+    }
+    let env = environment(svc);
+    assert!(env.contains_key("POSTGRES_URL"), "{env:?}");
+    assert!(env.contains_key("RABBITMQ_URL"), "{env:?}");
+    assert_eq!(env.get("ENV").map(String::as_str), Some("production"));
+    assert!(
+        env["POSTGRES_URL"].contains("@postgres:5432/"),
+        "POSTGRES_URL must point at the postgres service: {}",
+        env["POSTGRES_URL"]
+    );
+    assert!(
+        env["RABBITMQ_URL"].contains("@rabbitmq:5672"),
+        "RABBITMQ_URL must point at the rabbitmq service: {}",
+        env["RABBITMQ_URL"]
+    );
+}
+
+#[test]
+fn every_mounted_host_path_exists_and_named_volumes_are_declared() {
+    let compose = compose();
+    let declared: BTreeSet<String> = compose
+        .get("volumes")
+        .and_then(Yaml::as_mapping)
+        .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    let mut host_paths = 0;
+    for (name, svc) in services(&compose) {
+        for (src, dst) in volumes(&svc) {
+            assert!(dst.starts_with('/'), "{name}: volume target `{dst}`");
+            if is_host_path(&src) {
+                let path = deploy().join(&src);
+                assert!(
+                    path.exists(),
+                    "{name}: mounted host path `{src}` ({}) does not exist",
+                    path.display()
+                );
+                host_paths += 1;
+            } else if !src.is_empty() {
+                assert!(
+                    declared.contains(&src),
+                    "{name}: named volume `{src}` is not declared under top-level volumes"
+                );
+            }
+        }
+    }
+    assert!(host_paths >= 3, "prometheus and grafana mount their files");
+}
+
+#[test]
+fn depends_on_targets_exist() {
+    let services = services(&compose());
+    for (name, svc) in &services {
+        for (dep, condition) in depends_on(svc) {
+            assert!(
+                services.contains_key(&dep),
+                "`{name}` depends on `{dep}`, which is not a service"
+            );
+            assert!(
+                [
+                    "service_started",
+                    "service_healthy",
+                    "service_completed_successfully"
+                ]
+                .contains(&condition.as_str()),
+                "`{name}` -> `{dep}`: unknown condition `{condition}`"
+            );
+            if condition == "service_healthy" {
+                assert!(
+                    services[&dep].get("healthcheck").is_some(),
+                    "`{name}` waits for `{dep}` to be healthy, but `{dep}` has no healthcheck"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn storm_runs_the_service_image_only_in_the_storm_profile() {
+    let services = services(&compose());
+    let storm = service(&services, "storm");
+    assert_eq!(strings(storm.get("profiles")), vec!["storm".to_owned()]);
+    assert_eq!(
+        strings(storm.get("command")),
+        ["simulate", "--order", "shuffled", "--duplicates", "2"]
+    );
+    let image = str_at(service(&services, "cdr-service"), &["image"]);
+    assert!(image.is_some(), "cdr-service names the image it builds");
+    assert_eq!(
+        str_at(storm, &["image"]),
+        image,
+        "storm runs the image cdr-service builds"
+    );
+    let env = environment(storm);
+    assert!(env.contains_key("POSTGRES_URL") && env.contains_key("RABBITMQ_URL"));
+    assert!(depends_on(storm).contains_key("cdr-service"));
+    // Everything else starts with a plain `up`.
+    for (name, svc) in &services {
+        if name != "storm" {
+            assert!(
+                svc.get("profiles").is_none(),
+                "`{name}` must not be behind a profile"
+            );
+        }
+    }
+}
+
+#[test]
+fn ports_are_published() {
+    let services = services(&compose());
+    let published: BTreeSet<u16> = services.values().flat_map(ports).map(|(h, _)| h).collect();
+    for port in [12052, 3000, 9090, 15672, 5672] {
+        assert!(
+            published.contains(&port),
+            "port {port} is not published: {published:?}"
+        );
+    }
+    assert!(ports(service(&services, "cdr-service")).contains(&(12052, 12052)));
+    assert!(ports(service(&services, "grafana")).contains(&(3000, 3000)));
+    assert!(ports(service(&services, "prometheus")).contains(&(9090, 9090)));
+    assert!(ports(service(&services, "rabbitmq")).contains(&(15672, 15672)));
+}
+
+/// The container path a service mounts `host` (relative to deploy/) at.
+fn mount_target(svc: &Yaml, host: &str) -> String {
+    let want = deploy().join(host).canonicalize().unwrap();
+    volumes(svc)
+        .into_iter()
+        .find(|(src, _)| {
+            is_host_path(src) && deploy().join(src).canonicalize().ok().as_ref() == Some(&want)
+        })
+        .map(|(_, dst)| dst)
+        .unwrap_or_else(|| panic!("deploy/{host} is not mounted"))
+}
+
+#[test]
+fn prometheus_scrapes_the_service_every_5s() {
+    let services = services(&compose());
+    let prom = service(&services, "prometheus");
+    let dir = mount_target(prom, "prometheus");
+    assert_eq!(dir, "/etc/prometheus");
+    let config = yaml(&deploy().join("prometheus/prometheus.yml"));
+    let jobs = config
+        .get("scrape_configs")
+        .and_then(Yaml::as_sequence)
+        .expect("scrape_configs");
+    let job = jobs
+        .iter()
+        .find(|j| str_at(j, &["job_name"]) == Some("cdr-service"))
+        .expect("a cdr-service scrape job");
+    let interval = str_at(job, &["scrape_interval"])
+        .or_else(|| str_at(&config, &["global", "scrape_interval"]))
+        .expect("a scrape interval");
+    assert_eq!(interval, "5s");
+    let targets: Vec<String> = job
+        .get("static_configs")
+        .and_then(Yaml::as_sequence)
+        .expect("static_configs")
+        .iter()
+        .flat_map(|sc| strings(sc.get("targets")))
+        .collect();
+    assert_eq!(targets, ["cdr-service:12052"]);
+    let (host, port) = targets[0].split_once(':').unwrap();
+    assert!(services.contains_key(host), "target host is a service");
+    assert!(
+        ports(service(&services, host))
+            .iter()
+            .any(|(_, c)| c.to_string() == port),
+        "the service listens on {port}"
+    );
+    // The command, if set, reads the mounted file.
+    let cmd = strings(prom.get("command")).join(" ");
+    assert!(
+        cmd.is_empty() || cmd.contains("--config.file=/etc/prometheus/prometheus.yml"),
+        "{cmd}"
+    );
+}
+
+#[test]
+fn grafana_provisioning_points_at_what_compose_mounts() {
+    let services = services(&compose());
+    let grafana = service(&services, "grafana");
+    let env = environment(grafana);
+    assert_eq!(
+        env.get("GF_AUTH_ANONYMOUS_ENABLED").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        env.get("GF_AUTH_ANONYMOUS_ORG_ROLE").map(String::as_str),
+        Some("Viewer")
+    );
+    assert_eq!(
+        mount_target(grafana, "grafana/provisioning"),
+        "/etc/grafana/provisioning"
+    );
+    let dashboards_dir = mount_target(grafana, "grafana/dashboards");
+
+    let providers = yaml(&deploy().join("grafana/provisioning/dashboards/dashboards.yaml"));
+    assert_eq!(providers.get("apiVersion").and_then(Yaml::as_u64), Some(1));
+    let list = providers
+        .get("providers")
+        .and_then(Yaml::as_sequence)
+        .expect("providers");
+    assert!(!list.is_empty());
+    for p in list {
+        assert_eq!(str_at(p, &["type"]), Some("file"));
+        assert_eq!(
+            str_at(p, &["options", "path"]),
+            Some(dashboards_dir.as_str()),
+            "the file provider reads the folder compose mounts"
+        );
+    }
+    if let Some(home) = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH") {
+        let file = home
+            .strip_prefix(&format!("{dashboards_dir}/"))
+            .expect("the home dashboard is in the mounted folder");
+        assert!(deploy().join("grafana/dashboards").join(file).is_file());
+    }
+
+    let sources = yaml(&deploy().join("grafana/provisioning/datasources/prometheus.yaml"));
+    assert_eq!(sources.get("apiVersion").and_then(Yaml::as_u64), Some(1));
+    let list = sources
+        .get("datasources")
+        .and_then(Yaml::as_sequence)
+        .expect("datasources");
+    let prom = list
+        .iter()
+        .find(|d| str_at(d, &["uid"]) == Some("prometheus"))
+        .expect("a datasource with uid `prometheus`");
+    assert_eq!(str_at(prom, &["type"]), Some("prometheus"));
+    assert_eq!(str_at(prom, &["url"]), Some("http://prometheus:9090"));
+    assert!(services.contains_key("prometheus"));
+    // $__rate_interval is computed from this: it must equal the scrape interval.
+    assert_eq!(str_at(prom, &["jsonData", "timeInterval"]), Some("5s"));
+}
+
+fn dashboard() -> Json {
+    let path = deploy().join("grafana/dashboards/cdr-service.json");
+    serde_json::from_str(&read(&path))
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// Every panel, including those nested in rows.
+fn all_panels(d: &Json) -> Vec<Json> {
+    fn walk(panels: &[Json], out: &mut Vec<Json>) {
+        for p in panels {
+            out.push(p.clone());
+            if let Some(nested) = p.get("panels").and_then(Json::as_array) {
+                walk(nested, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        d.get("panels")
+            .and_then(Json::as_array)
+            .expect("dashboard has panels"),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn dashboard_panels_have_a_datasource_queries_and_unique_ids() {
+    let d = dashboard();
+    let schema = d.get("schemaVersion").and_then(Json::as_u64).unwrap();
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    assert!(
+        d.get("uid")
+            .and_then(Json::as_str)
+            .is_some_and(|u| !u.is_empty())
+    );
+    assert!(
+        d.get("title")
+            .and_then(Json::as_str)
+            .is_some_and(|t| !t.is_empty())
+    );
+    let panels = all_panels(&d);
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut ids = BTreeSet::new();
+    for p in &panels {
+        let title = p.get("title").and_then(Json::as_str).unwrap_or("?");
+        let id = p
+            .get("id")
+            .and_then(Json::as_u64)
+            .unwrap_or_else(|| panic!("panel `{title}` has no numeric id"));
+        assert!(ids.insert(id), "panel id {id} (`{title}`) is not unique");
+        assert!(p.get("gridPos").is_some(), "panel `{title}` has no gridPos");
+        if p.get("type").and_then(Json::as_str) == Some("row") {
+            continue; // a row only groups panels; it has no query
+        }
+        assert_eq!(
+            p.pointer("/datasource/uid").and_then(Json::as_str),
+            Some("prometheus"),
+            "panel `{title}` has no prometheus datasource"
+        );
+        let targets = p
+            .get("targets")
+            .and_then(Json::as_array)
+            .unwrap_or_else(|| panic!("panel `{title}` has no targets"));
+        assert!(!targets.is_empty(), "panel `{title}` has no targets");
+        let mut refs = BTreeSet::new();
+        for t in targets {
+            let expr = t.get("expr").and_then(Json::as_str).unwrap_or("");
+            assert!(!expr.trim().is_empty(), "panel `{title}` has an empty expr");
+            if let Some(uid) = t.pointer("/datasource/uid") {
+                assert_eq!(uid, "prometheus", "panel `{title}` target datasource");
+            }
+            let r = t.get("refId").and_then(Json::as_str).unwrap_or("");
+            assert!(
+                !r.is_empty() && refs.insert(r),
+                "panel `{title}`: refId `{r}`"
+            );
+            // Ranges follow the scrape interval instead of being hard-coded.
+            for (i, _) in expr.match_indices('[') {
+                assert!(
+                    expr[i..].starts_with("[$__rate_interval]"),
+                    "panel `{title}`: use [$__rate_interval] in `{expr}`"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dashboard_covers_the_operations_metrics() {
+    let d = dashboard();
+    let exprs: Vec<String> = all_panels(&d)
+        .iter()
+        .flat_map(|p| {
+            p.get("targets")
+                .and_then(Json::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|t| t.get("expr").and_then(Json::as_str).map(str::to_owned))
+        .collect();
+    let all = exprs.join("\n");
+    for metric in [
+        "cdr_active_calls",
+        "cdr_calls_lingering",
+        "cdr_events_received_total",
+        "cdr_events_rejected_total",
+        "cdr_duplicates_dropped_total",
+        "cdr_late_events_total",
+        "cdr_records_written_total",
+        "cdr_record_flush_latency_seconds_bucket",
+        "cdr_log_batch_size",
+        "cdr_log_write_duration_seconds_bucket",
+        "cdr_messages_in_flight",
+        "cdr_broker_up",
+        "cdr_database_up",
+        "cdr_actor_restarts_total",
+        "cdr_actor_quarantines_total",
+        "cdr_calls_recovered_total",
+        "cdr_build_info",
+    ] {
+        assert!(all.contains(metric), "no panel queries {metric}");
+    }
+    assert!(all.contains("histogram_quantile(0.5,") && all.contains("histogram_quantile(0.99,"));
+    assert!(all.contains("$__rate_interval"));
+}
