@@ -2,6 +2,7 @@
 //! real PostgreSQL and RabbitMQ, so tests run in parallel without seeing each other.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod service;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,395 @@
+//! Real outages: the service talks to PostgreSQL or RabbitMQ through a TCP proxy that the test
+//! cuts (every live connection severed, new ones refused) and restores. Nothing is mocked: the
+//! service must hold what it cannot commit, report not-ready, reconnect on its own, and end
+//! with every call complete and every distinct event logged exactly once.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cdr_service::app::Application;
+use cdr_service::config::Settings;
+use cdr_service::health::Health;
+use cdr_service::simulate::{Publisher, SyntheticCall};
+use chrono::{DateTime, Utc};
+use common::proxy::Proxy;
+use common::*;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound on every wait; no assertion depends on how fast anything happens.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn t0() -> DateTime<Utc> {
+    "2025-09-24T10:01:02.123456Z".parse().unwrap()
+}
+
+fn call(id: &str) -> SyntheticCall {
+    SyntheticCall::new(format!("{id}@198.51.100.7"), t0())
+}
+
+/// What the record of a `SyntheticCall` must be.
+fn assert_full_record(r: &Row, c: &SyntheticCall) {
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"), "{}", c.call_id);
+    assert_eq!(r.disposition.as_deref(), Some("ANSWERED"), "{}", c.call_id);
+    assert_eq!(r.start_time, Some(t0()));
+    assert_eq!(r.answer_time, Some(t0() + chrono::Duration::seconds(3)));
+    assert_eq!(r.end_time, Some(t0() + chrono::Duration::seconds(45)));
+    assert_eq!(r.duration_seconds, Some(42));
+    assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
+    assert_eq!(r.contact_id, Some(42));
+    assert_eq!(r.tenant_id.as_deref(), Some("sentiric_demo"));
+    assert_eq!(r.caller_number.as_deref(), Some("905551234567"));
+    assert_eq!(r.callee_number.as_deref(), Some("902124440000"));
+    assert_eq!(r.sip_hangup_cause.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.trace_id.as_deref(), Some(c.trace_id.as_str()));
+    assert_eq!(
+        r.recording_url.as_deref(),
+        Some(format!("s3://recordings/sentiric_demo/{}.wav", c.call_id).as_str())
+    );
+    assert_eq!(r.inferred_times, None);
+}
+
+/// Every call has its complete row, folded from exactly its 5 events, each logged once, and
+/// the log and `calls` hold nothing else.
+async fn assert_all_complete(pool: &PgPool, calls: &[SyntheticCall]) {
+    for c in calls {
+        let r = wait_for_row(pool, &c.call_id, 5).await;
+        assert_full_record(&r, c);
+        assert_eq!(
+            r.event_count, 5,
+            "{}: events folded into the row",
+            c.call_id
+        );
+        assert_eq!(
+            logged_events(pool, &c.call_id).await,
+            5,
+            "{}: logged events",
+            c.call_id
+        );
+    }
+    let (logged, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT (call_id, body_sha256)) FROM call_events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(logged, 5 * calls.len() as i64, "events in call_events");
+    assert_eq!(distinct, logged, "no event logged twice");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM calls")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, calls.len() as i64, "rows in calls");
+}
+
+async fn publish_call(publisher: &Publisher, c: &SyntheticCall) {
+    for e in c.events(true) {
+        publisher.publish(&e).await.expect("publish");
+    }
+}
+
+/// A proxy in front of the server of `url`, and `url` rewritten to go through it.
+async fn proxied(url: &str) -> (Proxy, String) {
+    let mut u = url::Url::parse(url).expect("url");
+    let host = u.host_str().expect("host").to_owned();
+    let port = u.port().unwrap_or(match u.scheme() {
+        "amqp" => 5672,
+        _ => 5432,
+    });
+    let upstream: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .expect("resolve upstream")
+        .next()
+        .expect("an upstream address");
+    let proxy = Proxy::start(upstream).await;
+    u.set_host(Some("127.0.0.1")).unwrap();
+    u.set_port(Some(proxy.addr().port())).unwrap();
+    (proxy, u.to_string())
+}
+
+/// The service in-process, with its task handle kept so a crash is seen.
+struct Running {
+    health: Health,
+    port: u16,
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(settings: &Settings) -> Running {
+        init_test_logging();
+        let app = Application::build(settings.clone())
+            .await
+            .expect("build app");
+        let port = app.http_port();
+        let health = app.health();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run(stop.clone()));
+        let running = Running {
+            health,
+            port,
+            stop,
+            handle,
+        };
+        running.wait_ready(true, "service ready").await;
+        running
+    }
+
+    async fn wait_ready(&self, ready: bool, what: &str) {
+        let health = self.health.clone();
+        wait_until(WAIT, what, || {
+            let now = health.ready();
+            async move { now == ready }
+        })
+        .await;
+    }
+
+    /// The status of `GET /health/ready`.
+    async fn ready_status(&self) -> u16 {
+        reqwest::get(format!("http://127.0.0.1:{}/health/ready", self.port))
+            .await
+            .expect("GET /health/ready")
+            .status()
+            .as_u16()
+    }
+
+    fn assert_alive(&self) {
+        assert!(
+            !self.handle.is_finished(),
+            "the service's run ended during the outage"
+        );
+    }
+
+    /// Graceful stop; the run must end Ok.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.handle
+            .await
+            .expect("app task")
+            .expect("app stopped with an error");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_mid_stream_holds_deliveries_and_loses_nothing() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let (db_proxy, db_url) = proxied(&env.db_url).await;
+    settings.database.url = db_url;
+    let pool = env.pool().await;
+    let app = Running::start(&settings).await;
+    let publisher = Publisher::connect(&amqp_url(), &settings.amqp.exchange)
+        .await
+        .expect("publisher");
+
+    let first: Vec<SyntheticCall> = (0..5).map(|i| call(&format!("before-{i}"))).collect();
+    for c in &first {
+        publish_call(&publisher, c).await;
+    }
+    for c in &first {
+        wait_for_row(&pool, &c.call_id, 5).await;
+    }
+
+    db_proxy.cut();
+    app.wait_ready(false, "readiness false with the database cut")
+        .await;
+    assert_eq!(app.ready_status().await, 503);
+
+    let second: Vec<SyntheticCall> = (0..5).map(|i| call(&format!("during-{i}"))).collect();
+    for c in &second {
+        publish_call(&publisher, c).await;
+    }
+    // The broker has handed every message to the service (none ready in the queue)...
+    wait_until(WAIT, "second set delivered to the service", || {
+        let queue = settings.amqp.queue.clone();
+        async move { queue_depth(&queue).await == 0 }
+    })
+    .await;
+    // ...which keeps retrying the log append: give it several backoff rounds to go wrong.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.assert_alive();
+    assert!(!app.health.ready(), "ready while the database is cut");
+    assert_eq!(app.ready_status().await, 503);
+    for c in &second {
+        assert_eq!(
+            logged_events(&pool, &c.call_id).await,
+            0,
+            "{}: logged while the database was cut",
+            c.call_id
+        );
+        assert!(row(&pool, &c.call_id).await.is_none(), "{}", c.call_id);
+    }
+
+    db_proxy.restore();
+    app.wait_ready(true, "readiness back after the database returns")
+        .await;
+    assert_eq!(app.ready_status().await, 200);
+    let all: Vec<SyntheticCall> = first.into_iter().chain(second).collect();
+    assert_all_complete(&pool, &all).await;
+    wait_until(WAIT, "queue empty", || {
+        let queue = settings.amqp.queue.clone();
+        async move { queue_depth(&queue).await == 0 }
+    })
+    .await;
+
+    app.stop().await;
+    // Stopped: anything left unacked would be back in the queue now.
+    assert_eq!(
+        queue_depth(&settings.amqp.queue).await,
+        0,
+        "unacked deliveries"
+    );
+    pool.close().await;
+    env.cleanup(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_during_a_database_outage_stay_unacked_at_the_broker() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let (db_proxy, db_url) = proxied(&env.db_url).await;
+    let (amqp_proxy, amqp_url_proxied) = proxied(&amqp_url()).await;
+    settings.database.url = db_url;
+    settings.amqp.url = amqp_url_proxied;
+    let pool = env.pool().await;
+    let app = Running::start(&settings).await;
+    let publisher = Publisher::connect(&amqp_url(), &settings.amqp.exchange)
+        .await
+        .expect("publisher");
+
+    db_proxy.cut();
+    app.wait_ready(false, "readiness false with the database cut")
+        .await;
+    let calls: Vec<SyntheticCall> = (0..4).map(|i| call(&format!("held-{i}"))).collect();
+    for c in &calls {
+        publish_call(&publisher, c).await;
+    }
+    let published = 5 * calls.len() as u32;
+    wait_until(WAIT, "messages delivered to the service", || {
+        let queue = settings.amqp.queue.clone();
+        async move { queue_depth(&queue).await == 0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    app.assert_alive();
+
+    // Sever the service's broker connection while it still cannot commit: the broker requeues
+    // exactly the deliveries that were never acked, and the service cannot reconnect to take
+    // them again. Every message must come back.
+    amqp_proxy.cut();
+    wait_until(WAIT, "every unacked delivery requeued", || {
+        let queue = settings.amqp.queue.clone();
+        async move { queue_depth(&queue).await == published }
+    })
+    .await;
+    assert_eq!(queue_depth(&settings.amqp.queue).await, published);
+    for c in &calls {
+        assert_eq!(logged_events(&pool, &c.call_id).await, 0, "{}", c.call_id);
+    }
+    app.assert_alive();
+    assert_eq!(app.ready_status().await, 503);
+
+    amqp_proxy.restore();
+    db_proxy.restore();
+    app.wait_ready(true, "readiness back after both outages")
+        .await;
+    assert_all_complete(&pool, &calls).await;
+    wait_until(WAIT, "queue empty", || {
+        let queue = settings.amqp.queue.clone();
+        async move { queue_depth(&queue).await == 0 }
+    })
+    .await;
+
+    app.stop().await;
+    assert_eq!(
+        queue_depth(&settings.amqp.queue).await,
+        0,
+        "unacked deliveries"
+    );
+    pool.close().await;
+    env.cleanup(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connection_cut_mid_stream_reconnects_and_loses_nothing() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let (amqp_proxy, amqp_url_proxied) = proxied(&amqp_url()).await;
+    settings.amqp.url = amqp_url_proxied;
+    // Batches that wait a while: the cut finds deliveries taken but not yet acked.
+    settings.ingest.batch_max_age = Duration::from_millis(200);
+    let pool = env.pool().await;
+    let app = Running::start(&settings).await;
+    // Producers reach the broker directly: only the service's connection is cut.
+    let publisher = Publisher::connect(&amqp_url(), &settings.amqp.exchange)
+        .await
+        .expect("publisher");
+
+    let stop_publishing = CancellationToken::new();
+    let publishing = tokio::spawn({
+        let stop = stop_publishing.clone();
+        async move {
+            let mut calls = Vec::new();
+            while !stop.is_cancelled() {
+                let c = call(&format!("stream-{}", calls.len()));
+                publish_call(&publisher, &c).await;
+                calls.push(c);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            calls
+        }
+    });
+
+    // Mid-stream: records are being written when the connection goes.
+    wait_until(WAIT, "records flowing before the cut", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM calls")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                >= 3
+        }
+    })
+    .await;
+    amqp_proxy.cut();
+    let health = app.health.clone();
+    wait_until(WAIT, "broker reported down", || {
+        let up = health.broker_up();
+        async move { !up }
+    })
+    .await;
+    assert!(!app.health.ready(), "ready with the broker cut");
+    assert_eq!(app.ready_status().await, 503);
+    // Keep the cut (and the publishing) going while the service retries its connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.assert_alive();
+    assert!(!app.health.ready(), "ready while the broker is cut");
+    assert_eq!(app.ready_status().await, 503);
+
+    amqp_proxy.restore();
+    app.wait_ready(true, "readiness back after the broker returns")
+        .await;
+    assert_eq!(app.ready_status().await, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_publishing.cancel();
+    let calls = publishing.await.expect("publisher task");
+
+    assert_all_complete(&pool, &calls).await;
+    wait_until(WAIT, "queue empty", || {
+        let queue = settings.amqp.queue.clone();
+        async move { queue_depth(&queue).await == 0 }
+    })
+    .await;
+
+    app.stop().await;
+    assert_eq!(
+        queue_depth(&settings.amqp.queue).await,
+        0,
+        "unacked deliveries"
+    );
+    pool.close().await;
+    env.cleanup(&settings).await;
+}
