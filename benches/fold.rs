@@ -43,13 +43,7 @@ fn fold_and_record(c: &mut Criterion) {
         .iter()
         .map(|b| {
             let e = decode(b, now, LIMITS).unwrap();
-            CallEvent {
-                timestamp: e.timestamp,
-                timestamp_inferred: e.timestamp_inferred,
-                body_hash: e.body_hash,
-                trace_id: e.trace_id,
-                kind: e.kind,
-            }
+            CallEvent::from(&e)
         })
         .collect();
     let prices = PriceBook::default();

@@ -143,13 +143,7 @@ impl EventLog {
                     event_id: *id,
                     call_id: e.call_id.clone(),
                     received_at: e.received_at,
-                    event: CallEvent {
-                        timestamp: e.timestamp,
-                        timestamp_inferred: e.timestamp_inferred,
-                        body_hash: e.body_hash,
-                        trace_id: e.trace_id.clone(),
-                        kind: e.kind.clone(),
-                    },
+                    event: CallEvent::from(e),
                 });
             }
         }

@@ -189,13 +189,7 @@ fn expected_record(call: &PlannedCall) -> CallRecord {
         .map(|body| {
             let e = event::decode(body, Utc::now(), limits()).expect("a valid event");
             assert_eq!(e.call_id, call.call_id);
-            CallEvent {
-                timestamp: e.timestamp,
-                timestamp_inferred: e.timestamp_inferred,
-                body_hash: e.body_hash,
-                trace_id: e.trace_id,
-                kind: e.kind,
-            }
+            CallEvent::from(&e)
         })
         .collect();
     CallState::fold(&events).record(&call.call_id, &PriceBook::default())

@@ -12,7 +12,6 @@ use cdr_service::app::Application;
 use cdr_service::config::Settings;
 use cdr_service::health::Health;
 use cdr_service::simulate::{Publisher, SyntheticCall};
-use chrono::{DateTime, Utc};
 use common::proxy::Proxy;
 use common::*;
 use sqlx::PgPool;
@@ -22,35 +21,6 @@ use tokio_util::sync::CancellationToken;
 /// Generous bound on every wait; no assertion depends on how fast anything happens.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn t0() -> DateTime<Utc> {
-    "2025-09-24T10:01:02.123456Z".parse().unwrap()
-}
-
-fn call(id: &str) -> SyntheticCall {
-    SyntheticCall::new(format!("{id}@198.51.100.7"), t0())
-}
-
-/// What the record of a `SyntheticCall` must be.
-fn assert_full_record(r: &Row, c: &SyntheticCall) {
-    assert_eq!(r.status.as_deref(), Some("COMPLETED"), "{}", c.call_id);
-    assert_eq!(r.disposition.as_deref(), Some("ANSWERED"), "{}", c.call_id);
-    assert_eq!(r.start_time, Some(t0()));
-    assert_eq!(r.answer_time, Some(t0() + chrono::Duration::seconds(3)));
-    assert_eq!(r.end_time, Some(t0() + chrono::Duration::seconds(45)));
-    assert_eq!(r.duration_seconds, Some(42));
-    assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
-    assert_eq!(r.contact_id, Some(42));
-    assert_eq!(r.tenant_id.as_deref(), Some("sentiric_demo"));
-    assert_eq!(r.caller_number.as_deref(), Some("905551234567"));
-    assert_eq!(r.callee_number.as_deref(), Some("902124440000"));
-    assert_eq!(r.sip_hangup_cause.as_deref(), Some("normal_clearing"));
-    assert_eq!(r.trace_id.as_deref(), Some(c.trace_id.as_str()));
-    assert_eq!(
-        r.recording_url.as_deref(),
-        Some(format!("s3://recordings/sentiric_demo/{}.wav", c.call_id).as_str())
-    );
-    assert_eq!(r.inferred_times, None);
-}
 
 /// Every call has its complete row, folded from exactly its 5 events, each logged once, and
 /// the log and `calls` hold nothing else.

@@ -4,40 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use cdr_service::simulate::SyntheticCall;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::*;
 use serde_json::{Value, json};
 
-fn t0() -> DateTime<Utc> {
-    "2025-09-24T10:01:02.123456Z".parse().unwrap()
-}
-
-fn call(id: &str) -> SyntheticCall {
-    SyntheticCall::new(format!("{id}@198.51.100.7"), t0())
-}
-
-/// What the record of `SyntheticCall` must be, whatever the order its events came in.
-fn assert_full_record(r: &Row, c: &SyntheticCall) {
-    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
-    assert_eq!(r.disposition.as_deref(), Some("ANSWERED"));
-    assert_eq!(r.start_time, Some(t0()));
-    assert_eq!(r.answer_time, Some(t0() + chrono::Duration::seconds(3)));
-    assert_eq!(r.end_time, Some(t0() + chrono::Duration::seconds(45)));
-    assert_eq!(r.duration_seconds, Some(42));
-    assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
-    assert_eq!(r.contact_id, Some(42));
-    assert_eq!(r.tenant_id.as_deref(), Some("sentiric_demo"));
-    assert_eq!(r.caller_number.as_deref(), Some("905551234567"));
-    assert_eq!(r.callee_number.as_deref(), Some("902124440000"));
-    assert_eq!(r.sip_hangup_cause.as_deref(), Some("normal_clearing"));
-    assert_eq!(r.trace_id.as_deref(), Some(c.trace_id.as_str()));
-    assert_eq!(
-        r.recording_url.as_deref(),
-        Some(format!("s3://recordings/sentiric_demo/{}.wav", c.call_id).as_str())
-    );
-    assert_eq!(r.inferred_times, None);
-}
 
 async fn publish_all(app: &TestApp, events: &[Value]) {
     for e in events {
