@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 /// Generous bound on every wait; no assertion depends on how fast anything happens.
 const WAIT: Duration = Duration::from_secs(30);
 
-
 /// Every call has its complete row, folded from exactly its 5 events, each logged once, and
 /// the log and `calls` hold nothing else.
 async fn assert_all_complete(pool: &PgPool, calls: &[SyntheticCall]) {

@@ -8,7 +8,6 @@ use chrono::Utc;
 use common::*;
 use serde_json::{Value, json};
 
-
 async fn publish_all(app: &TestApp, events: &[Value]) {
     for e in events {
         app.publisher.publish(e).await.expect("publish");

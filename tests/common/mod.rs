@@ -381,7 +381,12 @@ pub fn assert_full_record(r: &Row, c: &cdr_service::simulate::SyntheticCall) {
     assert_eq!(r.start_time, Some(c.start), "{}", c.call_id);
     assert_eq!(r.answer_time, at(c.answer_after), "{}", c.call_id);
     assert_eq!(r.end_time, at(c.answer_after + c.talk), "{}", c.call_id);
-    assert_eq!(r.duration_seconds, Some(c.talk.as_secs() as i32), "{}", c.call_id);
+    assert_eq!(
+        r.duration_seconds,
+        Some(c.talk.as_secs() as i32),
+        "{}",
+        c.call_id
+    );
     assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
     assert_eq!(r.contact_id, Some(42));
     assert_eq!(r.tenant_id.as_deref(), Some(c.tenant_id.as_str()));
