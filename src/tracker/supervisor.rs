@@ -161,7 +161,10 @@ impl Actor for CallSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.by_actor.remove(&cell.get_id());
+                // A call that finished normally starts with a clean restart budget next time.
+                if let Some(call_id) = state.by_actor.remove(&cell.get_id()) {
+                    state.failures.remove(&call_id);
+                }
             }
             SupervisionEvent::ActorFailed(cell, reason) => {
                 let Some(call_id) = state.by_actor.remove(&cell.get_id()) else {
