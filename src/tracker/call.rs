@@ -142,16 +142,16 @@ impl CallActorState {
         if cause == "idle_timeout" {
             counter!("cdr_calls_timed_out_total").increment(1);
         }
-        self.ctx
-            .writer
-            .write(WriteRequest {
-                record,
-                event_count: i32::try_from(self.event_count).unwrap_or(i32::MAX),
-                max_event_id: self.max_event_id,
-                end_received: self.end_received.take(),
-                cause,
-            })
-            .await?;
+        // Boxed: an actor's task is as large as the largest future it awaits, and there is one
+        // actor per active call.
+        Box::pin(self.ctx.writer.write(WriteRequest {
+            record,
+            event_count: i32::try_from(self.event_count).unwrap_or(i32::MAX),
+            max_event_id: self.max_event_id,
+            end_received: self.end_received.take(),
+            cause,
+        }))
+        .await?;
         self.dirty = false;
         Ok(())
     }
@@ -234,7 +234,8 @@ impl Actor for CallActor {
             // into the same wait, and count against the call's restart budget).
             let mut backoff = Backoff::new(&s.ctx.backoff);
             let logged = loop {
-                match s.ctx.log.load_call(&s.call_id).await {
+                // Boxed for the same reason as the write in `flush`.
+                match Box::pin(s.ctx.log.load_call(&s.call_id)).await {
                     Ok(events) => break events,
                     Err(e) => {
                         let delay = backoff.next_delay();
