@@ -48,8 +48,14 @@ async fn failed_actor_is_restarted_from_the_log_and_its_record_is_right() {
     assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
     assert!(r.recording_url.is_some());
     assert_eq!(logged_events(&app.pool, &c.call_id).await, 5);
+    // The recorder is process-wide (other tests here add to it): count restarts loosely, and
+    // check the quarantine in this test's own database.
     assert!(metric(&app, "cdr_actor_restarts_total").await >= 1.0);
-    assert_eq!(metric(&app, "cdr_actor_quarantines_total").await, 0.0);
+    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantined_calls")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(quarantined, 0, "one failure is within the budget");
     fail::remove(FAIL_POINT);
     app.finish().await;
     scenario.teardown();
