@@ -33,8 +33,11 @@ pub fn init_logging(settings: &LogSettings) {
             .try_init(),
         LogFormat::Console => tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_timer(ChronoUtc::rfc_3339())
-            .with_target(true)
+            .event_format(WithService(
+                tracing_subscriber::fmt::format()
+                    .with_timer(ChronoUtc::rfc_3339())
+                    .with_target(true),
+            ))
             .try_init(),
     };
     if result.is_ok() {
@@ -42,8 +45,8 @@ pub fn init_logging(settings: &LogSettings) {
     }
 }
 
-/// Adds `"service":"cdr-service"` to every JSON log line, so log collectors can route the
-/// service's lines without parsing targets.
+/// Puts the service's name on every log line: a `"service":"cdr-service"` key on JSON lines, so
+/// log collectors can route them without parsing targets, and a prefix on console lines.
 struct WithService<F>(F);
 
 impl<S, N, F> FormatEvent<S, N> for WithService<F>
@@ -62,7 +65,7 @@ where
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
         match line.strip_prefix('{') {
             Some(rest) => write!(writer, "{{\"service\":\"{SERVICE_NAME}\",{rest}"),
-            None => writer.write_str(&line),
+            None => write!(writer, "{SERVICE_NAME} {line}"),
         }
     }
 }
