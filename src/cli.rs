@@ -32,6 +32,8 @@ pub enum Command {
     Run,
     /// Publish one synthetic call to the configured exchange, wait for its record, print it.
     Simulate(SimulateOptions),
+    /// Publish a synthetic event storm (load test), optionally verify every record.
+    Storm(crate::storm::StormOptions),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -46,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(options) => simulate::run(&settings, options).await,
+        Command::Storm(options) => crate::storm::run(&settings, options).await,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod log;
 pub mod merge;
 pub mod simulate;
+pub mod storm;
 pub mod telemetry;
 pub mod tracker;
 pub mod writer;

@@ -361,7 +361,16 @@ fn storm_runs_the_service_image_only_in_the_storm_profile() {
     assert_eq!(strings(storm.get("profiles")), vec!["storm".to_owned()]);
     assert_eq!(
         strings(storm.get("command")),
-        ["simulate", "--order", "shuffled", "--duplicates", "2"]
+        [
+            "storm",
+            "--calls",
+            "10000",
+            "--rate",
+            "200",
+            "--base-time",
+            "now",
+            "--verify"
+        ]
     );
     let image = str_at(service(&services, "cdr-service"), &["image"]);
     assert!(image.is_some(), "cdr-service names the image it builds");

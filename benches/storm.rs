@@ -1,0 +1,1926 @@
+//! End-to-end storm benchmark: the service against the limits of this machine, in one run.
+//!
+//! ```sh
+//! cargo bench --bench storm                # default sizes (a few minutes on 2 cores)
+//! cargo bench --bench storm -- --quick     # everything small, about a minute
+//! cargo bench --bench storm -- --full      # default, with 1,000,000 open calls for memory
+//! ```
+//!
+//! Needs PostgreSQL and RabbitMQ (`TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; `TEST_RABBITMQ_URL`, default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`). Creates a database `cdr_bench_<random>` and
+//! exchanges/queues `cdr_bench.<random>.*`, and removes them at the end. Measures, side by side:
+//!
+//! 1. broker drain: the storm's main phase as a backlog in a fresh queue, drained by a consumer
+//!    that does nothing (manual acks, prefetch 2000, as the service): the broker's limit;
+//! 2. service drain: the same backlog in the service's queue, then the release binary started
+//!    as a child, timed from its start until every record is in `calls`; every record is then
+//!    verified against the storm's ground truth;
+//! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
+//!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
+//! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
+//!    `call.ended` to its row's `updated_at` (the writer's transaction time);
+//! 5. memory: the service's RSS per open call (calls started and answered, never ended).
+//!
+//! Writes `target/bench/storm-report.{json,md}` and SVG charts beside them. It measures and
+//! reports only: nothing here passes or fails on a timing.
+
+// The report's `json!` is large.
+#![recursion_limit = "256"]
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cdr_service::config::Settings;
+use cdr_service::event::{self, EventKind, Limits};
+use cdr_service::storm::publish::{StormPublisher, queue_depth};
+use cdr_service::storm::verify::Verifier;
+use cdr_service::storm::{Message, MessageKind, Storm, StormOptions, generate};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+/// The service's default prefetch (`amqp.prefetch`), used by the bench's own consumers too.
+const PREFETCH: u16 = 2000;
+/// Publishes awaiting their confirm at once.
+const IN_FLIGHT: usize = 1000;
+/// `tracker.linger` given to the service.
+const LINGER: Duration = Duration::from_secs(1);
+/// Sampling period of the throughput series.
+const SAMPLE: Duration = Duration::from_millis(200);
+/// Ids per `ANY($1)` query.
+const CHUNK: usize = 5000;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone)]
+struct Sizes {
+    mode: &'static str,
+    /// Calls of the drain storm (broker and service drains).
+    calls: usize,
+    /// Messages of the drain storm given to the seed baseline, and its time limit.
+    seed_messages: usize,
+    seed_max: Duration,
+    /// Steady state: target events/s and publishing time.
+    steady_rate: f64,
+    steady_secs: f64,
+    /// Open calls for the memory measurement.
+    open_calls: usize,
+}
+
+impl Sizes {
+    fn from_args() -> anyhow::Result<Sizes> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut sizes = if args.iter().any(|a| a == "--quick") {
+            Sizes {
+                mode: "quick",
+                calls: 2_000,
+                seed_messages: 2_000,
+                seed_max: Duration::from_secs(20),
+                steady_rate: 5_000.0,
+                steady_secs: 5.0,
+                open_calls: 20_000,
+            }
+        } else {
+            Sizes {
+                mode: "default",
+                calls: 40_000,
+                seed_messages: 20_000,
+                seed_max: Duration::from_secs(60),
+                steady_rate: 20_000.0,
+                steady_secs: 30.0,
+                open_calls: 100_000,
+            }
+        };
+        if args.iter().any(|a| a == "--full") {
+            sizes.mode = if sizes.mode == "quick" {
+                "quick+full"
+            } else {
+                "full"
+            };
+            sizes.open_calls = 1_000_000;
+        }
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| -> anyhow::Result<f64> {
+                it.next()
+                    .with_context(|| format!("{name} needs a value"))?
+                    .parse::<f64>()
+                    .with_context(|| format!("{name}: not a number"))
+            };
+            match a.as_str() {
+                "--quick" | "--full" | "--bench" => {}
+                "--calls" => sizes.calls = value(a)? as usize,
+                "--seed-messages" => sizes.seed_messages = value(a)? as usize,
+                "--steady-rate" => sizes.steady_rate = value(a)?,
+                "--steady-secs" => sizes.steady_secs = value(a)?,
+                "--open-calls" => sizes.open_calls = value(a)? as usize,
+                other => eprintln!("storm bench: ignoring argument {other:?}"),
+            }
+        }
+        if sizes.calls == 0 || sizes.open_calls == 0 || sizes.steady_rate <= 0.0 {
+            bail!("--calls, --open-calls and --steady-rate must be above 0");
+        }
+        Ok(sizes)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+macro_rules! progress {
+    ($($arg:tt)*) => {{
+        let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+        println!("[storm bench {t:>6.1}s] {}", format!($($arg)*));
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment: database, names, the service as a child
+
+fn admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+struct Env {
+    id: String,
+    db_name: String,
+    db_url: String,
+    settings: Settings,
+    /// Exchange/queue pairs the bench declared (removed at the end).
+    exchanges: Vec<String>,
+    queues: Vec<String>,
+}
+
+impl Env {
+    async fn create() -> anyhow::Result<Env> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let db_name = format!("cdr_bench_{id}");
+        let admin = admin_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .context("PostgreSQL must be running (scripts/test.sh starts it)")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        let db_url = match admin.rfind('/') {
+            Some(i) => format!("{}/{db_name}", &admin[..i]),
+            None => bail!("bad TEST_POSTGRES_URL {admin:?}"),
+        };
+        let mut s = Settings::load_from(None, Vec::new())?;
+        s.database.url = db_url.clone();
+        s.amqp.url = amqp_url();
+        s.amqp.exchange = format!("cdr_bench.{id}.events");
+        s.amqp.queue = format!("cdr_bench.{id}.queue");
+        s.amqp.dead_letter_exchange = format!("cdr_bench.{id}.failed");
+        s.amqp.dead_letter_queue = format!("cdr_bench.{id}.failed.queue");
+        s.tracker.linger = LINGER;
+        Ok(Env {
+            exchanges: vec![s.amqp.exchange.clone(), s.amqp.dead_letter_exchange.clone()],
+            queues: vec![s.amqp.queue.clone(), s.amqp.dead_letter_queue.clone()],
+            id,
+            db_name,
+            db_url,
+            settings: s,
+        })
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("cdr_bench.{}.{what}", self.id)
+    }
+
+    /// Declares a durable topic exchange and a durable queue bound to it with `#`.
+    async fn declare(&mut self, exchange: &str, queue: &str) -> anyhow::Result<()> {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let _ = conn.close(200, "bye".into()).await;
+        for (list, name) in [(&mut self.exchanges, exchange), (&mut self.queues, queue)] {
+            if !list.iter().any(|n| n == name) {
+                list.push(name.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_queue(&self, queue: &str) {
+        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let _ = ch
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+            let _ = conn.close(200, "bye".into()).await;
+        }
+    }
+
+    async fn cleanup(&self) {
+        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            for q in &self.queues {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for x in &self.exchanges {
+                let _ = ch
+                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+        progress!(
+            "removed database {} and the bench's exchanges and queues",
+            self.db_name
+        );
+    }
+}
+
+/// The release binary as a child process; killed if dropped while running.
+struct Service {
+    child: Child,
+    port: u16,
+    /// From spawn to /health/ready answering 200.
+    startup: Duration,
+}
+
+impl Service {
+    async fn start(env: &Env) -> anyhow::Result<Service> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let s = &env.settings;
+        let spawned = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
+            .arg("run")
+            .env("POSTGRES_URL", &s.database.url)
+            .env("RABBITMQ_URL", &s.amqp.url)
+            .env("CDR__AMQP__EXCHANGE", &s.amqp.exchange)
+            .env("CDR__AMQP__QUEUE", &s.amqp.queue)
+            .env(
+                "CDR__AMQP__DEAD_LETTER_EXCHANGE",
+                &s.amqp.dead_letter_exchange,
+            )
+            .env("CDR__AMQP__DEAD_LETTER_QUEUE", &s.amqp.dead_letter_queue)
+            .env("CDR__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "CDR__TRACKER__LINGER",
+                humantime::format_duration(LINGER).to_string(),
+            )
+            .env("CDR__LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting cdr-service")?;
+        let mut service = Service {
+            child,
+            port,
+            startup: Duration::ZERO,
+        };
+        let url = service.url("/health/ready");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) {
+                break;
+            }
+            if let Some(status) = service.child.try_wait()? {
+                bail!("cdr-service exited at start: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("cdr-service not ready within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        service.startup = spawned.elapsed();
+        Ok(service)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM and wait (SIGKILL after 60 s).
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    progress!("note: cdr-service exited with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                progress!("note: cdr-service did not stop within 60s of SIGTERM; killing it");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The service's own counters at this moment (`/metrics`), by series (labels included).
+async fn scrape(service: &Service) -> HashMap<String, f64> {
+    let Ok(resp) = reqwest::get(service.url("/metrics")).await else {
+        return HashMap::new();
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.trim().to_owned(), v.trim().parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+/// The log and record writes of the service, from its histograms, over `window` seconds.
+fn write_stats(m: &HashMap<String, f64>, window: f64) -> Value {
+    let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let log_batches = g("cdr_log_batch_size_count");
+    let rec_batches = g("cdr_record_batch_size_count");
+    json!({
+        "log_batches": log_batches,
+        "log_batch_mean_events": round(per(g("cdr_log_batch_size_sum"), log_batches), 1),
+        "log_write_mean_ms": round(per(g("cdr_log_write_duration_seconds_sum"), g("cdr_log_write_duration_seconds_count")) * 1000.0, 2),
+        // Share of the window the ingest loop spent waiting for log commits (it commits one
+        // batch at a time).
+        "log_write_busy_share": round(per(g("cdr_log_write_duration_seconds_sum"), window), 3),
+        "record_batches": rec_batches,
+        "record_batch_mean_rows": round(per(g("cdr_record_batch_size_sum"), rec_batches), 1),
+        "record_write_mean_ms": round(per(g("cdr_record_write_duration_seconds_sum"), g("cdr_record_write_duration_seconds_count")) * 1000.0, 2),
+        "record_write_busy_share": round(per(g("cdr_record_write_duration_seconds_sum"), window), 3),
+        "duplicates_dropped": g("cdr_duplicates_dropped_total"),
+        "window_seconds": round(window, 3),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+/// Resident set size of a process, in bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// CPU ticks (user + system) of every process, by pid, with its command name.
+fn cpu_snapshot() -> HashMap<u32, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        // After the command: state (field 3) ... utime (14), stime (15).
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.insert(pid, (comm, ticks(11) + ticks(12)));
+    }
+    out
+}
+
+/// Total CPU ticks of the machine (all states), idle and iowait ones, from /proc/stat.
+fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return (0, 0, 0);
+    };
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    (v.iter().sum(), at(3), at(4))
+}
+
+/// CPU used between two snapshots, in cores (CPU seconds per wall second), by group.
+fn cpu_shares(
+    before: &HashMap<u32, (String, u64)>,
+    after: &HashMap<u32, (String, u64)>,
+    machine: ((u64, u64, u64), (u64, u64, u64)),
+    wall: Duration,
+    service_pid: u32,
+) -> Value {
+    // USER_HZ: 100 on every Linux ABI this runs on.
+    const HZ: f64 = 100.0;
+    let mut groups: HashMap<&str, u64> = HashMap::new();
+    let me = std::process::id();
+    for (pid, (comm, ticks)) in after {
+        let used = ticks.saturating_sub(before.get(pid).map_or(0, |b| b.1));
+        let group = if *pid == service_pid {
+            "service"
+        } else if *pid == me {
+            "bench"
+        } else if comm == "postgres" {
+            "postgres"
+        } else if comm == "beam.smp" || comm == "erl_child_setup" || comm == "epmd" {
+            "rabbitmq"
+        } else {
+            "other"
+        };
+        *groups.entry(group).or_default() += used;
+    }
+    let secs = wall.as_secs_f64().max(1e-9);
+    let cores = |g: &str| groups.get(g).copied().unwrap_or(0) as f64 / HZ / secs;
+    let ((total0, idle0, wait0), (total1, idle1, wait1)) = machine;
+    let total = total1.saturating_sub(total0).max(1) as f64;
+    let idle = idle1.saturating_sub(idle0) as f64;
+    let iowait = wait1.saturating_sub(wait0) as f64;
+    json!({
+        "wall_seconds": secs,
+        "cores_used": {
+            "service": round(cores("service"), 2),
+            "postgres": round(cores("postgres"), 2),
+            "rabbitmq": round(cores("rabbitmq"), 2),
+            "bench": round(cores("bench"), 2),
+            "other": round(cores("other"), 2),
+        },
+        // Busy: neither idle nor waiting for I/O.
+        "machine_busy_share": round(1.0 - (idle + iowait) / total, 3),
+        "machine_iowait_share": round(iowait / total, 3),
+        "nproc": nproc(),
+    })
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn mem_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling
+
+/// Cumulative counts over time: (seconds since the phase started, count).
+type Samples = Vec<(f64, u64)>;
+
+/// A chart's line: its label, (x, y) points and colour.
+type Line = (String, Vec<(f64, f64)>, plotters::style::RGBColor);
+
+/// Samples an atomic counter every `SAMPLE` until the token is cancelled.
+fn sample_counter(
+    counter: Arc<AtomicU64>,
+    started: Instant,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Samples> {
+    tokio::spawn(async move {
+        let mut out = vec![(0.0, 0)];
+        let mut tick = tokio::time::interval(SAMPLE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => {
+                    out.push((started.elapsed().as_secs_f64(), counter.load(Ordering::Relaxed)));
+                    return out;
+                }
+            }
+            out.push((
+                started.elapsed().as_secs_f64(),
+                counter.load(Ordering::Relaxed),
+            ));
+        }
+    })
+}
+
+/// Rates (per second) over a trailing window of `window` seconds.
+fn rate_series(points: &[(f64, u64)], window: f64) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(points.len());
+    let mut j = 0;
+    for i in 0..points.len() {
+        while j < i && points[i].0 - points[j].0 > window + 1e-6 {
+            j += 1;
+        }
+        let dt = points[i].0 - points[j].0;
+        let rate = if i == j || dt <= 0.0 {
+            0.0
+        } else {
+            points[i].1.saturating_sub(points[j].1) as f64 / dt
+        };
+        out.push((points[i].0, rate));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storms
+
+fn storm_options(calls: usize, seed: u64) -> StormOptions {
+    StormOptions {
+        calls,
+        seed,
+        late: 0.0,
+        poison: 0.0,
+        missing_end: 0.0,
+        verify_timeout: Duration::from_secs(120),
+        ..StormOptions::default()
+    }
+}
+
+fn options_json(o: &StormOptions) -> Value {
+    json!({
+        "calls": o.calls,
+        "seed": o.seed,
+        "duration": o.duration.to_string(),
+        "identified": o.identified,
+        "answered": o.answered,
+        "recording": o.recording,
+        "dialog": o.dialog,
+        "usage": o.usage,
+        "reorder_window": o.reorder_window,
+        "duplicates": o.duplicates,
+        "missing_end": o.missing_end,
+        "late": o.late,
+        "poison": o.poison,
+        "variants": o.variants,
+    })
+}
+
+fn limits(settings: &Settings) -> Limits {
+    cdr_service::storm::limits(settings)
+}
+
+/// Publishes a backlog with the storm publisher; returns (messages, seconds).
+async fn publish_backlog(exchange: &str, msgs: &[Message], label: &str) -> anyhow::Result<f64> {
+    let publisher = StormPublisher::connect(&amqp_url(), exchange).await?;
+    let stats = publisher.publish(msgs, 0.0, IN_FLIGHT, label).await?;
+    publisher.close().await;
+    progress!(
+        "{label}: published {} messages in {:.1}s ({:.0}/s with confirms)",
+        stats.messages,
+        stats.elapsed.as_secs_f64(),
+        stats.rate()
+    );
+    Ok(stats.rate())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Broker drain
+
+struct Drain {
+    events: usize,
+    seconds: f64,
+    samples: Samples,
+}
+
+impl Drain {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+}
+
+async fn broker_drain(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, f64)> {
+    let exchange = env.name("raw");
+    let queue = env.name("raw.queue");
+    env.declare(&exchange, &queue).await?;
+    progress!(
+        "broker drain: publishing the backlog ({} messages) into {queue}",
+        storm.main.len()
+    );
+    let publish_rate = publish_backlog(&exchange, &storm.main, "broker backlog").await?;
+
+    let total = storm.main.len() as u64;
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let sampler = sample_counter(counter.clone(), started, stop.clone());
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "cdr-bench-drain".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut n = 0u64;
+    while n < total {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the consumer ended early")??;
+        n += 1;
+        counter.store(n, Ordering::Relaxed);
+        // Acks as the service does: `multiple`, well inside the prefetch window.
+        if n.is_multiple_of(500) || n == total {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let samples = sampler.await?;
+    let _ = conn.close(200, "bye".into()).await;
+    env.delete_queue(&queue).await;
+    let drain = Drain {
+        events: total as usize,
+        seconds,
+        samples,
+    };
+    progress!(
+        "broker drain: {} messages consumed and acked in {:.2}s: {:.0} events/s",
+        drain.events,
+        drain.seconds,
+        drain.rate()
+    );
+    Ok((drain, publish_rate))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Service drain
+
+struct ServiceDrain {
+    drain: Drain,
+    startup: f64,
+    /// From the first to the last logged event (the sequence of call_events).
+    ingest_seconds: f64,
+    records_verified: usize,
+    records_mismatched: usize,
+    records_missing: usize,
+    record_samples: Samples,
+    /// CPU in the ingest window, and from process start to the last record.
+    cpu: Value,
+    cpu_whole: Value,
+    /// The service's log and record writes (from its metrics).
+    writes: Value,
+    publish_rate: f64,
+}
+
+/// (events logged so far by the sequence, rows in calls, sum of their event counts).
+async fn db_progress(pool: &PgPool) -> anyhow::Result<(u64, u64, u64)> {
+    let (seq, rows, events): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
+                 FROM call_events_event_id_seq), \
+                count(*), coalesce(sum(event_count), 0)::bigint FROM calls",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((seq as u64, rows as u64, events as u64))
+}
+
+async fn service_drain(
+    env: &mut Env,
+    storm: &Storm,
+    o: &StormOptions,
+) -> anyhow::Result<ServiceDrain> {
+    let s = env.settings.clone();
+    env.declare(&s.amqp.exchange, &s.amqp.queue).await?;
+    // The schema first, so the verifier can read `calls` before the service starts (the
+    // service's own migration then finds nothing to do).
+    let pool = PgPool::connect(&env.db_url).await?;
+    cdr_service::db::migrate(&pool).await?;
+    let verifier = Verifier::prepare(&s, storm).await?;
+    progress!(
+        "service drain: publishing the backlog ({} messages) into {}",
+        storm.main.len(),
+        s.amqp.queue
+    );
+    let publish_started_at = Utc::now();
+    let publish_rate = publish_backlog(&s.amqp.exchange, &storm.main, "service backlog").await?;
+    let published_at = Instant::now();
+
+    let calls = storm.calls.len() as u64;
+    let distinct: u64 = storm.calls.iter().map(|c| c.distinct_events as u64).sum();
+    let cpu_before = cpu_snapshot();
+    let machine_before = machine_ticks();
+    let started = Instant::now();
+    progress!("service drain: starting the release binary");
+    let service = Service::start(env).await?;
+    progress!(
+        "service drain: ready {:.2}s after start; draining",
+        service.startup.as_secs_f64()
+    );
+    let mut events_samples: Samples = vec![(0.0, 0)];
+    let mut record_samples: Samples = vec![(0.0, 0)];
+    let mut last_line = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    // CPU of every process at each sample, to tell what the ingest window was bound by.
+    let mut cpu_samples = vec![(0.0, cpu_before, machine_before)];
+    let seconds = loop {
+        let (seq, rows, folded) = db_progress(&pool).await?;
+        let t = started.elapsed().as_secs_f64();
+        events_samples.push((t, seq));
+        record_samples.push((t, rows));
+        cpu_samples.push((t, cpu_snapshot(), machine_ticks()));
+        if rows >= calls && folded >= distinct {
+            break t;
+        }
+        if Instant::now() > deadline {
+            progress!("service drain: not every record after 10 minutes; verifying what is there");
+            break t;
+        }
+        if last_line.elapsed() >= Duration::from_secs(5) {
+            progress!(
+                "service drain: {seq} events logged, {rows}/{calls} records ({folded}/{distinct} events folded)"
+            );
+            last_line = Instant::now();
+        }
+        tokio::time::sleep(SAMPLE).await;
+    };
+    let final_seq = events_samples.last().map_or(0, |p| p.1);
+    // The ingest window: from the last sample before any event was logged to the first one
+    // with every event logged.
+    let i_first = events_samples
+        .iter()
+        .position(|p| p.1 > 0)
+        .map_or(0, |i| i.saturating_sub(1));
+    let i_last = events_samples
+        .iter()
+        .position(|p| p.1 >= final_seq)
+        .unwrap_or(events_samples.len() - 1)
+        .max(i_first);
+    let (first, last) = (events_samples[i_first].0, events_samples[i_last].0);
+    let shares = |a: usize, b: usize| {
+        let (ta, ca, ma) = &cpu_samples[a];
+        let (tb, cb, mb) = &cpu_samples[b];
+        cpu_shares(
+            ca,
+            cb,
+            (*ma, *mb),
+            Duration::from_secs_f64((tb - ta).max(1e-3)),
+            service.pid(),
+        )
+    };
+    let cpu = shares(i_first, i_last);
+    let cpu_whole = shares(0, cpu_samples.len() - 1);
+    progress!(
+        "service drain: every record present {seconds:.2}s after the process started; verifying"
+    );
+    let outcome = verifier
+        .run(&s, storm, o, publish_started_at, published_at)
+        .await?;
+    outcome.print(5);
+    let writes = write_stats(&scrape(&service).await, last - first);
+    progress!("service drain: service's own writes: {writes}");
+    let startup = service.startup.as_secs_f64();
+    service.stop().await?;
+    pool.close().await;
+    let drain = Drain {
+        events: storm.main.len(),
+        seconds,
+        samples: events_samples,
+    };
+    progress!(
+        "service drain: {} messages in {:.2}s from process start: {:.0} events/s; cpu {}",
+        drain.events,
+        drain.seconds,
+        drain.rate(),
+        cpu["cores_used"]
+    );
+    Ok(ServiceDrain {
+        drain,
+        startup,
+        ingest_seconds: (last - first).max(SAMPLE.as_secs_f64()),
+        records_verified: outcome.correct,
+        records_mismatched: outcome.mismatches.len(),
+        records_missing: outcome.missing.len(),
+        record_samples,
+        cpu,
+        cpu_whole,
+        writes,
+        publish_rate,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Seed baseline: the original consumer
+
+async fn seed_tables(db_url: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(db_url).await?;
+    for sql in [
+        "CREATE SCHEMA seed",
+        "CREATE TABLE seed.call_events (LIKE public.call_events INCLUDING ALL)",
+        "CREATE TABLE seed.calls (LIKE public.calls INCLUDING ALL)",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// One event as the original service handled it: the raw event, then the row's column for
+/// that event type, each statement its own transaction.
+async fn seed_handle(conn: &mut PgConnection, e: &event::Envelope) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO seed.call_events (call_id, event_type, event_timestamp, payload, received_at, \
+                                       trace_id, timestamp_inferred) \
+         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
+    )
+    .bind(&e.call_id)
+    .bind(&e.event_type)
+    .bind(e.timestamp)
+    .bind(&e.body)
+    .bind(e.received_at)
+    .bind(&e.trace_id)
+    .bind(e.timestamp_inferred)
+    .execute(&mut *conn)
+    .await?;
+    let q = match &e.kind {
+        EventKind::Started(st) => sqlx::query(
+            "INSERT INTO seed.calls (call_id, start_time, status, caller_number, callee_number) \
+             VALUES ($1, $2, 'STARTED', $3, $4) \
+             ON CONFLICT (call_id) DO UPDATE SET start_time = EXCLUDED.start_time, \
+                 caller_number = EXCLUDED.caller_number, callee_number = EXCLUDED.callee_number, \
+                 updated_at = now()",
+        )
+        .bind(&e.call_id)
+        .bind(e.timestamp)
+        .bind(st.caller_number.as_deref().map(|s| truncate(s, 255)))
+        .bind(st.callee_number.as_deref().map(|s| truncate(s, 255))),
+        EventKind::Answered => sqlx::query(
+            "INSERT INTO seed.calls (call_id, answer_time, status) VALUES ($1, $2, 'ANSWERED') \
+             ON CONFLICT (call_id) DO UPDATE SET answer_time = EXCLUDED.answer_time, \
+                 status = 'ANSWERED', updated_at = now()",
+        )
+        .bind(&e.call_id)
+        .bind(e.timestamp),
+        EventKind::Ended { .. } => sqlx::query(
+            "INSERT INTO seed.calls AS c (call_id, end_time, status) VALUES ($1, $2, 'COMPLETED') \
+             ON CONFLICT (call_id) DO UPDATE SET end_time = EXCLUDED.end_time, \
+                 status = 'COMPLETED', \
+                 duration_seconds = EXTRACT(EPOCH FROM EXCLUDED.end_time - c.start_time)::int, \
+                 updated_at = now()",
+        )
+        .bind(&e.call_id)
+        .bind(e.timestamp),
+        EventKind::RecordingAvailable { uri } => sqlx::query(
+            "INSERT INTO seed.calls (call_id, recording_url) VALUES ($1, $2) \
+             ON CONFLICT (call_id) DO UPDATE SET recording_url = EXCLUDED.recording_url, \
+                 updated_at = now()",
+        )
+        .bind(&e.call_id)
+        .bind(uri.clone()),
+        EventKind::Identified(id) => sqlx::query(
+            "INSERT INTO seed.calls (call_id, user_id, contact_id, tenant_id) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (call_id) DO UPDATE SET user_id = EXCLUDED.user_id, \
+                 contact_id = EXCLUDED.contact_id, tenant_id = EXCLUDED.tenant_id, \
+                 updated_at = now()",
+        )
+        .bind(&e.call_id)
+        .bind(id.user_id)
+        .bind(id.contact_id)
+        .bind(id.tenant_id.as_deref().map(|s| truncate(s, 255))),
+        _ => sqlx::query(
+            "INSERT INTO seed.calls (call_id) VALUES ($1) \
+             ON CONFLICT (call_id) DO UPDATE SET updated_at = now()",
+        )
+        .bind(&e.call_id),
+    };
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+fn truncate(s: &str, chars: usize) -> String {
+    s.chars().take(chars).collect()
+}
+
+async fn seed_baseline(
+    env: &mut Env,
+    storm: &Storm,
+    messages: usize,
+    max: Duration,
+) -> anyhow::Result<Drain> {
+    seed_tables(&env.db_url).await?;
+    let exchange = env.name("seed");
+    let queue = env.name("seed.queue");
+    env.declare(&exchange, &queue).await?;
+    let slice = &storm.main[..messages.min(storm.main.len())];
+    progress!(
+        "seed baseline: publishing {} messages into {queue}",
+        slice.len()
+    );
+    publish_backlog(&exchange, slice, "seed backlog").await?;
+
+    let limits = limits(&env.settings);
+    let mut db = PgConnection::connect(&env.db_url).await?;
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let sampler = sample_counter(counter.clone(), started, stop.clone());
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "cdr-bench-seed".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut n = 0u64;
+    let mut last_line = Instant::now();
+    while (n as usize) < slice.len() && started.elapsed() < max {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the consumer ended early")??;
+        if let Ok(e) = event::decode(&delivery.data, Utc::now(), limits) {
+            seed_handle(&mut db, &e).await?;
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        n += 1;
+        counter.store(n, Ordering::Relaxed);
+        if last_line.elapsed() >= Duration::from_secs(5) {
+            progress!("seed baseline: {n}/{} events", slice.len());
+            last_line = Instant::now();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let samples = sampler.await?;
+    let _ = conn.close(200, "bye".into()).await;
+    let _ = db.close().await;
+    env.delete_queue(&queue).await;
+    let drain = Drain {
+        events: n as usize,
+        seconds,
+        samples,
+    };
+    progress!(
+        "seed baseline: {} events in {:.2}s: {:.0} events/s{}",
+        drain.events,
+        drain.seconds,
+        drain.rate(),
+        if drain.events < slice.len() {
+            " (stopped at its time limit)"
+        } else {
+            ""
+        }
+    );
+    Ok(drain)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Steady state
+
+struct Steady {
+    target: f64,
+    messages: usize,
+    publish_seconds: f64,
+    /// Flush latencies, ms, one per ended call.
+    latencies: Vec<f64>,
+    calls_waited: usize,
+    calls_missing: usize,
+    max_queue_depth: u32,
+    queue_depth_at_end: u32,
+    published: Samples,
+    logged: Samples,
+    /// CPU while publishing, and the service's writes.
+    cpu: Value,
+    writes: Value,
+}
+
+/// Publishes `msgs` at `rate` messages per second (as fast as confirms allow when behind),
+/// calling `mark(i)` right after message `i` is handed to the broker.
+async fn publish_paced(
+    exchange: &str,
+    msgs: &[Message],
+    rate: f64,
+    counter: &AtomicU64,
+    mut mark: impl FnMut(usize),
+) -> anyhow::Result<Duration> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let started = tokio::time::Instant::now();
+    let mut pending = VecDeque::with_capacity(IN_FLIGHT);
+    let settle = |c: Confirmation| match c {
+        Confirmation::Nack(_) => bail!("the broker nacked a message"),
+        _ => Ok(()),
+    };
+    for (i, m) in msgs.iter().enumerate() {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        if due > tokio::time::Instant::now() + Duration::from_millis(1) {
+            tokio::time::sleep_until(due).await;
+        }
+        while pending.len() >= IN_FLIGHT {
+            let confirm: lapin::PublisherConfirm = pending.pop_front().expect("a pending confirm");
+            settle(confirm.await?)?;
+        }
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if m.content_type {
+            properties = properties.with_content_type("application/json".into());
+        }
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                m.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &m.body,
+                properties,
+            )
+            .await?;
+        mark(i);
+        counter.store(i as u64 + 1, Ordering::Relaxed);
+        pending.push_back(confirm);
+    }
+    while let Some(confirm) = pending.pop_front() {
+        settle(confirm.await?)?;
+    }
+    let elapsed = started.elapsed();
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(elapsed)
+}
+
+async fn steady_state(
+    env: &Env,
+    rate: f64,
+    secs: f64,
+    events_per_call: f64,
+) -> anyhow::Result<(Steady, StormOptions)> {
+    let s = env.settings.clone();
+    let calls = ((rate * secs) / events_per_call).ceil().max(1.0) as usize;
+    let o = storm_options(calls, 2);
+    progress!("steady state: generating {calls} calls");
+    let storm = generate(&o, limits(&s));
+    // Which message is each call's first `call.ended`.
+    let limits = limits(&s);
+    let now = Utc::now();
+    let ends: Vec<Option<u32>> = storm
+        .main
+        .iter()
+        .map(|m| match m.kind {
+            MessageKind::Event { call } => match event::decode(&m.body, now, limits) {
+                Ok(e) if matches!(e.kind, EventKind::Ended { .. }) => Some(call),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let mut ended_at: Vec<Option<DateTime<Utc>>> = vec![None; storm.calls.len()];
+
+    let pool = PgPool::connect(&env.db_url).await?;
+    let service = Service::start(env).await?;
+    progress!(
+        "steady state: service ready; publishing {} messages at {rate:.0}/s (~{secs:.0}s)",
+        storm.main.len()
+    );
+    // Sampler: published (counter), logged (sequence) and the queue's depth.
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let sampler = {
+        let published = published.clone();
+        let stop = stop.clone();
+        let pool = pool.clone();
+        let queue = s.amqp.queue.clone();
+        tokio::spawn(async move {
+            let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default())
+                .await
+                .ok();
+            let mut pub_s: Samples = vec![(0.0, 0)];
+            let mut log_s: Samples = vec![(0.0, 0)];
+            let mut max_depth = 0u32;
+            let base = db_progress(&pool).await.map_or(0, |p| p.0);
+            let mut tick = tokio::time::interval(SAMPLE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.is_cancelled() {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                let t = started.elapsed().as_secs_f64();
+                pub_s.push((t, published.load(Ordering::Relaxed)));
+                if let Ok((seq, _, _)) = db_progress(&pool).await {
+                    log_s.push((t, seq.saturating_sub(base)));
+                }
+                if let Some(c) = &amqp
+                    && let Some(d) = queue_depth(c, &queue).await
+                {
+                    max_depth = max_depth.max(d);
+                }
+            }
+            if let Some(c) = amqp {
+                let _ = c.close(200, "bye".into()).await;
+            }
+            (pub_s, log_s, max_depth)
+        })
+    };
+    let mut last_line = Instant::now();
+    let cpu_before = (cpu_snapshot(), machine_ticks());
+    let elapsed = publish_paced(&s.amqp.exchange, &storm.main, rate, &published, |i| {
+        if let Some(call) = ends[i] {
+            let slot = &mut ended_at[call as usize];
+            if slot.is_none() {
+                *slot = Some(Utc::now());
+            }
+        }
+        if last_line.elapsed() >= Duration::from_secs(5) {
+            progress!("steady state: {i}/{} published", storm.main.len());
+            last_line = Instant::now();
+        }
+    })
+    .await?;
+    let cpu = cpu_shares(
+        &cpu_before.0,
+        &cpu_snapshot(),
+        (cpu_before.1, machine_ticks()),
+        elapsed,
+        service.pid(),
+    );
+    let queue_depth_at_end = {
+        let c = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let d = queue_depth(&c, &s.amqp.queue).await.unwrap_or(0);
+        let _ = c.close(200, "bye".into()).await;
+        d
+    };
+    progress!(
+        "steady state: published {} messages in {:.1}s ({:.0}/s); queue depth now {queue_depth_at_end}; waiting for the records",
+        storm.main.len(),
+        elapsed.as_secs_f64(),
+        storm.main.len() as f64 / elapsed.as_secs_f64()
+    );
+    // Wait for every ended call's complete row.
+    let waited: Vec<(&str, i32, DateTime<Utc>)> = storm
+        .calls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| ended_at[i].map(|t| (c.call_id.as_str(), c.distinct_events as i32, t)))
+        .collect();
+    let mut pending: HashMap<&str, (i32, DateTime<Utc>)> =
+        waited.iter().map(|&(id, n, t)| (id, (n, t))).collect();
+    let mut latencies = Vec::with_capacity(waited.len());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ids: Vec<&str> = pending.keys().copied().collect();
+        for chunk in ids.chunks(CHUNK) {
+            let rows: Vec<(String, i32, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT call_id, event_count, updated_at FROM calls WHERE call_id = ANY($1)",
+            )
+            .bind(chunk)
+            .fetch_all(&pool)
+            .await?;
+            for (id, n, updated) in rows {
+                if let Some(&(want, ended)) = pending.get(id.as_str())
+                    && n >= want
+                {
+                    pending.remove(id.as_str());
+                    let ms = (updated - ended).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    latencies.push(ms);
+                }
+            }
+        }
+        if pending.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    let (pub_s, log_s, max_queue_depth) = sampler.await?;
+    let writes = write_stats(&scrape(&service).await, elapsed.as_secs_f64());
+    service.stop().await?;
+    pool.close().await;
+    latencies.sort_by(f64::total_cmp);
+    let steady = Steady {
+        target: rate,
+        messages: storm.main.len(),
+        publish_seconds: elapsed.as_secs_f64(),
+        calls_waited: waited.len(),
+        calls_missing: pending.len(),
+        latencies,
+        max_queue_depth,
+        queue_depth_at_end,
+        published: pub_s,
+        logged: log_s,
+        cpu,
+        writes,
+    };
+    progress!(
+        "steady state: {} calls, flush latency p50 {:.0} ms, p99 {:.0} ms (linger {} included), max queue depth {}",
+        steady.latencies.len(),
+        percentile(&steady.latencies, 0.5),
+        percentile(&steady.latencies, 0.99),
+        humantime::format_duration(LINGER),
+        steady.max_queue_depth
+    );
+    Ok((steady, o))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Memory per open call
+
+struct Memory {
+    requested: usize,
+    measured: usize,
+    rss_before: u64,
+    rss_after: u64,
+    seconds_to_active: f64,
+}
+
+async fn active_calls(service: &Service) -> anyhow::Result<u64> {
+    let v: Value = reqwest::get(service.url("/calls")).await?.json().await?;
+    Ok(v["ringing"].as_u64().unwrap_or(0) + v["answered"].as_u64().unwrap_or(0))
+}
+
+async fn memory(env: &Env, n: usize) -> anyhow::Result<Memory> {
+    let s = env.settings.clone();
+    let service = Service::start(env).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = rss_bytes(service.pid())?;
+    progress!(
+        "memory: service idle at {:.1} MiB RSS; opening {n} calls (call.started + call.answered)",
+        rss_before as f64 / 1048576.0
+    );
+    let started = Instant::now();
+    let publisher = StormPublisher::connect(&amqp_url(), &s.amqp.exchange).await?;
+    const PER_CHUNK: usize = 100_000;
+    let limits = limits(&s);
+    let now = Utc::now();
+    let mut published = 0usize;
+    for (k, first) in (0..n).step_by(PER_CHUNK).enumerate() {
+        let calls = PER_CHUNK.min(n - first);
+        let o = StormOptions {
+            calls,
+            seed: 3 + k as u64,
+            answered: 1.0,
+            missing_end: 1.0,
+            identified: 0.0,
+            recording: 0.0,
+            dialog: 0.0,
+            usage: 0.0,
+            duplicates: 0.0,
+            variants: 0.0,
+            late: 0.0,
+            poison: 0.0,
+            call_id_prefix: Some(format!("bench-open-{}-{k}", env.id)),
+            ..StormOptions::default()
+        };
+        let storm = generate(&o, limits);
+        let msgs: Vec<Message> = storm
+            .main
+            .into_iter()
+            .filter(|m| {
+                matches!(m.kind, MessageKind::Event { .. })
+                    && matches!(
+                        event::decode(&m.body, now, limits).map(|e| e.kind),
+                        Ok(EventKind::Started(_) | EventKind::Answered)
+                    )
+            })
+            .collect();
+        publisher
+            .publish(&msgs, 0.0, IN_FLIGHT, "open calls")
+            .await?;
+        published += calls;
+        progress!(
+            "memory: {published}/{n} calls published ({} messages in this chunk)",
+            msgs.len()
+        );
+    }
+    publisher.close().await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_line = Instant::now();
+    let mut measured = 0u64;
+    loop {
+        if let Ok(a) = active_calls(&service).await {
+            measured = a;
+        }
+        if measured >= n as u64 || Instant::now() > deadline {
+            break;
+        }
+        if last_line.elapsed() >= Duration::from_secs(5) {
+            progress!("memory: {measured}/{n} calls active");
+            last_line = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seconds_to_active = started.elapsed().as_secs_f64();
+    // Let the mailboxes settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = rss_bytes(service.pid())?;
+    let measured = active_calls(&service).await.unwrap_or(measured) as usize;
+    service.stop().await?;
+    let m = Memory {
+        requested: n,
+        measured,
+        rss_before,
+        rss_after,
+        seconds_to_active,
+    };
+    progress!(
+        "memory: {} calls open, RSS {:.1} -> {:.1} MiB: {:.0} bytes per open call",
+        m.measured,
+        m.rss_before as f64 / 1048576.0,
+        m.rss_after as f64 / 1048576.0,
+        m.per_call()
+    );
+    Ok(m)
+}
+
+impl Memory {
+    fn per_call(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.measured.max(1) as f64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Charts
+
+fn throughput_chart(path: &Path, title: &str, y_desc: &str, series: &[Line]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max);
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..xmax * 1.02, 0f64..ymax * 1.12)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the phase started")
+        .y_desc(y_desc)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    for (name, points, color) in series {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn latency_chart(path: &Path, sorted_ms: &[f64], linger_ms: f64) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    if sorted_ms.is_empty() {
+        root.present()?;
+        return Ok(());
+    }
+    let lo = sorted_ms[0].min(linger_ms).max(0.0);
+    let hi = percentile(sorted_ms, 0.999).max(lo + 1.0);
+    let buckets = 60usize;
+    let width = (hi - lo) / buckets as f64;
+    let mut counts = vec![0u64; buckets];
+    for &v in sorted_ms {
+        let i = (((v - lo) / width).floor().max(0.0) as usize).min(buckets - 1);
+        counts[i] += 1;
+    }
+    let ymax = counts.iter().copied().max().unwrap_or(1) as f64;
+    let (p50, p99) = (percentile(sorted_ms, 0.5), percentile(sorted_ms, 0.99));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Flush latency: call.ended published -> row committed ({} calls; linger {linger_ms:.0} ms included)",
+                sorted_ms.len()
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(lo..hi, 0f64..ymax * 1.15)?;
+    chart
+        .configure_mesh()
+        .x_desc("milliseconds (last bucket holds everything above p99.9)")
+        .y_desc("calls")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    chart.draw_series(counts.iter().enumerate().map(|(i, &c)| {
+        let x0 = lo + i as f64 * width;
+        Rectangle::new(
+            [(x0, 0.0), (x0 + width * 0.92, c as f64)],
+            RGBColor(70, 120, 190).filled(),
+        )
+    }))?;
+    for (label, x, color) in [("p50", p50, RED), ("p99", p99, BLACK)] {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(x, 0.0), (x, ymax * 1.1)],
+                color.stroke_width(2),
+            ))?
+            .label(format!("{label} {x:.0} ms"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn out_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench")
+}
+
+async fn server_versions(env: &Env) -> (String, String) {
+    let pg = match PgConnection::connect(&env.db_url).await {
+        Ok(mut c) => {
+            let v: String = sqlx::query_scalar("SHOW server_version")
+                .fetch_one(&mut c)
+                .await
+                .unwrap_or_default();
+            let _ = c.close().await;
+            v
+        }
+        Err(_) => String::new(),
+    };
+    // The broker's version as the OS package gives it, when it is installed that way.
+    let rabbit = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "rabbitmq-server"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    (pg, rabbit)
+}
+
+fn markdown(r: &Value) -> String {
+    let f = |k: &str, digits: usize| -> String {
+        match &r[k] {
+            Value::Number(n) => {
+                let x = n.as_f64().unwrap_or(0.0);
+                if digits == 0 {
+                    thousands(x.round() as i64)
+                } else {
+                    format!("{x:.digits$}")
+                }
+            }
+            Value::Null => "n/a".into(),
+            other => other.to_string(),
+        }
+    };
+    let n = |v: &Value| {
+        v.as_f64()
+            .map_or("n/a".into(), |x| thousands(x.round() as i64))
+    };
+    let cores = |cpu: &Value| {
+        let c = &cpu["cores_used"];
+        format!(
+            "{} / {} / {} / {} of {} cores ({:.0}% busy)",
+            c["service"],
+            c["postgres"],
+            c["rabbitmq"],
+            c["bench"],
+            cpu["nproc"],
+            cpu["machine_busy_share"].as_f64().unwrap_or(f64::NAN) * 100.0
+        )
+    };
+    let w = &r["service_drain_writes"];
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| measure | value |\n| --- | --- |\n\
+         | broker drain (do-nothing consumer, prefetch 2000, multiple acks) | {} events/s |\n\
+         | service drain (release binary, from process start to every record written) | {} events/s |\n\
+         | service drain / broker drain | {} |\n\
+         | service ingest rate (first to last event logged) | {} events/s |\n\
+         | seed baseline (per event: insert + upsert, autocommit, ack each) | {} events/s |\n\
+         | speedup vs seed | {}x |\n\
+         | records verified / mismatched / missing | {} / {} / {} |\n\
+         | steady state: target / achieved publish rate | {} / {} events/s |\n\
+         | steady state: max queue depth while publishing | {} |\n\
+         | flush latency p50 / p99 (call.ended published -> row committed, incl. {} ms linger) | {} / {} ms |\n\
+         | open calls measured | {} |\n\
+         | RSS per open call | {} bytes |\n\
+         | CPU while the service ingests (service / postgres / rabbitmq / bench) | {} |\n\
+         | CPU in steady state (service / postgres / rabbitmq / bench) | {} |\n\
+         | service drain: log batches, mean size, mean commit, share of the ingest window in commits | {}, {} events, {} ms, {:.0}% |",
+        f("broker_drain_events_per_s", 0),
+        f("service_drain_events_per_s", 0),
+        f("drain_ratio_vs_broker", 2),
+        f("service_ingest_events_per_s", 0),
+        f("seed_baseline_events_per_s", 0),
+        f("speedup_vs_seed", 1),
+        f("records_verified", 0),
+        f("records_mismatched", 0),
+        f("records_missing", 0),
+        f("steady_target_events_per_s", 0),
+        f("steady_events_per_s", 0),
+        f("steady_max_queue_depth", 0),
+        f("linger_ms", 0),
+        f("flush_latency_p50_ms", 0),
+        f("flush_latency_p99_ms", 0),
+        f("open_calls_measured", 0),
+        f("rss_bytes_per_open_call", 0),
+        cores(&r["service_drain_cpu"]),
+        cores(&r["steady_cpu"]),
+        n(&w["log_batches"]),
+        w["log_batch_mean_events"],
+        w["log_write_mean_ms"],
+        w["log_write_busy_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
+    );
+    let _ = writeln!(
+        md,
+        "\nStorm: {} calls, {} messages ({} distinct events); seed baseline on the first {} of them; \
+         steady state {} calls ({} messages); mode `{}`.",
+        n(&r["storm"]["calls"]),
+        n(&r["storm"]["messages"]),
+        n(&r["storm"]["distinct_events"]),
+        n(&r["seed_baseline_events"]),
+        n(&r["steady_calls"]),
+        n(&r["steady_messages"]),
+        r["mode"].as_str().unwrap_or_default(),
+    );
+    md
+}
+
+fn thousands(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn json_f(x: f64, digits: i32) -> Value {
+    if x.is_finite() {
+        json!(round(x, digits))
+    } else {
+        Value::Null
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+fn main() -> anyhow::Result<()> {
+    STARTED.get_or_init(Instant::now);
+    let sizes = Sizes::from_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(sizes))
+}
+
+async fn run(sizes: Sizes) -> anyhow::Result<()> {
+    progress!(
+        "mode {}: {} calls, seed baseline {} messages, steady {:.0} events/s for {:.0}s, {} open calls",
+        sizes.mode,
+        sizes.calls,
+        sizes.seed_messages,
+        sizes.steady_rate,
+        sizes.steady_secs,
+        sizes.open_calls
+    );
+    let mut env = Env::create().await?;
+    progress!(
+        "database {}, exchanges/queues cdr_bench.{}.*",
+        env.db_name,
+        env.id
+    );
+    let result = phases(&mut env, &sizes).await;
+    env.cleanup().await;
+    let report = result?;
+
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("storm-report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(dir.join("storm-report.md"), markdown(&report))?;
+    println!("\n{}", markdown(&report));
+    progress!(
+        "wrote {}/storm-report.{{json,md}}, storm-throughput.svg, storm-steady.svg, storm-flush-latency.svg",
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir)?;
+    let o = storm_options(sizes.calls, 1);
+    let generated = Instant::now();
+    let storm = generate(&o, limits(&env.settings));
+    let st = &storm.stats;
+    progress!(
+        "storm: {} calls, {} main-phase messages ({} distinct events, {} exact duplicates), generated in {:.1}s",
+        st.calls,
+        storm.main.len(),
+        st.distinct_events,
+        st.exact_duplicates,
+        generated.elapsed().as_secs_f64()
+    );
+    let events_per_call = storm.main.len() as f64 / storm.calls.len().max(1) as f64;
+
+    let (broker, broker_publish_rate) = broker_drain(env, &storm).await?;
+    let service = service_drain(env, &storm, &o).await?;
+    let seed = seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
+    let (steady, steady_o) =
+        steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
+    let mem = memory(env, sizes.open_calls).await?;
+
+    // Charts.
+    let rates = |s: &Samples| rate_series(s, 1.0);
+    throughput_chart(
+        &dir.join("storm-throughput.svg"),
+        &format!(
+            "Drains of the same storm ({} messages; seed baseline on {}): events/s, 1 s window",
+            storm.main.len(),
+            seed.events
+        ),
+        "events per second",
+        &[
+            (
+                "broker: do-nothing consumer".into(),
+                rates(&broker.samples),
+                plotters::style::RGBColor(120, 120, 120),
+            ),
+            (
+                "service: events logged (from process start)".into(),
+                rates(&service.drain.samples),
+                plotters::style::RGBColor(30, 110, 200),
+            ),
+            (
+                format!("service: records written x {events_per_call:.1} (events per call)"),
+                rates(&service.record_samples)
+                    .into_iter()
+                    .map(|(t, r)| (t, r * events_per_call))
+                    .collect(),
+                plotters::style::RGBColor(120, 180, 240),
+            ),
+            (
+                "seed baseline: per event, autocommit".into(),
+                rates(&seed.samples),
+                plotters::style::RGBColor(210, 60, 40),
+            ),
+        ],
+    )?;
+    throughput_chart(
+        &dir.join("storm-steady.svg"),
+        &format!(
+            "Steady state: target {:.0} events/s, {} messages",
+            steady.target, steady.messages
+        ),
+        "events per second",
+        &[
+            (
+                "published".into(),
+                rates(&steady.published),
+                plotters::style::RGBColor(120, 120, 120),
+            ),
+            (
+                "logged by the service".into(),
+                rates(&steady.logged),
+                plotters::style::RGBColor(30, 110, 200),
+            ),
+        ],
+    )?;
+    latency_chart(
+        &dir.join("storm-flush-latency.svg"),
+        &steady.latencies,
+        LINGER.as_secs_f64() * 1000.0,
+    )?;
+
+    let (pg_version, rabbit_version) = server_versions(env).await;
+    let broker_rate = broker.rate();
+    let service_rate = service.drain.rate();
+    let seed_rate = seed.rate();
+    let steady_rate = steady.messages as f64 / steady.publish_seconds.max(1e-9);
+    let lat = &steady.latencies;
+    let linger_ms = LINGER.as_secs_f64() * 1000.0;
+    Ok(json!({
+        "mode": sizes.mode,
+        "generated_at": Utc::now().to_rfc3339(),
+        "machine": {
+            "nproc": nproc(),
+            "mem_total_bytes": mem_total_bytes(),
+            "mem_total_gib": round(mem_total_bytes() as f64 / 1073741824.0, 1),
+            "cpu_model": cpu_model(),
+            "postgres_version": pg_version,
+            "rabbitmq_version": rabbit_version,
+            "note": "PostgreSQL, RabbitMQ, the service and the bench on the same machine",
+        },
+        "storm": {
+            "options": options_json(&o),
+            "calls": storm.calls.len(),
+            "messages": storm.main.len(),
+            "distinct_events": st.distinct_events,
+            "exact_duplicates": st.exact_duplicates,
+            "events_per_call": round(events_per_call, 2),
+            "events_by_type": st.events_by_type,
+        },
+        "service_settings": {
+            "prefetch": PREFETCH,
+            "linger": humantime::format_duration(LINGER).to_string(),
+            "log_level": "warn",
+            "other": "defaults (config/default.toml)",
+        },
+        "broker_publish_events_per_s": json_f(broker_publish_rate, 0),
+        "broker_drain_events_per_s": json_f(broker_rate, 0),
+        "broker_drain_seconds": json_f(broker.seconds, 3),
+        "service_publish_events_per_s": json_f(service.publish_rate, 0),
+        "service_drain_events_per_s": json_f(service_rate, 0),
+        "service_drain_seconds": json_f(service.drain.seconds, 3),
+        "service_startup_seconds": json_f(service.startup, 3),
+        "service_ingest_events_per_s": json_f(service.drain.events as f64 / service.ingest_seconds, 0),
+        "service_ingest_seconds": json_f(service.ingest_seconds, 3),
+        "drain_ratio_vs_broker": json_f(service_rate / broker_rate, 3),
+        "service_drain_cpu": service.cpu,
+        "service_drain_cpu_from_start": service.cpu_whole,
+        "service_drain_writes": service.writes,
+        "records_verified": service.records_verified,
+        "records_mismatched": service.records_mismatched,
+        "records_missing": service.records_missing,
+        "seed_baseline_events": seed.events,
+        "seed_baseline_seconds": json_f(seed.seconds, 3),
+        "seed_baseline_events_per_s": json_f(seed_rate, 0),
+        "speedup_vs_seed": json_f(service_rate / seed_rate, 2),
+        "steady_target_events_per_s": json_f(steady.target, 0),
+        "steady_events_per_s": json_f(steady_rate, 0),
+        "steady_seconds": json_f(steady.publish_seconds, 2),
+        "steady_calls": steady_o.calls,
+        "steady_messages": steady.messages,
+        "steady_max_queue_depth": steady.max_queue_depth,
+        "steady_cpu": steady.cpu,
+        "steady_writes": steady.writes,
+        "steady_queue_depth_at_end": steady.queue_depth_at_end,
+        "steady_calls_measured": lat.len(),
+        "steady_calls_missing": steady.calls_missing,
+        "steady_calls_waited": steady.calls_waited,
+        "linger_ms": linger_ms,
+        "flush_latency_p50_ms": json_f(percentile(lat, 0.5), 1),
+        "flush_latency_p90_ms": json_f(percentile(lat, 0.9), 1),
+        "flush_latency_p99_ms": json_f(percentile(lat, 0.99), 1),
+        "flush_latency_max_ms": json_f(percentile(lat, 1.0), 1),
+        "flush_latency_p50_minus_linger_ms": json_f(percentile(lat, 0.5) - linger_ms, 1),
+        "flush_latency_p99_minus_linger_ms": json_f(percentile(lat, 0.99) - linger_ms, 1),
+        "open_calls_requested": mem.requested,
+        "open_calls_measured": mem.measured,
+        "open_calls_seconds_to_active": json_f(mem.seconds_to_active, 2),
+        "rss_before_bytes": mem.rss_before,
+        "rss_after_bytes": mem.rss_after,
+        "rss_bytes_per_open_call": json_f(mem.per_call(), 0),
+    }))
+}
