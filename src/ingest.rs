@@ -7,8 +7,6 @@
 //! `multiple` up to the batch's last tag, which is safe because every earlier tag on the
 //! channel is already settled by the time a batch is acked.
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -20,8 +18,6 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use metrics::{counter, gauge, histogram};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -37,10 +33,6 @@ pub const REASON_HEADER: &str = "x-cdr-reject-reason";
 /// Header with the human-readable explanation.
 pub const DETAIL_HEADER: &str = "x-cdr-reject-detail";
 
-/// Batches queued for the committer behind the one being written. Two keep the database busy
-/// while the consumer fills the next one; more would only hold deliveries longer unacked.
-const PIPELINE_DEPTH: usize = 2;
-
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("broker: {0}")]
@@ -54,8 +46,6 @@ pub enum IngestError {
     DeadLetterNacked(String),
     #[error("event log became unavailable while isolating a refused batch: {0}")]
     LogUnavailable(String),
-    #[error("the batch committer ended: {0}")]
-    Committer(String),
     #[error("the consumer was cancelled by the broker")]
     ConsumerCancelled,
 }
@@ -100,13 +90,12 @@ impl Ingest {
 
     /// Consumes until `shutdown` fires, reconnecting with backoff whenever the broker goes away.
     pub async fn run(self, shutdown: CancellationToken) {
-        let this = Arc::new(self);
-        let mut backoff = Backoff::new(&this.backoff);
+        let mut backoff = Backoff::new(&self.backoff);
         loop {
-            match this.session(&shutdown, &mut backoff).await {
+            match self.session(&shutdown, &mut backoff).await {
                 Ok(SessionEnd::Shutdown) => break,
                 Err(e) => {
-                    this.health.set_broker_up(false);
+                    self.health.set_broker_up(false);
                     counter!("cdr_broker_reconnects_total").increment(1);
                     let delay = backoff.next_delay();
                     error!(error = %e, retry_in = ?delay, "broker session ended; reconnecting");
@@ -117,12 +106,12 @@ impl Ingest {
                 }
             }
         }
-        this.health.set_broker_up(false);
+        self.health.set_broker_up(false);
         info!("ingest stopped");
     }
 
     async fn session(
-        self: &Arc<Self>,
+        &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<SessionEnd, IngestError> {
@@ -150,100 +139,42 @@ impl Ingest {
             .await?;
         self.health.set_broker_up(true);
         backoff.reset();
-        // A new session holds nothing yet (the last one settled or dropped all it held).
-        gauge!("cdr_messages_in_flight").set(0.0);
         info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, "consuming");
 
         let limits = Limits {
             max_body_bytes: self.settings.max_body_bytes,
             max_json_depth: self.settings.max_json_depth,
         };
-        // Batches are committed by their own task, so the next batch is received and decoded
-        // while the previous one is being written. It commits, dispatches and acks strictly in
-        // order, which keeps every `multiple` ack covering only settled deliveries.
-        let (batches, queued) = mpsc::channel::<Vec<Pending>>(PIPELINE_DEPTH);
-        let mut committer = Some(tokio::spawn(Arc::clone(self).commit_batches(
-            queued,
-            shutdown.clone(),
-            dead_letters.clone(),
-        )));
-        let outcome = self
-            .consume(
-                &mut consumer,
-                &batches,
-                &mut committer,
-                shutdown,
-                &dead_letters,
-                limits,
-            )
-            .await;
-        if outcome.is_ok() {
-            // Shutdown: take no more deliveries (those not taken go back to the queue).
-            let _ = consume
-                .basic_cancel(
-                    self.amqp.consumer_tag.as_str().into(),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-        }
-        // Whatever ended the session, let the committer finish what it holds before the next
-        // session starts, so that dispatches never overtake each other.
-        drop(batches);
-        let committed = match committer.take() {
-            Some(handle) => handle
-                .await
-                .unwrap_or_else(|e| Err(IngestError::Committer(e.to_string()))),
-            // It ended during the session; `consume` returned its error.
-            None => Ok(()),
-        };
-        match (outcome, committed) {
-            (Ok(()), Ok(())) => {
-                let _ = conn.close(200, "shutdown".into()).await;
-                Ok(SessionEnd::Shutdown)
-            }
-            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-        }
-    }
-
-    /// Takes deliveries until shutdown (Ok) or until the session breaks (Err).
-    async fn consume(
-        &self,
-        consumer: &mut lapin::Consumer,
-        batches: &mpsc::Sender<Vec<Pending>>,
-        committer: &mut Option<JoinHandle<Result<(), IngestError>>>,
-        shutdown: &CancellationToken,
-        dead_letters: &Channel,
-        limits: Limits,
-    ) -> Result<(), IngestError> {
         let mut batch: Vec<Pending> = Vec::with_capacity(self.settings.batch_size);
         let mut batch_deadline = tokio::time::Instant::now();
         loop {
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => None,
-                ended = async { committer.as_mut().expect("running").await } => {
-                    *committer = None;
-                    return Err(match ended {
-                        Ok(Err(e)) => e,
-                        Ok(Ok(())) => IngestError::Committer("stopped early".into()),
-                        Err(e) => IngestError::Committer(e.to_string()),
-                    });
-                }
                 _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() => {
-                    self.hand_over(&mut batch, batches).await?;
+                    self.commit(&mut batch, shutdown, &dead_letters).await?;
                     continue;
                 }
                 d = consumer.next() => Some(d),
             };
             let Some(delivery) = next else {
-                // Shutdown: what we hold is committed and acked by the committer.
-                return self.hand_over(&mut batch, batches).await;
+                // Stop taking new deliveries, then commit and ack what we hold.
+                let _ = consume
+                    .basic_cancel(
+                        self.amqp.consumer_tag.as_str().into(),
+                        BasicCancelOptions::default(),
+                    )
+                    .await;
+                self.commit(&mut batch, shutdown, &dead_letters).await?;
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(SessionEnd::Shutdown);
             };
             let delivery = match delivery {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(IngestError::ConsumerCancelled),
             };
+            gauge!("cdr_messages_in_flight").set((batch.len() + 1) as f64);
             match event::decode(&delivery.data, Utc::now(), limits) {
                 Ok(envelope) => {
                     counter!("cdr_events_received_total", "event_type" => envelope.kind.name())
@@ -252,50 +183,16 @@ impl Ingest {
                         batch_deadline = tokio::time::Instant::now() + self.settings.batch_max_age;
                     }
                     batch.push(Pending { envelope, delivery });
-                    gauge!("cdr_messages_in_flight").increment(1.0);
                     if batch.len() >= self.settings.batch_size {
-                        self.hand_over(&mut batch, batches).await?;
+                        self.commit(&mut batch, shutdown, &dead_letters).await?;
                     }
                 }
                 Err(reject) => {
-                    // Settled inline, before any later delivery joins a batch: a later
-                    // `multiple` ack then only covers messages already settled.
-                    self.dead_letter(dead_letters, &delivery, &reject).await?;
+                    self.dead_letter(&dead_letters, &delivery, &reject).await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
             }
         }
-    }
-
-    /// Queues the batch for the committer; waits while `PIPELINE_DEPTH` batches are queued.
-    async fn hand_over(
-        &self,
-        batch: &mut Vec<Pending>,
-        batches: &mpsc::Sender<Vec<Pending>>,
-    ) -> Result<(), IngestError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(batch, Vec::with_capacity(self.settings.batch_size));
-        batches
-            .send(full)
-            .await
-            .map_err(|_| IngestError::Committer("stopped".into()))
-    }
-
-    async fn commit_batches(
-        self: Arc<Self>,
-        mut queued: mpsc::Receiver<Vec<Pending>>,
-        shutdown: CancellationToken,
-        dead_letters: Channel,
-    ) -> Result<(), IngestError> {
-        while let Some(mut batch) = queued.recv().await {
-            let held = batch.len() as f64;
-            let result = self.commit(&mut batch, &shutdown, &dead_letters).await;
-            gauge!("cdr_messages_in_flight").decrement(held);
-            result?;
-        }
-        Ok(())
     }
 
     /// Appends the batch to the log (retrying while the database is away), acks it, then
@@ -354,6 +251,7 @@ impl Ingest {
         self.dispatch(appended.inserted).await;
         let last = batch.last().map(|p| p.delivery.acker.clone());
         batch.clear();
+        gauge!("cdr_messages_in_flight").set(0.0);
         if let Some(acker) = last {
             acker.ack(BasicAckOptions { multiple: true }).await?;
         }
