@@ -158,42 +158,52 @@ pub struct Publisher {
     exchange: String,
 }
 
-impl Publisher {
-    pub async fn connect(url: &str, exchange: &str) -> Result<Self, lapin::Error> {
-        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-        // Use the exchange as it exists (an old deployment may have it as fanout); declare it
-        // as a durable topic exchange only when it is missing.
-        let mut channel = conn.create_channel().await?;
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        if channel
+/// A channel in confirm mode for publishing to `exchange`. Uses the exchange as it exists (an
+/// old deployment may have it as fanout); declares it as a durable topic exchange, as the
+/// producers do, only when it is missing.
+pub async fn publishing_channel(
+    conn: &Connection,
+    exchange: &str,
+) -> Result<Channel, lapin::Error> {
+    let mut channel = conn.create_channel().await?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    if channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_err()
+    {
+        // The failed passive declare closed that channel.
+        channel = conn.create_channel().await?;
+        channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Topic,
-                passive,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
-            .await
-            .is_err()
-        {
-            channel = conn.create_channel().await?;
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
             .await?;
+    }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+impl Publisher {
+    pub async fn connect(url: &str, exchange: &str) -> Result<Self, lapin::Error> {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = publishing_channel(&conn, exchange).await?;
         Ok(Publisher {
             _conn: conn,
             channel,

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 
@@ -47,38 +45,9 @@ impl StormPublisher {
         let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .context("connecting to RabbitMQ (amqp.url)")?;
-        let mut channel = conn.create_channel().await?;
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        if channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                passive,
-                FieldTable::default(),
-            )
+        let channel = crate::simulate::publishing_channel(&conn, exchange)
             .await
-            .is_err()
-        {
-            channel = conn.create_channel().await?;
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("declaring exchange {exchange:?}"))?;
-        }
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+            .with_context(|| format!("opening a confirming channel to exchange {exchange:?}"))?;
         Ok(StormPublisher {
             conn,
             channel,
