@@ -12,7 +12,7 @@
 //! exchanges/queues `cdr_bench.<random>.*`, and removes them at the end. Measures, side by side:
 //!
 //! 1. broker drain: the storm's main phase as a backlog in a fresh queue, drained by a consumer
-//!    that does nothing (manual acks, prefetch 2000, as the service): the broker's limit;
+//!    that does nothing (manual acks, the service's default prefetch): the broker's limit;
 //! 2. service drain: the same backlog in the service's queue, then the release binary started
 //!    as a child, timed from its start until every record is in `calls`; every record is then
 //!    verified against the storm's ground truth;
@@ -57,7 +57,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 /// The service's default prefetch (`amqp.prefetch`), used by the bench's own consumers too.
-const PREFETCH: u16 = 2000;
+const PREFETCH: u16 = 6000;
 /// Publishes awaiting their confirm at once.
 const IN_FLIGHT: usize = 1000;
 /// `tracker.linger` given to the service.
@@ -1636,7 +1636,7 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         md,
         "| measure | value |\n| --- | --- |\n\
-         | broker drain (do-nothing consumer, prefetch 2000, multiple acks) | {} events/s |\n\
+         | broker drain (do-nothing consumer, prefetch {}, multiple acks) | {} events/s |\n\
          | service drain (release binary, from process start to every record written) | {} events/s |\n\
          | service drain / broker drain | {} |\n\
          | service ingest rate (first to last event logged) | {} events/s |\n\
@@ -1651,6 +1651,7 @@ fn markdown(r: &Value) -> String {
          | CPU while the service ingests (service / postgres / rabbitmq / bench) | {} |\n\
          | CPU in steady state (service / postgres / rabbitmq / bench) | {} |\n\
          | service drain: log batches, mean size, mean commit, share of the ingest window in commits | {}, {} events, {} ms, {:.0}% |",
+        PREFETCH,
         f("broker_drain_events_per_s", 0),
         f("service_drain_events_per_s", 0),
         f("drain_ratio_vs_broker", 2),

@@ -411,7 +411,7 @@ mod tests {
                 ("ENV", "production"),
                 ("LOG_LEVEL", "DEBUG"),
                 ("CDR__TRACKER__LINGER", "750ms"),
-                ("CDR__AMQP__PREFETCH", "900"),
+                ("CDR__AMQP__PREFETCH", "9000"),
                 ("CDR__AMQP__ACCEPT_EXISTING_EXCHANGE_TYPE", "true"),
             ]),
         )
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.log.level, "debug");
         assert_eq!(s.tracker.linger, Duration::from_millis(750));
-        assert_eq!(s.amqp.prefetch, 900);
+        assert_eq!(s.amqp.prefetch, 9000);
         assert!(s.amqp.accept_existing_exchange_type);
     }
 
