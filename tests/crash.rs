@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use cdr_service::event::{self, Limits};
 use cdr_service::merge::{CallEvent, CallRecord, CallState, PriceBook};
 use cdr_service::simulate::{Publisher, SyntheticCall};
-use chrono::{DateTime, Timelike, Utc};
+use cdr_service::storm::verify::StoredRecord;
+use chrono::{DateTime, Utc};
 use common::service::Service;
 use common::*;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -202,76 +202,10 @@ fn body_hash(body: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// PostgreSQL keeps microseconds.
-fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    t.map(|t| t.with_nanosecond(t.nanosecond() / 1000 * 1000).unwrap())
-}
-
-/// A `calls` row, every column the service writes.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-struct Stored {
-    call_id: String,
-    trace_id: Option<String>,
-    user_id: Option<uuid::Uuid>,
-    contact_id: Option<i32>,
-    tenant_id: Option<String>,
-    start_time: Option<DateTime<Utc>>,
-    answer_time: Option<DateTime<Utc>>,
-    end_time: Option<DateTime<Utc>>,
-    duration_seconds: Option<i32>,
-    billable_seconds: Option<i32>,
-    status: Option<String>,
-    disposition: Option<String>,
-    recording_url: Option<String>,
-    total_cost: Option<Decimal>,
-    direction: Option<String>,
-    caller_number: Option<String>,
-    callee_number: Option<String>,
-    sip_hangup_cause: Option<String>,
-    hangup_source: Option<String>,
-    inferred_times: Option<String>,
-    event_count: i32,
-}
-
-impl Stored {
-    fn expected(r: &CallRecord, event_count: usize) -> Stored {
-        Stored {
-            call_id: r.call_id.clone(),
-            trace_id: r.trace_id.clone(),
-            user_id: r.user_id,
-            contact_id: r.contact_id,
-            tenant_id: r.tenant_id.clone(),
-            start_time: micros(r.start_time),
-            answer_time: micros(r.answer_time),
-            end_time: micros(r.end_time),
-            duration_seconds: r.duration_seconds,
-            billable_seconds: r.billable_seconds,
-            status: Some(r.status.as_str().to_owned()),
-            disposition: Some(r.disposition.as_str().to_owned()),
-            recording_url: r.recording_url.clone(),
-            total_cost: r.total_cost,
-            direction: r.direction.clone(),
-            caller_number: r.caller_number.clone(),
-            callee_number: r.callee_number.clone(),
-            sip_hangup_cause: r.sip_hangup_cause.clone(),
-            hangup_source: r.hangup_source.clone(),
-            inferred_times: r.inferred_times.clone(),
-            event_count: i32::try_from(event_count).unwrap(),
-        }
-    }
-}
-
-async fn stored_rows(pool: &PgPool) -> Vec<Stored> {
-    sqlx::query_as(
-        "SELECT call_id, trace_id, user_id, contact_id, tenant_id, start_time, answer_time, \
-                end_time, duration_seconds, billable_seconds, status, disposition, recording_url, \
-                total_cost, direction, caller_number, callee_number, sip_hangup_cause, \
-                hangup_source, inferred_times, event_count \
-         FROM calls",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("read calls")
+async fn stored_rows(pool: &PgPool, call_ids: &[&str]) -> Vec<StoredRecord> {
+    StoredRecord::load(pool, call_ids)
+        .await
+        .expect("read calls")
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
@@ -461,7 +395,8 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
     eprintln!("all records complete after {:?}", started.elapsed());
 
     // Every row is what the merge rules give for the call's distinct events.
-    let rows: HashMap<String, Stored> = stored_rows(&pool)
+    let ids: Vec<&str> = plan.calls.iter().map(|c| c.call_id.as_str()).collect();
+    let rows: HashMap<String, StoredRecord> = stored_rows(&pool, &ids)
         .await
         .into_iter()
         .map(|r| (r.call_id.clone(), r))
@@ -469,7 +404,7 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
     let mut wrong = Vec::new();
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
     for call in &plan.calls {
-        let expected = Stored::expected(&expected_record(call), call.bodies.len());
+        let expected = StoredRecord::expected(&expected_record(call), call.bodies.len());
         let answer = if expected.answer_time.is_some() {
             ""
         } else {

@@ -28,28 +28,28 @@ const CHUNK: usize = 5000;
 
 /// A `calls` row: every column the service writes.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-struct Stored {
-    call_id: String,
-    trace_id: Option<String>,
-    user_id: Option<uuid::Uuid>,
-    contact_id: Option<i32>,
-    tenant_id: Option<String>,
-    start_time: Option<DateTime<Utc>>,
-    answer_time: Option<DateTime<Utc>>,
-    end_time: Option<DateTime<Utc>>,
-    duration_seconds: Option<i32>,
-    billable_seconds: Option<i32>,
-    status: Option<String>,
-    disposition: Option<String>,
-    recording_url: Option<String>,
-    total_cost: Option<Decimal>,
-    direction: Option<String>,
-    caller_number: Option<String>,
-    callee_number: Option<String>,
-    sip_hangup_cause: Option<String>,
-    hangup_source: Option<String>,
-    inferred_times: Option<String>,
-    event_count: i32,
+pub struct StoredRecord {
+    pub call_id: String,
+    pub trace_id: Option<String>,
+    pub user_id: Option<uuid::Uuid>,
+    pub contact_id: Option<i32>,
+    pub tenant_id: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub answer_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<i32>,
+    pub billable_seconds: Option<i32>,
+    pub status: Option<String>,
+    pub disposition: Option<String>,
+    pub recording_url: Option<String>,
+    pub total_cost: Option<Decimal>,
+    pub direction: Option<String>,
+    pub caller_number: Option<String>,
+    pub callee_number: Option<String>,
+    pub sip_hangup_cause: Option<String>,
+    pub hangup_source: Option<String>,
+    pub inferred_times: Option<String>,
+    pub event_count: i32,
 }
 
 /// PostgreSQL keeps microseconds.
@@ -57,9 +57,10 @@ fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     t.and_then(|t| t.with_nanosecond(t.nanosecond() / 1000 * 1000))
 }
 
-impl Stored {
-    fn expected(r: &CallRecord, event_count: usize) -> Stored {
-        Stored {
+impl StoredRecord {
+    /// The row the service must write for `r`, folded from `event_count` distinct events.
+    pub fn expected(r: &CallRecord, event_count: usize) -> StoredRecord {
+        StoredRecord {
             call_id: r.call_id.clone(),
             trace_id: r.trace_id.clone(),
             user_id: r.user_id,
@@ -84,8 +85,27 @@ impl Stored {
         }
     }
 
+    /// The rows of `call_ids` as stored (absent calls are simply missing).
+    pub async fn load(pool: &PgPool, call_ids: &[&str]) -> Result<Vec<StoredRecord>, sqlx::Error> {
+        let mut rows = Vec::with_capacity(call_ids.len());
+        for chunk in call_ids.chunks(CHUNK) {
+            let found: Vec<StoredRecord> = sqlx::query_as(
+                "SELECT call_id, trace_id, user_id, contact_id, tenant_id, start_time, answer_time, \
+                        end_time, duration_seconds, billable_seconds, status, disposition, \
+                        recording_url, total_cost, direction, caller_number, callee_number, \
+                        sip_hangup_cause, hangup_source, inferred_times, event_count \
+                 FROM calls WHERE call_id = ANY($1)",
+            )
+            .bind(chunk)
+            .fetch_all(pool)
+            .await?;
+            rows.extend(found);
+        }
+        Ok(rows)
+    }
+
     /// (field, expected, found) for every field that differs.
-    fn diff(&self, found: &Stored) -> Vec<FieldDiff> {
+    fn diff(&self, found: &StoredRecord) -> Vec<FieldDiff> {
         let mut out = Vec::new();
         macro_rules! cmp {
             ($($f:ident),*) => {$(
@@ -415,21 +435,12 @@ impl Verifier {
 
         // Compare every row with its ground truth.
         let prices = load_prices(&self.pool).await?;
-        let mut rows: HashMap<String, Stored> = HashMap::with_capacity(storm.calls.len());
         let ids: Vec<&str> = storm.calls.iter().map(|c| c.call_id.as_str()).collect();
-        for chunk in ids.chunks(CHUNK) {
-            let found: Vec<Stored> = sqlx::query_as(
-                "SELECT call_id, trace_id, user_id, contact_id, tenant_id, start_time, answer_time, \
-                        end_time, duration_seconds, billable_seconds, status, disposition, \
-                        recording_url, total_cost, direction, caller_number, callee_number, \
-                        sip_hangup_cause, hangup_source, inferred_times, event_count \
-                 FROM calls WHERE call_id = ANY($1)",
-            )
-            .bind(chunk)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.extend(found.into_iter().map(|r| (r.call_id.clone(), r)));
-        }
+        let rows: HashMap<String, StoredRecord> = StoredRecord::load(&self.pool, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.call_id.clone(), r))
+            .collect();
         let now = Utc::now();
         let window = (
             publish_started_at - chrono::Duration::seconds(2),
@@ -522,7 +533,7 @@ impl Verifier {
 /// The expected record of a call and the fields in which the row differs from it.
 fn compare(
     call: &ExpectedCall,
-    row: Option<&Stored>,
+    row: Option<&StoredRecord>,
     prices: &PriceBook,
     now: DateTime<Utc>,
     window: (DateTime<Utc>, DateTime<Utc>),
@@ -532,7 +543,7 @@ fn compare(
     };
     if call.receive_dependent.is_none() {
         let expected = call.record(prices, now);
-        let diffs = Stored::expected(&expected, call.distinct_events).diff(row);
+        let diffs = StoredRecord::expected(&expected, call.distinct_events).diff(row);
         return (expected, diffs);
     }
     // The call's start stands on a receive time: the one the row shows, if it says so.
@@ -545,7 +556,7 @@ fn compare(
         _ => now,
     };
     let expected = call.record(prices, receive);
-    let mut want = Stored::expected(&expected, call.distinct_events);
+    let mut want = StoredRecord::expected(&expected, call.distinct_events);
     let mut diffs = Vec::new();
     if inferred_start
         && let Some(t) = row.start_time
