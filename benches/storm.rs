@@ -647,25 +647,6 @@ fn storm_options(calls: usize, seed: u64) -> StormOptions {
     }
 }
 
-fn options_json(o: &StormOptions) -> Value {
-    json!({
-        "calls": o.calls,
-        "seed": o.seed,
-        "duration": o.duration.to_string(),
-        "identified": o.identified,
-        "answered": o.answered,
-        "recording": o.recording,
-        "dialog": o.dialog,
-        "usage": o.usage,
-        "reorder_window": o.reorder_window,
-        "duplicates": o.duplicates,
-        "missing_end": o.missing_end,
-        "late": o.late,
-        "poison": o.poison,
-        "variants": o.variants,
-    })
-}
-
 fn limits(settings: &Settings) -> Limits {
     cdr_service::storm::limits(settings)
 }
@@ -1864,7 +1845,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
             "note": "PostgreSQL, RabbitMQ, the service and the bench on the same machine",
         },
         "storm": {
-            "options": options_json(&o),
+            "options": cdr_service::storm::options_json(&o),
             "calls": storm.calls.len(),
             "messages": storm.main.len(),
             "distinct_events": st.distinct_events,

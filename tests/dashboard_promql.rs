@@ -222,19 +222,6 @@ async fn eventually(
     }
 }
 
-async fn service_metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn call(id: &str) -> SyntheticCall {
     SyntheticCall::new(
         format!("{id}@198.51.100.7"),
@@ -331,7 +318,7 @@ async fn every_dashboard_expression_has_data_in_a_real_prometheus() {
     let (env, settings) = app.stop().await;
     let app = TestApp::start(env, settings).await;
     assert_eq!(app.port, port);
-    assert!(service_metric(&app, "cdr_calls_recovered_total").await >= 1.0);
+    assert!(app.metric("cdr_calls_recovered_total").await >= 1.0);
 
     let mut prometheus = Prometheus::start(port);
     prometheus.wait_ready(&client).await;
@@ -365,11 +352,11 @@ async fn every_dashboard_expression_has_data_in_a_real_prometheus() {
     }
     wait_until(Duration::from_secs(30), "a quarantined call", || {
         let app = &app;
-        async move { service_metric(app, "cdr_actor_quarantines_total").await >= 1.0 }
+        async move { app.metric("cdr_actor_quarantines_total").await >= 1.0 }
     })
     .await;
     faults.clear();
-    assert!(service_metric(&app, "cdr_actor_restarts_total").await >= 1.0);
+    assert!(app.metric("cdr_actor_restarts_total").await >= 1.0);
     // A recording after the record was written: a late event.
     let late = call("late-1");
     for e in [

@@ -18,20 +18,6 @@ fn call(id: &str) -> SyntheticCall {
     )
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_actor_is_restarted_from_the_log_and_its_record_is_right() {
     let scenario = fail::FailScenario::setup();
@@ -50,7 +36,7 @@ async fn failed_actor_is_restarted_from_the_log_and_its_record_is_right() {
     assert_eq!(logged_events(&app.pool, &c.call_id).await, 5);
     // The recorder is process-wide (other tests here add to it): count restarts loosely, and
     // check the quarantine in this test's own database.
-    assert!(metric(&app, "cdr_actor_restarts_total").await >= 1.0);
+    assert!(app.metric("cdr_actor_restarts_total").await >= 1.0);
     let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantined_calls")
         .fetch_one(&app.pool)
         .await
@@ -121,7 +107,7 @@ async fn call_that_keeps_failing_is_quarantined_and_others_are_untouched() {
             .unwrap();
         assert_eq!(open, 1, "{mode}");
         assert!(
-            metric(&app, "cdr_actor_quarantines_total").await >= 1.0,
+            app.metric("cdr_actor_quarantines_total").await >= 1.0,
             "{mode}"
         );
         // The service is still consuming: a new call goes through.

@@ -317,7 +317,8 @@ fn write_report(o: &StormOptions, report: &serde_json::Value) -> anyhow::Result<
     Ok(())
 }
 
-fn options_json(o: &StormOptions) -> serde_json::Value {
+/// The options as the JSON report records them.
+pub fn options_json(o: &StormOptions) -> serde_json::Value {
     json!({
         "calls": o.calls,
         "rate": o.rate,

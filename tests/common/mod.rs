@@ -207,6 +207,20 @@ impl TestApp {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The sum of every series of metric `name` on /metrics (0 when it is absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Graceful stop; the run must end Ok.
     pub async fn stop(self) -> (TestEnv, Settings) {
         self.shutdown.cancel();
