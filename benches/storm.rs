@@ -20,7 +20,9 @@
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
 //!    `call.ended` to its row's `updated_at` (the writer's transaction time);
-//! 5. memory: the service's RSS per open call (calls started and answered, never ended).
+//! 5. memory: the service's RSS per open call (calls started and answered, never ended), as
+//!    they settle at rest (quiet for `tracker.rest_after`: state kept, no actor), and, for up to
+//!    100,000 calls, with one actor each (before they rest).
 //!
 //! Writes `target/bench/storm-report.{json,md}` and SVG charts beside them. It measures and
 //! reports only: nothing here passes or fails on a timing.
@@ -307,6 +309,11 @@ struct Service {
 
 impl Service {
     async fn start(env: &Env) -> anyhow::Result<Service> {
+        Self::start_with(env, &[]).await
+    }
+
+    /// With extra environment variables (setting overrides).
+    async fn start_with(env: &Env, vars: &[(&str, String)]) -> anyhow::Result<Service> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -329,6 +336,7 @@ impl Service {
                 humantime::format_duration(LINGER).to_string(),
             )
             .env("CDR__LOG__LEVEL", "warn")
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1324,27 +1332,91 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // 5. Memory per open call
 
-struct Memory {
+struct MemoryRun {
     requested: usize,
     measured: usize,
     rss_before: u64,
     rss_after: u64,
-    seconds_to_active: f64,
+    seconds_to_settle: f64,
 }
 
-async fn active_calls(service: &Service) -> anyhow::Result<u64> {
+impl MemoryRun {
+    fn per_call(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.measured.max(1) as f64
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "open_calls_requested": self.requested,
+            "open_calls_measured": self.measured,
+            "seconds_to_settle": json_f(self.seconds_to_settle, 2),
+            "rss_before_bytes": self.rss_before,
+            "rss_after_bytes": self.rss_after,
+            "rss_bytes_per_open_call": json_f(self.per_call(), 0),
+        })
+    }
+}
+
+/// Open calls as the service holds them at rest (the state a quiet call settles in), and, for
+/// comparison, with an actor each (before they rest).
+struct Memory {
+    resting: MemoryRun,
+    actors: MemoryRun,
+}
+
+/// The largest count measured with one actor per open call: at about 10 KB each, a million
+/// would need some 10 GB.
+const MAX_OPEN_ACTORS: usize = 100_000;
+
+async fn active_calls(service: &Service) -> anyhow::Result<(u64, u64)> {
     let v: Value = reqwest::get(service.url("/calls")).await?.json().await?;
-    Ok(v["ringing"].as_u64().unwrap_or(0) + v["answered"].as_u64().unwrap_or(0))
+    let active = v["ringing"].as_u64().unwrap_or(0) + v["answered"].as_u64().unwrap_or(0);
+    Ok((active, v["resting"].as_u64().unwrap_or(0)))
 }
 
 async fn memory(env: &Env, n: usize) -> anyhow::Result<Memory> {
+    // Actors first: `rest_after` longer than the run, so every call keeps its actor.
+    let actors = open_calls(env, n.min(MAX_OPEN_ACTORS), Duration::from_secs(3600), 0).await?;
+    // Start over on an empty log, so the next start recovers nothing.
+    let pool = PgPool::connect(&env.db_url).await?;
+    sqlx::query("TRUNCATE call_events, open_calls, calls")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let resting = open_calls(env, n, Duration::from_secs(2), 1).await?;
+    Ok(Memory { resting, actors })
+}
+
+/// Opens `n` calls (call.started + call.answered, never ended) on a fresh service started with
+/// `rest_after`, waits until all are active (and, when `rest_after` is short, resting), and
+/// measures the RSS growth.
+async fn open_calls(
+    env: &Env,
+    n: usize,
+    rest_after: Duration,
+    round: u64,
+) -> anyhow::Result<MemoryRun> {
     let s = env.settings.clone();
-    let service = Service::start(env).await?;
+    let rest = rest_after < Duration::from_secs(60);
+    let service = Service::start_with(
+        env,
+        &[(
+            "CDR__TRACKER__REST_AFTER",
+            humantime::format_duration(rest_after).to_string(),
+        )],
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let label = if rest {
+        "memory (resting)"
+    } else {
+        "memory (actors)"
+    };
     let rss_before = rss_bytes(service.pid())?;
     progress!(
-        "memory: service idle at {:.1} MiB RSS; opening {n} calls (call.started + call.answered)",
-        rss_before as f64 / 1048576.0
+        "{label}: service idle at {:.1} MiB RSS; opening {n} calls (call.started + call.answered), rest_after {}",
+        rss_before as f64 / 1048576.0,
+        humantime::format_duration(rest_after)
     );
     let started = Instant::now();
     let publisher = StormPublisher::connect(&amqp_url(), &s.amqp.exchange).await?;
@@ -1367,7 +1439,7 @@ async fn memory(env: &Env, n: usize) -> anyhow::Result<Memory> {
             variants: 0.0,
             late: 0.0,
             poison: 0.0,
-            call_id_prefix: Some(format!("bench-open-{}-{k}", env.id)),
+            call_id_prefix: Some(format!("bench-open-{}-{round}-{k}", env.id)),
             ..StormOptions::default()
         };
         let storm = generate(&o, limits);
@@ -1387,54 +1459,49 @@ async fn memory(env: &Env, n: usize) -> anyhow::Result<Memory> {
             .await?;
         published += calls;
         progress!(
-            "memory: {published}/{n} calls published ({} messages in this chunk)",
+            "{label}: {published}/{n} calls published ({} messages in this chunk)",
             msgs.len()
         );
     }
     publisher.close().await;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(900);
     let mut last_line = Instant::now();
-    let mut measured = 0u64;
+    let (mut active, mut resting) = (0u64, 0u64);
     loop {
         if let Ok(a) = active_calls(&service).await {
-            measured = a;
+            (active, resting) = a;
         }
-        if measured >= n as u64 || Instant::now() > deadline {
+        let settled = active >= n as u64 && (!rest || resting >= n as u64);
+        if settled || Instant::now() > deadline {
             break;
         }
         if last_line.elapsed() >= Duration::from_secs(5) {
-            progress!("memory: {measured}/{n} calls active");
+            progress!("{label}: {active}/{n} calls active, {resting} resting");
             last_line = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let seconds_to_active = started.elapsed().as_secs_f64();
-    // Let the mailboxes settle.
+    let seconds_to_settle = started.elapsed().as_secs_f64();
+    // Let the mailboxes and the allocator settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_bytes(service.pid())?;
-    let measured = active_calls(&service).await.unwrap_or(measured) as usize;
+    let (active, resting) = active_calls(&service).await.unwrap_or((active, resting));
     service.stop().await?;
-    let m = Memory {
+    let m = MemoryRun {
         requested: n,
-        measured,
+        measured: if rest { resting } else { active } as usize,
         rss_before,
         rss_after,
-        seconds_to_active,
+        seconds_to_settle,
     };
     progress!(
-        "memory: {} calls open, RSS {:.1} -> {:.1} MiB: {:.0} bytes per open call",
-        m.measured,
+        "{label}: {} calls open ({resting} resting), RSS {:.1} -> {:.1} MiB: {:.0} bytes per open call",
+        active,
         m.rss_before as f64 / 1048576.0,
         m.rss_after as f64 / 1048576.0,
         m.per_call()
     );
     Ok(m)
-}
-
-impl Memory {
-    fn per_call(&self) -> f64 {
-        self.rss_after.saturating_sub(self.rss_before) as f64 / self.measured.max(1) as f64
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1627,8 +1694,9 @@ fn markdown(r: &Value) -> String {
          | steady state: target / achieved publish rate | {} / {} events/s |\n\
          | steady state: max queue depth while publishing | {} |\n\
          | flush latency p50 / p99 (call.ended published -> row committed, incl. {} ms linger) | {} / {} ms |\n\
-         | open calls measured | {} |\n\
-         | RSS per open call | {} bytes |\n\
+         | open calls measured (resting: quiet for `rest_after`, no actor) | {} |\n\
+         | RSS per open call, resting | {} bytes |\n\
+         | RSS per open call with its actor (before it rests; {} calls) | {} bytes |\n\
          | CPU while the service ingests (service / postgres / rabbitmq / bench) | {} |\n\
          | CPU in steady state (service / postgres / rabbitmq / bench) | {} |\n\
          | service drain: log batches, mean size, mean commit, share of the ingest window in commits | {}, {} events, {} ms, {:.0}% |",
@@ -1650,6 +1718,8 @@ fn markdown(r: &Value) -> String {
         f("flush_latency_p99_ms", 0),
         f("open_calls_measured", 0),
         f("rss_bytes_per_open_call", 0),
+        f("open_calls_with_actors_measured", 0),
+        f("rss_bytes_per_open_call_with_actor", 0),
         cores(&r["service_drain_cpu"]),
         cores(&r["steady_cpu"]),
         n(&w["log_batches"]),
@@ -1898,11 +1968,11 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "flush_latency_max_ms": json_f(percentile(lat, 1.0), 1),
         "flush_latency_p50_minus_linger_ms": json_f(percentile(lat, 0.5) - linger_ms, 1),
         "flush_latency_p99_minus_linger_ms": json_f(percentile(lat, 0.99) - linger_ms, 1),
-        "open_calls_requested": mem.requested,
-        "open_calls_measured": mem.measured,
-        "open_calls_seconds_to_active": json_f(mem.seconds_to_active, 2),
-        "rss_before_bytes": mem.rss_before,
-        "rss_after_bytes": mem.rss_after,
-        "rss_bytes_per_open_call": json_f(mem.per_call(), 0),
+        "open_calls_measured": mem.resting.measured,
+        "rss_bytes_per_open_call": json_f(mem.resting.per_call(), 0),
+        "open_calls_with_actors_measured": mem.actors.measured,
+        "rss_bytes_per_open_call_with_actor": json_f(mem.actors.per_call(), 0),
+        "memory_resting": mem.resting.json(),
+        "memory_actors": mem.actors.json(),
     }))
 }

@@ -133,6 +133,7 @@ impl Application {
                 calls: Arc::default(),
                 linger: settings.tracker.linger,
                 idle_timeout: settings.tracker.idle_timeout,
+                rest_after: settings.tracker.rest_after,
                 backoff: settings.backoff.clone(),
             },
             &settings.tracker,

@@ -85,6 +85,8 @@ pub struct TrackerSettings {
     pub linger: Duration,
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    #[serde(with = "duration")]
+    pub rest_after: Duration,
     pub restart_budget: u32,
     #[serde(with = "duration")]
     pub restart_window: Duration,
@@ -271,6 +273,13 @@ impl Settings {
                 "tracker.idle_timeout",
                 humantime::format_duration(self.tracker.idle_timeout),
                 "must be longer than tracker.linger",
+            ));
+        }
+        if self.tracker.rest_after.is_zero() {
+            return Err(invalid(
+                "tracker.rest_after",
+                humantime::format_duration(self.tracker.rest_after),
+                "must be above zero",
             ));
         }
         if self.tracker.restart_budget == 0 {

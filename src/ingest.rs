@@ -1,11 +1,14 @@
 //! Ingest: consume the call-event queue, decode, dead-letter what is not a call event, append
-//! batches to the event log, ack each batch once it is committed, then hand the new events to
-//! the tracker.
+//! batches to the event log, queue the new events for the tracker, then ack the batch.
 //!
 //! Ordering makes the guarantees: a delivery is acked only after its event is committed
 //! (or, for bad input, after the dead-letter exchange confirmed the copy), and acks use
 //! `multiple` up to the batch's last tag, which is safe because every earlier tag on the
 //! channel is already settled by the time a batch is acked.
+//!
+//! The tracker takes committed batches from a short FIFO queue served by one dispatcher task,
+//! so starting actors for new calls never holds up the next commit, and batches reach the
+//! tracker in log order (each call's events only grow in id).
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -25,8 +28,12 @@ use crate::backoff::Backoff;
 use crate::config::{AmqpSettings, BackoffSettings, IngestSettings};
 use crate::event::{self, Envelope, Limits, Reject};
 use crate::health::Health;
-use crate::log::{EventLog, LogError};
+use crate::log::{EventLog, LogError, LoggedEvent};
 use crate::tracker::Tracker;
+
+/// Committed batches waiting for the tracker. Short: when the tracker falls behind, commits
+/// wait for it rather than piling events up in memory.
+const DISPATCH_QUEUE_BATCHES: usize = 4;
 
 /// Header that carries the machine-readable reason on a dead-lettered message.
 pub const REASON_HEADER: &str = "x-cdr-reject-reason";
@@ -55,8 +62,9 @@ pub struct Ingest {
     settings: IngestSettings,
     backoff: BackoffSettings,
     log: EventLog,
-    tracker: Tracker,
     health: Health,
+    dispatch: tokio::sync::mpsc::Sender<Vec<LoggedEvent>>,
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 /// A decoded delivery waiting for its batch to commit.
@@ -78,13 +86,16 @@ impl Ingest {
         tracker: Tracker,
         health: Health,
     ) -> Self {
+        let (dispatch, queue) = tokio::sync::mpsc::channel(DISPATCH_QUEUE_BATCHES);
+        let dispatcher = tokio::spawn(dispatch_committed(tracker, queue));
         Ingest {
             amqp,
             settings,
             backoff,
             log,
-            tracker,
             health,
+            dispatch,
+            dispatcher,
         }
     }
 
@@ -107,6 +118,14 @@ impl Ingest {
             }
         }
         self.health.set_broker_up(false);
+        // Every committed batch reaches the tracker before ingest reports it has stopped.
+        let Ingest {
+            dispatch,
+            dispatcher,
+            ..
+        } = self;
+        drop(dispatch);
+        let _ = dispatcher.await;
         info!("ingest stopped");
     }
 
@@ -246,8 +265,9 @@ impl Ingest {
             duplicates = appended.duplicates,
             "batch committed"
         );
-        // Dispatch before acking: if the ack is lost with the connection, the redelivered
-        // copies are dropped as duplicates, so the actors must already have these events.
+        // Queue for the tracker before acking: if the ack is lost with the connection, the
+        // redelivered copies are dropped as duplicates, so these events must already be on
+        // their way to the actors.
         self.dispatch(appended.inserted).await;
         let last = batch.last().map(|p| p.delivery.acker.clone());
         batch.clear();
@@ -295,10 +315,14 @@ impl Ingest {
         Ok(())
     }
 
-    async fn dispatch(&self, events: Vec<crate::log::LoggedEvent>) {
-        if let Err(e) = self.tracker.dispatch(events).await {
-            // The events are committed: the calls are rebuilt from the log on the next start.
-            error!(error = %e, "could not dispatch committed events");
+    async fn dispatch(&self, events: Vec<LoggedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if self.dispatch.send(events).await.is_err() {
+            // Only when the dispatcher died with the tracker. The events are committed: their
+            // calls are rebuilt from the log on the next start.
+            error!("the tracker's dispatcher is gone; committed events wait for the next start");
         }
     }
 
@@ -313,6 +337,22 @@ impl Ingest {
             detail: reject.to_string(),
         };
         publish_dead_letter(channel, &self.amqp.dead_letter_exchange, delivery, &reason).await
+    }
+}
+
+/// The dispatcher: hands committed batches to the tracker, one at a time, in commit order.
+async fn dispatch_committed(
+    tracker: Tracker,
+    mut queue: tokio::sync::mpsc::Receiver<Vec<LoggedEvent>>,
+) {
+    while let Some(events) = queue.recv().await {
+        gauge!("cdr_dispatch_queue_batches").set(queue.len() as f64);
+        let started = std::time::Instant::now();
+        if let Err(e) = tracker.dispatch(events).await {
+            // The events are committed: the calls are rebuilt from the log on the next start.
+            error!(error = %e, "could not dispatch committed events");
+        }
+        histogram!("cdr_dispatch_duration_seconds").record(started.elapsed().as_secs_f64());
     }
 }
 

@@ -304,6 +304,8 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
     let mut settings = env.settings();
     // No open call may time out during the test: every record must come from its end.
     settings.tracker.idle_timeout = Duration::from_secs(600);
+    // Long calls rest between their events, so kills also hit resting and waking calls.
+    settings.tracker.rest_after = Duration::from_millis(300);
     let pool = env.pool().await;
 
     // The first start declares the queue; the storm waits in it whenever the service is down.

@@ -43,7 +43,11 @@ async fn wait_metric(app: &TestApp, series: &str, expected: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_a_small_run() {
-    let app = TestApp::spawn_with(|s| s.tracker.idle_timeout = Duration::from_secs(600)).await;
+    let app = TestApp::spawn_with(|s| {
+        s.tracker.idle_timeout = Duration::from_secs(600);
+        s.tracker.rest_after = Duration::from_millis(500);
+    })
+    .await;
     let t0 = "2025-09-24T10:00:00Z".parse().unwrap();
     let calls: Vec<SyntheticCall> = (0..5)
         .map(|i| SyntheticCall::new(format!("metrics-{i}@198.51.100.7"), t0))
@@ -75,6 +79,12 @@ async fn metrics_follow_a_small_run() {
     .await;
     wait_metric(&app, "cdr_duplicates_dropped_total", 1.0).await;
 
+    // Quiet, the five open calls rest: still active, no actor.
+    wait_metric(&app, "cdr_calls_resting", 5.0).await;
+    wait_metric(&app, "cdr_call_rests_total", 5.0).await;
+    wait_metric(&app, r#"cdr_active_calls{state="answered"}"#, 3.0).await;
+    wait_metric(&app, r#"cdr_active_calls{state="ringing"}"#, 2.0).await;
+
     // Every call ends: the gauges go back to zero and five records are written.
     for c in &calls {
         app.publisher.publish(&c.ended()).await.unwrap();
@@ -86,6 +96,8 @@ async fn metrics_follow_a_small_run() {
     wait_metric(&app, r#"cdr_active_calls{state="answered"}"#, 0.0).await;
     wait_metric(&app, r#"cdr_active_calls{state="ringing"}"#, 0.0).await;
     wait_metric(&app, "cdr_calls_lingering", 0.0).await;
+    wait_metric(&app, "cdr_calls_resting", 0.0).await;
+    wait_metric(&app, "cdr_call_wakes_total", 5.0).await;
     wait_metric(
         &app,
         r#"cdr_records_written_total{status="COMPLETED",disposition="ANSWERED",cause="ended"}"#,

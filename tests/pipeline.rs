@@ -407,3 +407,113 @@ async fn idle_timeout_counts_from_the_last_event_across_restarts() {
     assert_eq!(r.start_time, Some(t0()));
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_call_rests_and_wakes_with_its_next_event() {
+    let app = TestApp::spawn_with(|s| {
+        s.tracker.rest_after = Duration::from_millis(200);
+        s.tracker.idle_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let c = call("rests");
+    publish_all(&app, &[c.started(), c.answered()]).await;
+    wait_until(Duration::from_secs(10), "the call rests", || async {
+        app.active_calls().await["resting"] == 1
+    })
+    .await;
+    let calls = app.active_calls().await;
+    assert_eq!(
+        calls["answered"], 1,
+        "a resting call is still active: {calls}"
+    );
+    // The live view of a resting call comes from its kept state.
+    let live: Value = reqwest::get(app.url(&format!("/calls/{}", c.call_id)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["resting"], true, "{live}");
+    assert_eq!(live["phase"], "answered", "{live}");
+    assert_eq!(live["events"], 2, "{live}");
+    assert!(row(&app.pool, &c.call_id).await.is_none());
+
+    // Its next events wake it, in any order, and the record holds everything.
+    publish_all(&app, &[c.recording(), c.identified()]).await;
+    wait_until(Duration::from_secs(10), "the call rests again", || async {
+        let live: Value = reqwest::get(app.url(&format!("/calls/{}", c.call_id)))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        live["resting"] == true && live["events"] == 4
+    })
+    .await;
+    publish_all(&app, &[c.ended()]).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    wait_until(Duration::from_secs(10), "no active call left", || async {
+        let calls = app.active_calls().await;
+        calls["ringing"] == 0 && calls["answered"] == 0 && calls["resting"] == 0
+    })
+    .await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resting_call_times_out_on_schedule() {
+    let app = TestApp::spawn_with(|s| {
+        s.tracker.rest_after = Duration::from_millis(100);
+        s.tracker.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let c = call("rest-timeout");
+    publish_all(&app, &[c.started()]).await;
+    wait_until(Duration::from_secs(10), "the call rests", || async {
+        app.active_calls().await["resting"] == 1
+    })
+    .await;
+    // No actor and no timer of its own: the tracker's scan wakes it for its idle timeout.
+    let r = wait_for_row(&app.pool, &c.call_id, 1).await;
+    assert_eq!(r.status.as_deref(), Some("TIMED_OUT"));
+    assert_eq!(r.start_time, Some(t0()));
+    // Its end, arriving after the timeout, completes the record.
+    publish_all(&app, &[c.ended()]).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 2).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_puts_open_calls_to_rest_and_ended_ones_to_write() {
+    let app = TestApp::spawn_with(|s| s.tracker.idle_timeout = Duration::from_secs(600)).await;
+    let open: Vec<_> = (0..3).map(|i| call(&format!("recover-open-{i}"))).collect();
+    for c in &open {
+        publish_all(&app, &[c.started(), c.answered()]).await;
+    }
+    wait_until(Duration::from_secs(10), "events logged", || async {
+        let mut n = 0;
+        for c in &open {
+            n += logged_events(&app.pool, &c.call_id).await;
+        }
+        n == 6
+    })
+    .await;
+    let (env, settings) = app.stop().await;
+    let app = TestApp::start(env, settings).await;
+    let calls = app.active_calls().await;
+    assert_eq!(calls["answered"], 3, "{calls}");
+    assert_eq!(
+        calls["resting"], 3,
+        "recovered open calls start at rest: {calls}"
+    );
+    for c in &open {
+        publish_all(&app, &[c.ended(), c.recording(), c.identified()]).await;
+    }
+    for c in &open {
+        let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+        assert_full_record(&r, c);
+    }
+    app.finish().await;
+}

@@ -28,6 +28,8 @@ async fn storm_verify_passes_with_every_fault_share() {
 
     let app = TestApp::spawn_with(|s| {
         s.tracker.idle_timeout = Duration::from_secs(3);
+        // Calls rest and wake many times over the storm: every record must still be right.
+        s.tracker.rest_after = Duration::from_millis(50);
     })
     .await;
     // Unit prices, one of them changing in the middle of the storm's timeline (calls are

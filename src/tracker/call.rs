@@ -1,5 +1,7 @@
 //! One call's actor: folds the call's events as they come, and writes the record when the call
-//! has been quiet for `linger` after its end, or for `idle_timeout` without one.
+//! has been quiet for `linger` after its end, or for `idle_timeout` without one. A call still
+//! open but quiet for `rest_after` rests: the actor leaves its folded state (`CallSnapshot`) in
+//! the routing map and stops; the supervisor starts a new actor from it when the call wakes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,10 +12,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use super::{CallContext, phase_code};
+use super::{CallContext, CallEntry, phase_code};
 use crate::backoff::Backoff;
 use crate::log::LoggedEvent;
-use crate::merge::{CallRecord, CallState, Phase};
+use crate::merge::{CallRecord, CallState, Phase, PriceBook};
 use crate::writer::WriteRequest;
 
 pub enum CallMsg {
@@ -31,50 +33,50 @@ pub struct LiveCall {
     pub call_id: String,
     pub phase: Phase,
     pub events: u32,
+    /// The call is resting: no actor, its state kept in the routing map until its next event.
+    pub resting: bool,
     /// The record as it would be written now.
     pub record: CallRecord,
 }
 
-pub struct CallArgs {
-    pub call_id: String,
-    pub load_from_log: bool,
-    pub events: Vec<LoggedEvent>,
-    pub live: bool,
-    pub phase: Arc<std::sync::atomic::AtomicU8>,
-    pub ctx: Arc<CallContext>,
-}
-
-pub struct CallActorState {
-    call_id: String,
-    ctx: Arc<CallContext>,
-    phase: Arc<std::sync::atomic::AtomicU8>,
+/// What is known of a call: its fold, and what the actor needs to go on from it. It is all
+/// that a resting call keeps, so it stays small.
+#[derive(Debug, Clone)]
+pub struct CallSnapshot {
     state: CallState,
     /// Distinct logged events folded so far: the record's version.
     event_count: u32,
-    /// Highest event id folded. Events reach an actor in log order, so anything at or below
-    /// it is already folded (it came both from the log load and the mailbox).
+    /// Highest event id folded. Events reach a call in log order, so anything at or below it
+    /// is already folded (it came both from the log load and the mailbox).
     max_event_id: i64,
-    /// Event messages handled from the mailbox (compared with `CallEntry::routed`).
-    received: u64,
     /// Receive time of the newest event folded, on the monotonic clock: the idle timeout
     /// counts from it, so a call without an end times out on schedule however often the
     /// service restarts.
     last_event: Instant,
-    ended_at: Option<Instant>,
-    /// When the end arrived live, for the flush-latency histogram.
-    end_received: Option<Instant>,
-    timer_at: Option<Instant>,
     /// Events folded since the last write.
     dirty: bool,
-    pending: Vec<LoggedEvent>,
-    pending_live: bool,
-    load_from_log: bool,
 }
 
-impl CallActorState {
-    fn fold(&mut self, e: &LoggedEvent, live: bool) {
+impl Default for CallSnapshot {
+    fn default() -> Self {
+        CallSnapshot {
+            state: CallState::default(),
+            event_count: 0,
+            max_event_id: 0,
+            // Until an event is folded; the first one sets it.
+            last_event: Instant::now()
+                .checked_sub(Duration::from_secs(365 * 24 * 3600))
+                .unwrap_or_else(Instant::now),
+            dirty: false,
+        }
+    }
+}
+
+impl CallSnapshot {
+    /// Folds one logged event; true when it is new and ended the call.
+    pub fn fold(&mut self, e: &LoggedEvent) -> bool {
         if e.event_id <= self.max_event_id {
-            return;
+            return false;
         }
         let was_ended = self.state.is_ended();
         self.state.apply(&e.event);
@@ -89,25 +91,100 @@ impl CallActorState {
         if received > self.last_event {
             self.last_event = received;
         }
-        if !was_ended && self.state.is_ended() {
+        !was_ended && self.state.is_ended()
+    }
+
+    pub fn from_events(events: &[LoggedEvent]) -> Self {
+        let mut s = CallSnapshot::default();
+        for e in events {
+            s.fold(e);
+        }
+        s
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state.is_ended()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.phase()
+    }
+
+    /// When the call times out if nothing more comes.
+    pub fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        self.last_event + idle_timeout
+    }
+
+    pub fn live(&self, call_id: &str, prices: &PriceBook, resting: bool) -> LiveCall {
+        LiveCall {
+            call_id: call_id.to_owned(),
+            phase: self.state.phase(),
+            events: self.event_count,
+            resting,
+            record: self.state.record(call_id, prices),
+        }
+    }
+}
+
+pub struct CallArgs {
+    pub call_id: String,
+    /// The state it rested with, when the call wakes.
+    pub resume: Option<Box<CallSnapshot>>,
+    pub load_from_log: bool,
+    pub events: Vec<LoggedEvent>,
+    pub live: bool,
+    pub phase: Arc<std::sync::atomic::AtomicU8>,
+    pub ctx: Arc<CallContext>,
+}
+
+pub struct CallActorState {
+    call_id: String,
+    ctx: Arc<CallContext>,
+    phase: Arc<std::sync::atomic::AtomicU8>,
+    call: CallSnapshot,
+    /// Event messages handled from the mailbox (compared with `ActiveCall::routed`).
+    received: u64,
+    /// When this actor started or last handled an event: it rests `rest_after` later.
+    last_touch: Instant,
+    ended_at: Option<Instant>,
+    /// When the end arrived live, for the flush-latency histogram.
+    end_received: Option<Instant>,
+    timer_at: Option<Instant>,
+    pending: Vec<LoggedEvent>,
+    pending_live: bool,
+    load_from_log: bool,
+}
+
+impl CallActorState {
+    fn fold(&mut self, e: &LoggedEvent, live: bool) {
+        if self.call.fold(e) {
+            let now = Instant::now();
             self.ended_at = Some(now);
             if live {
                 self.end_received = Some(now);
             }
         }
         self.phase
-            .store(phase_code(self.state.phase()), Ordering::Relaxed);
+            .store(phase_code(self.call.phase()), Ordering::Relaxed);
     }
 
     fn deadline(&self) -> Instant {
         match self.ended_at {
             Some(end) => end + self.ctx.linger,
-            None => self.last_event + self.ctx.idle_timeout,
+            None => self.call.idle_deadline(self.ctx.idle_timeout),
         }
     }
 
+    /// When the call rests if nothing comes: never once it has ended (it lingers, then writes).
+    fn rest_at(&self) -> Option<Instant> {
+        (self.ended_at.is_none()).then(|| self.last_touch + self.ctx.rest_after)
+    }
+
     fn arm(&mut self, myself: &ActorRef<CallMsg>) {
-        let deadline = self.deadline();
+        let deadline = match self.rest_at() {
+            Some(rest) => rest.min(self.deadline()),
+            None => self.deadline(),
+        };
         if self.timer_at.is_none_or(|t| deadline < t) {
             let delay = deadline.saturating_duration_since(Instant::now());
             myself.send_after(delay, || CallMsg::Tick);
@@ -116,26 +193,29 @@ impl CallActorState {
     }
 
     fn record(&self) -> CallRecord {
-        let prices = self
-            .ctx
+        let prices = self.prices();
+        self.call.state.record(&self.call_id, &prices)
+    }
+
+    fn prices(&self) -> Arc<PriceBook> {
+        self.ctx
             .prices
             .read()
             .map(|p| p.clone())
-            .unwrap_or_default();
-        self.state.record(&self.call_id, &prices)
+            .unwrap_or_default()
     }
 
     async fn flush(&mut self, cause: &'static str) -> Result<(), ActorProcessingErr> {
-        if !self.dirty {
+        if !self.call.dirty {
             return Ok(());
         }
         let record = self.record();
         debug!(
             call_id = %self.call_id,
-            trace_id = self.state.trace_id().unwrap_or(""),
+            trace_id = self.call.state.trace_id().unwrap_or(""),
             status = record.status.as_str(),
             disposition = record.disposition.as_str(),
-            events = self.event_count,
+            events = self.call.event_count,
             cause,
             "writing call record"
         );
@@ -146,13 +226,13 @@ impl CallActorState {
         // actor per active call.
         Box::pin(self.ctx.writer.write(WriteRequest {
             record,
-            event_count: i32::try_from(self.event_count).unwrap_or(i32::MAX),
-            max_event_id: self.max_event_id,
+            event_count: i32::try_from(self.call.event_count).unwrap_or(i32::MAX),
+            max_event_id: self.call.max_event_id,
             end_received: self.end_received.take(),
             cause,
         }))
         .await?;
-        self.dirty = false;
+        self.call.dirty = false;
         Ok(())
     }
 
@@ -162,14 +242,35 @@ impl CallActorState {
         let removed = self
             .ctx
             .calls
-            .remove_if(&self.call_id, |_, entry| {
-                entry.actor.get_id() == me && entry.routed == self.received
-            })
+            .remove_if(&self.call_id, |_, entry| self.owns(entry, me))
             .is_some();
         if removed {
             myself.stop(None);
         }
         removed
+    }
+
+    /// The entry is this actor's, and everything routed to it has been handled.
+    fn owns(&self, entry: &CallEntry, me: ractor::ActorId) -> bool {
+        matches!(entry, CallEntry::Active(a) if a.actor.get_id() == me && a.routed == self.received)
+    }
+
+    /// Leaves the call's state in the routing map and stops, if nothing routed to this actor
+    /// is still unhandled (the same check as `try_finish`, under the same shard lock that
+    /// routing takes, so no event can slip in between).
+    fn try_rest(&mut self, myself: &ActorRef<CallMsg>) -> bool {
+        let me = myself.get_id();
+        let Some(mut entry) = self.ctx.calls.get_mut(&self.call_id) else {
+            return false;
+        };
+        if !self.owns(&entry, me) {
+            return false;
+        }
+        *entry = CallEntry::Resting(Box::new(std::mem::take(&mut self.call)));
+        drop(entry);
+        counter!("cdr_call_rests_total").increment(1);
+        myself.stop(None);
+        true
     }
 }
 
@@ -201,22 +302,19 @@ impl Actor for CallActor {
         _myself: ActorRef<CallMsg>,
         args: CallArgs,
     ) -> Result<CallActorState, ActorProcessingErr> {
+        let call = args.resume.map(|b| *b).unwrap_or_default();
+        args.phase
+            .store(phase_code(call.phase()), Ordering::Relaxed);
         Ok(CallActorState {
             call_id: args.call_id,
             ctx: args.ctx,
             phase: args.phase,
-            state: CallState::default(),
-            event_count: 0,
-            max_event_id: 0,
+            call,
             received: 0,
-            // Until an event is folded; the first one sets it.
-            last_event: Instant::now()
-                .checked_sub(Duration::from_secs(365 * 24 * 3600))
-                .unwrap_or_else(Instant::now),
+            last_touch: Instant::now(),
             ended_at: None,
             end_received: None,
             timer_at: None,
-            dirty: false,
             pending: args.events,
             pending_live: args.live,
             load_from_log: args.load_from_log,
@@ -248,14 +346,14 @@ impl Actor for CallActor {
                 s.fold(e, false);
             }
             // A call that had ended before it was re-activated lingers from now.
-            s.dirty = true;
+            s.call.dirty = true;
         }
         let pending = std::mem::take(&mut s.pending);
         injected_fault(&s.call_id)?;
         for e in &pending {
             s.fold(e, s.pending_live);
         }
-        if s.state.is_ended() && s.ended_at.is_none() {
+        if s.call.is_ended() && s.ended_at.is_none() {
             s.ended_at = Some(Instant::now());
         }
         s.arm(&myself);
@@ -271,6 +369,7 @@ impl Actor for CallActor {
         match msg {
             CallMsg::Event(e) => {
                 s.received += 1;
+                s.last_touch = Instant::now();
                 injected_fault(&s.call_id)?;
                 s.fold(&e, true);
                 s.arm(&myself);
@@ -281,7 +380,7 @@ impl Actor for CallActor {
                     s.timer_at = None;
                 }
                 if now >= s.deadline() {
-                    let cause = if s.state.is_ended() {
+                    let cause = if s.call.is_ended() {
                         "ended"
                     } else {
                         "idle_timeout"
@@ -291,23 +390,22 @@ impl Actor for CallActor {
                         // Events are on their way in; they re-arm the timer.
                         s.arm(&myself);
                     }
+                } else if s.rest_at().is_some_and(|t| t <= now) {
+                    if !s.try_rest(&myself) {
+                        s.arm(&myself);
+                    }
                 } else {
                     s.arm(&myself);
                 }
             }
             CallMsg::Shutdown => {
-                if s.state.is_ended() {
+                if s.call.is_ended() {
                     s.flush("ended").await?;
                 }
                 myself.stop(Some("shutdown".into()));
             }
             CallMsg::Inspect(reply) => {
-                let _ = reply.send(LiveCall {
-                    call_id: s.call_id.clone(),
-                    phase: s.state.phase(),
-                    events: s.event_count,
-                    record: s.record(),
-                });
+                let _ = reply.send(s.call.live(&s.call_id, &s.prices(), false));
             }
         }
         Ok(())

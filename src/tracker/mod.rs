@@ -4,16 +4,22 @@
 //! cache over the log: whatever it loses (a crash, a failure, a stop) is rebuilt from
 //! `call_events`.
 //!
-//! Routing goes through our own typed map, `CallMap`, not ractor's global registry. Only two
-//! parties change it: the supervisor inserts and replaces entries, and an actor removes its own
-//! entry when it finishes, and only if nothing was routed to it that it has not handled.
+//! Routing goes through our own typed map, `CallMap`, not ractor's global registry. An entry is
+//! an actor (`ActiveCall`) or, for a call open but quiet for `rest_after`, the call's folded
+//! state (`CallSnapshot`) with no actor: a resting call costs a few hundred bytes instead of an
+//! actor's task and mailboxes, which is what lets a million open calls fit in memory.
+//!
+//! Who changes the map: the supervisor inserts and replaces entries and is the only one that
+//! takes a resting entry out (to wake it); an actor removes its own entry when it finishes, or
+//! replaces it with its snapshot when it rests, and either only if nothing was routed to it that
+//! it has not handled.
 
 mod call;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use metrics::{counter, gauge};
@@ -22,8 +28,8 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use call::{CallMsg, LiveCall};
-use supervisor::{CallSupervisor, SpawnCall, SupervisorArgs, SupervisorMsg};
+pub use call::{CallMsg, CallSnapshot, LiveCall};
+use supervisor::{CallSupervisor, Origin, SpawnCall, SupervisorArgs, SupervisorMsg};
 
 use crate::config::{BackoffSettings, TrackerSettings};
 use crate::log::{EventLog, LoggedEvent};
@@ -31,12 +37,29 @@ use crate::merge::{Phase, PriceBook};
 use crate::writer::WriterHandle;
 
 /// An active call's entry in the routing map.
-pub struct CallEntry {
+pub enum CallEntry {
+    /// The call has an actor.
+    Active(ActiveCall),
+    /// The call is open but quiet: its state, no actor. Its next event, or its idle timeout,
+    /// wakes it.
+    Resting(Box<CallSnapshot>),
+}
+
+pub struct ActiveCall {
     pub actor: ActorRef<CallMsg>,
     /// Events sent to this actor's mailbox; the actor compares it with what it handled
-    /// before it removes itself, so no routed event is ever left behind.
+    /// before it removes itself or rests, so no routed event is ever left behind.
     pub routed: u64,
     pub phase: Arc<AtomicU8>,
+}
+
+impl CallEntry {
+    fn phase_code(&self) -> u8 {
+        match self {
+            CallEntry::Active(a) => a.phase.load(Ordering::Relaxed),
+            CallEntry::Resting(s) => phase_code(s.phase()),
+        }
+    }
 }
 
 pub type CallMap = Arc<DashMap<String, CallEntry>>;
@@ -49,6 +72,7 @@ pub struct CallContext {
     pub calls: CallMap,
     pub linger: Duration,
     pub idle_timeout: Duration,
+    pub rest_after: Duration,
     pub backoff: BackoffSettings,
 }
 
@@ -66,6 +90,8 @@ pub struct ActiveCounts {
     pub ringing: u64,
     pub answered: u64,
     pub ending: u64,
+    /// Of the ringing and answered calls, those resting (no actor).
+    pub resting: u64,
 }
 
 #[derive(Clone)]
@@ -126,22 +152,30 @@ impl Tracker {
                 .push(e);
         }
         let mut unknown: Vec<(String, Vec<LoggedEvent>)> = Vec::new();
+        let mut spawns: Vec<SpawnCall> = Vec::new();
         for call_id in order {
             let evs = groups.remove(&call_id).unwrap_or_default();
-            match self.ctx.calls.get_mut(&call_id) {
-                Some(mut entry) => {
-                    entry.routed += evs.len() as u64;
+            match self.ctx.calls.get_mut(&call_id).as_deref_mut() {
+                Some(CallEntry::Active(a)) => {
+                    a.routed += evs.len() as u64;
                     for e in evs {
                         // A send fails only to an actor that just failed: its replacement
                         // reloads the call from the log, which holds this event.
-                        let _ = entry.actor.send_message(CallMsg::Event(Box::new(e)));
+                        let _ = a.actor.send_message(CallMsg::Event(Box::new(e)));
                     }
                 }
+                // The supervisor wakes it with these events.
+                Some(CallEntry::Resting(_)) => spawns.push(SpawnCall {
+                    call_id,
+                    origin: Origin::SeenBefore,
+                    events: evs,
+                    live: true,
+                }),
                 None => unknown.push((call_id, evs)),
             }
         }
         if unknown.is_empty() {
-            return Ok(());
+            return self.spawn_calls(spawns).await;
         }
         let ids: Vec<&str> = unknown.iter().map(|(c, _)| c.as_str()).collect();
         let seen_before = match self.ctx.log.calls_with_events_before(&ids, min_id).await {
@@ -152,27 +186,29 @@ impl Tracker {
                 None
             }
         };
-        let spawns: Vec<SpawnCall> = unknown
-            .into_iter()
-            .map(|(call_id, events)| {
-                let load_from_log = seen_before.as_ref().is_none_or(|s| s.contains(&call_id));
-                if load_from_log {
-                    // Events for a call whose actor had finished: usually a recording or an
-                    // identification after the record was written.
-                    counter!("cdr_late_events_total").increment(events.len() as u64);
-                }
-                SpawnCall {
-                    call_id,
-                    load_from_log,
-                    events,
-                    live: true,
-                }
-            })
-            .collect();
+        spawns.extend(unknown.into_iter().map(|(call_id, events)| {
+            let load_from_log = seen_before.as_ref().is_none_or(|s| s.contains(&call_id));
+            if load_from_log {
+                // Events for a call whose actor had finished: usually a recording or an
+                // identification after the record was written.
+                counter!("cdr_late_events_total").increment(events.len() as u64);
+            }
+            SpawnCall {
+                call_id,
+                origin: if load_from_log {
+                    Origin::SeenBefore
+                } else {
+                    Origin::New
+                },
+                events,
+                live: true,
+            }
+        }));
         self.spawn_calls(spawns).await
     }
 
-    /// Rebuilds the given calls from the log (recovery at start), loading them in bulk.
+    /// Rebuilds the given calls from the log (recovery at start), loading them in bulk. Calls
+    /// still open go straight to rest; ended ones get an actor, to linger and write.
     /// Returns how many events were loaded.
     pub async fn resume(&self, call_ids: Vec<String>) -> Result<usize, TrackerError> {
         let mut events_loaded = 0;
@@ -194,7 +230,7 @@ impl Tracker {
                     events_loaded += events.len();
                     SpawnCall {
                         call_id,
-                        load_from_log: false,
+                        origin: Origin::Recovered,
                         events,
                         live: false,
                     }
@@ -206,38 +242,74 @@ impl Tracker {
     }
 
     async fn spawn_calls(&self, spawns: Vec<SpawnCall>) -> Result<(), TrackerError> {
+        if spawns.is_empty() {
+            return Ok(());
+        }
         call_t!(self.supervisor, SupervisorMsg::Spawn, 60_000, spawns)
             .map_err(|e| TrackerError::SupervisorGone(e.to_string()))
     }
 
     /// The merged state of one active call, for the live view.
     pub async fn inspect(&self, call_id: &str) -> Option<LiveCall> {
-        let actor = self.ctx.calls.get(call_id).map(|e| e.actor.clone())?;
+        let actor = match self.ctx.calls.get(call_id)?.value() {
+            CallEntry::Active(a) => a.actor.clone(),
+            CallEntry::Resting(snapshot) => {
+                let prices = self.ctx.prices.read().map(|p| p.clone()).ok()?;
+                return Some(snapshot.live(call_id, &prices, true));
+            }
+        };
         call_t!(actor, CallMsg::Inspect, 2_000).ok()
     }
 
     pub fn active(&self) -> ActiveCounts {
+        self.scan(None).0
+    }
+
+    /// Counts the map by phase and, given a time, collects the resting calls whose idle
+    /// timeout is due by then. One pass serves both: resting calls have no timer of their own.
+    fn scan(&self, due_by: Option<Instant>) -> (ActiveCounts, Vec<String>) {
         let mut counts = ActiveCounts::default();
+        let mut due = Vec::new();
         for entry in self.ctx.calls.iter() {
-            match entry.phase.load(Ordering::Relaxed) {
+            match entry.phase_code() {
                 0 => counts.ringing += 1,
                 1 => counts.answered += 1,
                 _ => counts.ending += 1,
             }
+            if let CallEntry::Resting(snapshot) = entry.value() {
+                counts.resting += 1;
+                if due_by.is_some_and(|t| snapshot.idle_deadline(self.ctx.idle_timeout) <= t) {
+                    due.push(entry.key().clone());
+                }
+            }
         }
-        counts
+        (counts, due)
     }
 
-    /// Publishes the active-call gauges once a second. Counting the map rather than keeping
-    /// running sums means the gauges can never drift, whatever fails.
+    /// Once a second: publishes the active-call gauges, and wakes the resting calls whose idle
+    /// timeout is due (their actor writes the TIMED_OUT record). Counting the map rather than
+    /// keeping running sums means the gauges can never drift, whatever fails.
     async fn report_gauges(self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let c = self.active();
+            let (c, due) = self.scan(Some(Instant::now()));
             gauge!("cdr_active_calls", "state" => "ringing").set(c.ringing as f64);
             gauge!("cdr_active_calls", "state" => "answered").set(c.answered as f64);
             gauge!("cdr_calls_lingering").set(c.ending as f64);
+            gauge!("cdr_calls_resting").set(c.resting as f64);
+            let wakes = due
+                .into_iter()
+                .map(|call_id| SpawnCall {
+                    call_id,
+                    origin: Origin::Wake,
+                    events: Vec::new(),
+                    live: false,
+                })
+                .collect();
+            if let Err(e) = self.spawn_calls(wakes).await {
+                warn!(error = %e, "could not wake calls due for their idle timeout");
+            }
             if self.supervisor.get_status() != ractor::ActorStatus::Running {
                 break;
             }
@@ -247,8 +319,16 @@ impl Tracker {
     /// Graceful stop: ended calls write their records now; calls still open are left to be
     /// rebuilt from the log on the next start. Returns once every actor has stopped.
     pub async fn shutdown(&self, bound: Duration) {
-        let actors: Vec<ActorRef<CallMsg>> =
-            self.ctx.calls.iter().map(|e| e.actor.clone()).collect();
+        // Resting calls have not ended: like every open call, the next start rebuilds them.
+        let actors: Vec<ActorRef<CallMsg>> = self
+            .ctx
+            .calls
+            .iter()
+            .filter_map(|e| match e.value() {
+                CallEntry::Active(a) => Some(a.actor.clone()),
+                CallEntry::Resting(_) => None,
+            })
+            .collect();
         info!(active_calls = actors.len(), "stopping call actors");
         for a in &actors {
             let _ = a.send_message(CallMsg::Shutdown);

@@ -11,17 +11,33 @@ use metrics::counter;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, warn};
 
-use super::call::{CallActor, CallArgs, CallMsg};
-use super::{CallContext, CallEntry};
+use super::call::{CallActor, CallArgs, CallMsg, CallSnapshot};
+use super::{ActiveCall, CallContext, CallEntry};
 use crate::log::LoggedEvent;
 
 pub struct SpawnCall {
     pub call_id: String,
-    /// Load the call's logged events before folding `events` (a call seen before).
-    pub load_from_log: bool,
+    pub origin: Origin,
     pub events: Vec<LoggedEvent>,
     /// `events` arrive live (not replayed from the log by recovery).
     pub live: bool,
+}
+
+/// Why a call is being started. Whatever the origin, a call that has an actor gets `events`
+/// handed to it, and a resting call wakes with them; the origin says what to do with a call
+/// that is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Its first events: `events` are all there is.
+    New,
+    /// Seen before (its record was written, or its actor failed): rebuild it from the log, then
+    /// fold `events`.
+    SeenBefore,
+    /// Rebuilt from the log at start: `events` are all its logged events. A call still open
+    /// goes straight to rest.
+    Recovered,
+    /// A resting call's idle timeout is due; nothing to do if it already woke.
+    Wake,
 }
 
 pub enum SupervisorMsg {
@@ -46,19 +62,70 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
-    async fn start_call(
+    /// Hands a call's events to its actor, wakes it if it rests, or starts it by its origin.
+    async fn route(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         call: SpawnCall,
     ) -> Result<(), ActorProcessingErr> {
+        let resting = match self.ctx.calls.get_mut(&call.call_id).as_deref_mut() {
+            Some(CallEntry::Active(a)) => {
+                // Started by an earlier request in the meantime: hand the events over.
+                a.routed += call.events.len() as u64;
+                for e in call.events {
+                    let _ = a.actor.send_message(CallMsg::Event(Box::new(e)));
+                }
+                return Ok(());
+            }
+            Some(CallEntry::Resting(_)) => true,
+            None => false,
+        };
+        if resting {
+            // Only the supervisor takes a resting entry out, so it is still there.
+            if let Some((_, CallEntry::Resting(snapshot))) = self.ctx.calls.remove(&call.call_id) {
+                counter!("cdr_call_wakes_total").increment(1);
+                return self.start_call(myself, call, Some(snapshot)).await;
+            }
+        }
+        match call.origin {
+            Origin::Wake => Ok(()),
+            Origin::Recovered => {
+                let snapshot = CallSnapshot::from_events(&call.events);
+                if snapshot.is_ended() {
+                    self.start_call(myself, call, Some(Box::new(snapshot)))
+                        .await
+                } else {
+                    self.ctx
+                        .calls
+                        .insert(call.call_id, CallEntry::Resting(Box::new(snapshot)));
+                    Ok(())
+                }
+            }
+            Origin::New | Origin::SeenBefore => self.start_call(myself, call, None).await,
+        }
+    }
+
+    async fn start_call(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        call: SpawnCall,
+        resume: Option<Box<CallSnapshot>>,
+    ) -> Result<(), ActorProcessingErr> {
         let phase = Arc::new(AtomicU8::new(0));
+        // A woken or recovered call is already folded; events come on top of it.
+        let (load_from_log, events) = match (&resume, call.origin) {
+            (Some(_), Origin::Recovered) => (false, Vec::new()),
+            (Some(_), _) => (false, call.events),
+            (None, origin) => (origin == Origin::SeenBefore, call.events),
+        };
         let (actor, _) = Actor::spawn_linked(
             None,
             CallActor,
             CallArgs {
                 call_id: call.call_id.clone(),
-                load_from_log: call.load_from_log,
-                events: call.events,
+                resume,
+                load_from_log,
+                events,
                 live: call.live,
                 phase: phase.clone(),
                 ctx: self.ctx.clone(),
@@ -69,11 +136,11 @@ impl SupervisorState {
         self.by_actor.insert(actor.get_id(), call.call_id.clone());
         self.ctx.calls.insert(
             call.call_id,
-            CallEntry {
+            CallEntry::Active(ActiveCall {
                 actor,
                 routed: 0,
                 phase,
-            },
+            }),
         );
         Ok(())
     }
@@ -130,16 +197,8 @@ impl Actor for CallSupervisor {
                             .increment(call.events.len() as u64);
                         continue;
                     }
-                    if let Some(mut entry) = state.ctx.calls.get_mut(&call.call_id) {
-                        // Started by an earlier request in the meantime: hand the events over.
-                        entry.routed += call.events.len() as u64;
-                        for e in call.events {
-                            let _ = entry.actor.send_message(CallMsg::Event(Box::new(e)));
-                        }
-                        continue;
-                    }
                     let call_id = call.call_id.clone();
-                    if let Err(e) = state.start_call(&myself, call).await {
+                    if let Err(e) = state.route(&myself, call).await {
                         // Never fatal for the supervisor: the call's events are in the log and
                         // its next event (or the next start) brings it back.
                         error!(call_id = %call_id, error = %e, "could not start call actor");
@@ -172,10 +231,10 @@ impl Actor for CallSupervisor {
                 };
                 let failed = cell.get_id();
                 // Drop the failed actor's entry; events routed meanwhile are in the log.
-                state
-                    .ctx
-                    .calls
-                    .remove_if(&call_id, |_, e| e.actor.get_id() == failed);
+                state.ctx.calls.remove_if(
+                    &call_id,
+                    |_, e| matches!(e, CallEntry::Active(a) if a.actor.get_id() == failed),
+                );
                 if state.over_budget(&call_id) {
                     state.quarantined.insert(call_id.clone());
                     counter!("cdr_actor_quarantines_total").increment(1);
@@ -210,11 +269,11 @@ impl Actor for CallSupervisor {
                 warn!(call_id = %call_id, error = %reason, "call actor failed; restarting it from the log");
                 let restart = SpawnCall {
                     call_id: call_id.clone(),
-                    load_from_log: true,
+                    origin: Origin::SeenBefore,
                     events: Vec::new(),
                     live: true,
                 };
-                if let Err(e) = state.start_call(&myself, restart).await {
+                if let Err(e) = state.route(&myself, restart).await {
                     error!(call_id = %call_id, error = %e, "could not restart call actor");
                     counter!("cdr_actor_spawn_failures_total").increment(1);
                 }

@@ -13,6 +13,7 @@ use cdr_service::simulate::Publisher;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -104,6 +105,7 @@ impl TestEnv {
                 "CDR__TRACKER__IDLE_TIMEOUT".into(),
                 d(s.tracker.idle_timeout),
             ),
+            ("CDR__TRACKER__REST_AFTER".into(), d(s.tracker.rest_after)),
             (
                 "CDR__INGEST__BATCH_MAX_AGE".into(),
                 d(s.ingest.batch_max_age),
@@ -219,6 +221,16 @@ impl TestApp {
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// `/calls`: active calls by phase, and how many of them rest.
+    pub async fn active_calls(&self) -> Value {
+        reqwest::get(self.url("/calls"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Graceful stop; the run must end Ok.
