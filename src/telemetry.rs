@@ -111,7 +111,28 @@ fn describe() {
     );
     describe_gauge!(
         "cdr_active_calls",
-        "Calls with a live actor that have not ended, by state"
+        "Active calls that have not ended, by state (resting ones included)"
+    );
+    describe_gauge!(
+        "cdr_calls_resting",
+        "Active calls resting: quiet for tracker.rest_after, state kept, no actor"
+    );
+    describe_counter!(
+        "cdr_call_rests_total",
+        "Call actors that stopped and left their call's state to rest"
+    );
+    describe_counter!(
+        "cdr_call_wakes_total",
+        "Resting calls woken by an event or their idle timeout"
+    );
+    describe_gauge!(
+        "cdr_dispatch_queue_batches",
+        "Committed event batches waiting for the tracker"
+    );
+    describe_histogram!(
+        "cdr_dispatch_duration_seconds",
+        Unit::Seconds,
+        "Time to hand one committed batch to the call actors"
     );
     describe_gauge!(
         "cdr_calls_lingering",
@@ -130,7 +151,7 @@ fn describe() {
         "Messages already in the event log (redeliveries, exact duplicates)"
     );
     describe_counter!(
-        "cdr_calls_reactivated_total",
+        "cdr_late_events_total",
         "Events for calls seen before that had no active actor (late events)"
     );
     describe_counter!(
