@@ -1387,6 +1387,20 @@ async fn memory(env: &Env, n: usize) -> anyhow::Result<Memory> {
     Ok(Memory { resting, actors })
 }
 
+/// RSS once it has stopped falling (less than 1% lower over 3 s), at most 60 s from now.
+async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = rss_bytes(pid)?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = rss_bytes(pid)?;
+        if now as f64 >= last as f64 * 0.99 || Instant::now() > deadline {
+            return Ok(now.min(last));
+        }
+        last = now;
+    }
+}
+
 /// Opens `n` calls (call.started + call.answered, never ended) on a fresh service started with
 /// `rest_after`, waits until all are active (and, when `rest_after` is short, resting), and
 /// measures the RSS growth.
@@ -1482,9 +1496,9 @@ async fn open_calls(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let seconds_to_settle = started.elapsed().as_secs_f64();
-    // Let the mailboxes and the allocator settle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = rss_bytes(service.pid())?;
+    // Let the mailboxes and the allocator settle: the allocator hands the pages of stopped
+    // actors back to the system over several seconds. Measured once RSS stops falling.
+    let rss_after = settled_rss(service.pid()).await?;
     let (active, resting) = active_calls(&service).await.unwrap_or((active, resting));
     service.stop().await?;
     let m = MemoryRun {
