@@ -407,6 +407,7 @@ mod tests {
         assert_eq!(s.amqp.queue, "sentiric.cdr_service.events");
         assert_eq!(s.http.listen.port(), 12052);
         assert_eq!(s.tracker.linger, Duration::from_secs(2));
+        assert_eq!(s.tracker.rest_after, Duration::from_secs(30));
         assert_eq!(s.ingest.max_body_bytes, 1024 * 1024);
     }
 
@@ -486,6 +487,13 @@ mod tests {
             .to_string();
         assert!(
             err.contains("tracker.idle_timeout") && err.contains("1s"),
+            "{err}"
+        );
+        let err = Settings::load_from(None, env(&[("CDR__TRACKER__REST_AFTER", "0s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tracker.rest_after") && err.contains("0s"),
             "{err}"
         );
     }
