@@ -1084,6 +1084,10 @@ struct Steady {
     publish_seconds: f64,
     /// Flush latencies, ms, one per ended call.
     latencies: Vec<f64>,
+    /// Of each: from publishing `call.ended` to the service receiving it (its stored
+    /// `received_at`), and from there to the row, ms; sorted each.
+    transit: Vec<f64>,
+    in_service: Vec<f64>,
     calls_waited: usize,
     calls_missing: usize,
     max_queue_depth: u32,
@@ -1265,23 +1269,32 @@ async fn steady_state(
     let mut pending: HashMap<&str, (i32, DateTime<Utc>)> =
         waited.iter().map(|&(id, n, t)| (id, (n, t))).collect();
     let mut latencies = Vec::with_capacity(waited.len());
+    let mut transit = Vec::with_capacity(waited.len());
+    let mut in_service = Vec::with_capacity(waited.len());
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let ids: Vec<&str> = pending.keys().copied().collect();
         for chunk in ids.chunks(CHUNK) {
-            let rows: Vec<(String, i32, DateTime<Utc>)> = sqlx::query_as(
-                "SELECT call_id, event_count, updated_at FROM calls WHERE call_id = ANY($1)",
+            let rows: Vec<(String, i32, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT c.call_id, c.event_count, c.updated_at, \
+                        (SELECT min(e.received_at) FROM call_events e \
+                          WHERE e.call_id = c.call_id AND e.event_type = 'call.ended') \
+                 FROM calls c WHERE c.call_id = ANY($1)",
             )
             .bind(chunk)
             .fetch_all(&pool)
             .await?;
-            for (id, n, updated) in rows {
+            let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            for (id, n, updated, received) in rows {
                 if let Some(&(want, ended)) = pending.get(id.as_str())
                     && n >= want
                 {
                     pending.remove(id.as_str());
-                    let ms = (updated - ended).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-                    latencies.push(ms);
+                    latencies.push(ms(updated - ended));
+                    if let Some(received) = received {
+                        transit.push(ms(received - ended));
+                        in_service.push(ms(updated - received));
+                    }
                 }
             }
         }
@@ -1296,6 +1309,8 @@ async fn steady_state(
     service.stop().await?;
     pool.close().await;
     latencies.sort_by(f64::total_cmp);
+    transit.sort_by(f64::total_cmp);
+    in_service.sort_by(f64::total_cmp);
     let steady = Steady {
         target: rate,
         messages: storm.main.len(),
@@ -1303,6 +1318,8 @@ async fn steady_state(
         calls_waited: waited.len(),
         calls_missing: pending.len(),
         latencies,
+        transit,
+        in_service,
         max_queue_depth,
         queue_depth_at_end,
         published: pub_s,
@@ -1317,6 +1334,13 @@ async fn steady_state(
         percentile(&steady.latencies, 0.99),
         humantime::format_duration(LINGER),
         steady.max_queue_depth
+    );
+    progress!(
+        "steady state: of which call.ended published -> received by the service p50 {:.0} ms, p99 {:.0} ms; received -> row committed p50 {:.0} ms, p99 {:.0} ms",
+        percentile(&steady.transit, 0.5),
+        percentile(&steady.transit, 0.99),
+        percentile(&steady.in_service, 0.5),
+        percentile(&steady.in_service, 0.99),
     );
     Ok((steady, o))
 }
@@ -1708,6 +1732,8 @@ fn markdown(r: &Value) -> String {
          | steady state: target / achieved publish rate | {} / {} events/s |\n\
          | steady state: max queue depth while publishing | {} |\n\
          | flush latency p50 / p99 (call.ended published -> row committed, incl. {} ms linger) | {} / {} ms |\n\
+         | of which call.ended published -> received by the service, p50 / p99 | {} / {} ms |\n\
+         | of which received by the service -> row committed (incl. linger), p50 / p99 | {} / {} ms |\n\
          | open calls measured (resting: quiet for `rest_after`, no actor) | {} |\n\
          | RSS per open call, resting | {} bytes |\n\
          | RSS per open call with its actor (before it rests; {} calls) | {} bytes |\n\
@@ -1730,6 +1756,10 @@ fn markdown(r: &Value) -> String {
         f("linger_ms", 0),
         f("flush_latency_p50_ms", 0),
         f("flush_latency_p99_ms", 0),
+        f("end_transit_p50_ms", 0),
+        f("end_transit_p99_ms", 0),
+        f("end_in_service_p50_ms", 0),
+        f("end_in_service_p99_ms", 0),
         f("open_calls_measured", 0),
         f("rss_bytes_per_open_call", 0),
         f("open_calls_with_actors_measured", 0),
@@ -1981,6 +2011,10 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "flush_latency_p99_ms": json_f(percentile(lat, 0.99), 1),
         "flush_latency_max_ms": json_f(percentile(lat, 1.0), 1),
         "flush_latency_p50_minus_linger_ms": json_f(percentile(lat, 0.5) - linger_ms, 1),
+        "end_transit_p50_ms": json_f(percentile(&steady.transit, 0.5), 1),
+        "end_transit_p99_ms": json_f(percentile(&steady.transit, 0.99), 1),
+        "end_in_service_p50_ms": json_f(percentile(&steady.in_service, 0.5), 1),
+        "end_in_service_p99_ms": json_f(percentile(&steady.in_service, 0.99), 1),
         "flush_latency_p99_minus_linger_ms": json_f(percentile(lat, 0.99) - linger_ms, 1),
         "open_calls_measured": mem.resting.measured,
         "rss_bytes_per_open_call": json_f(mem.resting.per_call(), 0),
