@@ -73,10 +73,11 @@ impl Default for CallSnapshot {
 }
 
 impl CallSnapshot {
-    /// Folds one logged event; true when it is new and ended the call.
-    pub fn fold(&mut self, e: &LoggedEvent) -> bool {
+    /// Folds one logged event. When it is new and ended the call, returns when it was
+    /// received (on the monotonic clock).
+    pub fn fold(&mut self, e: &LoggedEvent) -> Option<Instant> {
         if e.event_id <= self.max_event_id {
-            return false;
+            return None;
         }
         let was_ended = self.state.is_ended();
         self.state.apply(&e.event);
@@ -91,7 +92,7 @@ impl CallSnapshot {
         if received > self.last_event {
             self.last_event = received;
         }
-        !was_ended && self.state.is_ended()
+        (!was_ended && self.state.is_ended()).then_some(received)
     }
 
     pub fn from_events(events: &[LoggedEvent]) -> Self {
@@ -146,6 +147,9 @@ pub struct CallActorState {
     received: u64,
     /// When this actor started or last handled an event: it rests `rest_after` later.
     last_touch: Instant,
+    /// When the linger started: the end's receive time for an end that came live (the time
+    /// it spent being logged and routed counts towards the linger), else when the actor
+    /// found the call ended (after a restart, stragglers may still be queued at the broker).
     ended_at: Option<Instant>,
     /// When the end arrived live, for the flush-latency histogram.
     end_received: Option<Instant>,
@@ -157,11 +161,12 @@ pub struct CallActorState {
 
 impl CallActorState {
     fn fold(&mut self, e: &LoggedEvent, live: bool) {
-        if self.call.fold(e) {
-            let now = Instant::now();
-            self.ended_at = Some(now);
+        if let Some(received) = self.call.fold(e) {
             if live {
-                self.end_received = Some(now);
+                self.ended_at = Some(received);
+                self.end_received = Some(received);
+            } else {
+                self.ended_at = Some(Instant::now());
             }
         }
         self.phase
