@@ -4,6 +4,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# make: jemalloc (the service's allocator) is built from C sources.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 # 1. Dependencies only, against a stub crate.
 COPY Cargo.toml Cargo.lock ./
@@ -11,6 +15,7 @@ RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
     && echo 'fn main() {}' > benches/fold.rs \
+    && echo 'fn main() {}' > benches/storm.rs \
     && cargo build --release --locked \
     && rm -rf src benches
 # 2. The service.
