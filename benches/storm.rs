@@ -1151,6 +1151,10 @@ async fn publish_paced(
     Ok(elapsed)
 }
 
+/// A call's row as the steady state reads it: id, events folded, `updated_at`, and when the
+/// service received the call's first `call.ended`.
+type EndedRow = (String, i32, DateTime<Utc>, Option<DateTime<Utc>>);
+
 async fn steady_state(
     env: &Env,
     rate: f64,
@@ -1275,7 +1279,7 @@ async fn steady_state(
     loop {
         let ids: Vec<&str> = pending.keys().copied().collect();
         for chunk in ids.chunks(CHUNK) {
-            let rows: Vec<(String, i32, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            let rows: Vec<EndedRow> = sqlx::query_as(
                 "SELECT c.call_id, c.event_count, c.updated_at, \
                         (SELECT min(e.received_at) FROM call_events e \
                           WHERE e.call_id = c.call_id AND e.event_type = 'call.ended') \
