@@ -427,12 +427,7 @@ async fn a_quiet_call_rests_and_wakes_with_its_next_event() {
         "a resting call is still active: {calls}"
     );
     // The live view of a resting call comes from its kept state.
-    let live: Value = reqwest::get(app.url(&format!("/calls/{}", c.call_id)))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live = app.live_call(&c.call_id).await;
     assert_eq!(live["resting"], true, "{live}");
     assert_eq!(live["phase"], "answered", "{live}");
     assert_eq!(live["events"], 2, "{live}");
@@ -441,12 +436,7 @@ async fn a_quiet_call_rests_and_wakes_with_its_next_event() {
     // Its next events wake it, in any order, and the record holds everything.
     publish_all(&app, &[c.recording(), c.identified()]).await;
     wait_until(Duration::from_secs(10), "the call rests again", || async {
-        let live: Value = reqwest::get(app.url(&format!("/calls/{}", c.call_id)))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let live = app.live_call(&c.call_id).await;
         live["resting"] == true && live["events"] == 4
     })
     .await;

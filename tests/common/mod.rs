@@ -233,6 +233,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `/calls/{call_id}`: an active call's live view.
+    pub async fn live_call(&self, call_id: &str) -> Value {
+        reqwest::get(self.url(&format!("/calls/{call_id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Graceful stop; the run must end Ok.
     pub async fn stop(self) -> (TestEnv, Settings) {
         self.shutdown.cancel();
