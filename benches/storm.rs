@@ -688,6 +688,23 @@ impl Drain {
     }
 }
 
+/// A consumer on `queue` with the service's prefetch and manual acks, as both bench consumers
+/// use it; the connection is returned so the caller closes it.
+async fn bench_consumer(queue: &str, tag: &str) -> anyhow::Result<(Connection, lapin::Consumer)> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, consumer))
+}
+
 async fn broker_drain(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, f64)> {
     let exchange = env.name("raw");
     let queue = env.name("raw.queue");
@@ -699,21 +716,11 @@ async fn broker_drain(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, f6
     let publish_rate = publish_backlog(&exchange, &storm.main, "broker backlog").await?;
 
     let total = storm.main.len() as u64;
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-drain").await?;
     let counter = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let sampler = sample_counter(counter.clone(), started, stop.clone());
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "cdr-bench-drain".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let mut n = 0u64;
     while n < total {
         let delivery = consumer
@@ -1017,21 +1024,11 @@ async fn seed_baseline(
 
     let limits = limits(&env.settings);
     let mut db = PgConnection::connect(&env.db_url).await?;
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-seed").await?;
     let counter = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let sampler = sample_counter(counter.clone(), started, stop.clone());
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "cdr-bench-seed".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let mut n = 0u64;
     let mut last_line = Instant::now();
     while (n as usize) < slice.len() && started.elapsed() < max {
