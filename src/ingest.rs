@@ -1,14 +1,30 @@
 //! Ingest: consume the call-event queue, decode, dead-letter what is not a call event, append
 //! batches to the event log, queue the new events for the tracker, then ack the batch.
 //!
+//! Two tasks per broker session, so decoding never waits for the database:
+//! - the consumer decodes deliveries into the open batch and dead-letters bad input;
+//! - the committer appends one batch at a time to the log, queues its new events for the
+//!   tracker, then acks it.
+//!
+//! They meet at a one-slot hand-off. While a commit is in flight the open batch keeps growing
+//! (up to `ingest.batch_size`) and is handed over the moment the committer is free, so under
+//! load batches grow and each commit carries more events; when idle, a batch waits at most
+//! `ingest.batch_max_age`.
+//!
 //! Ordering makes the guarantees: a delivery is acked only after its event is committed
 //! (or, for bad input, after the dead-letter exchange confirmed the copy), and acks use
-//! `multiple` up to the batch's last tag, which is safe because every earlier tag on the
-//! channel is already settled by the time a batch is acked.
+//! `multiple` up to the batch's last tag. That is safe because batches are committed and acked
+//! one at a time in delivery order, and a dead-lettered delivery is acked before any later
+//! delivery is handed to the committer: every earlier tag on the channel is already settled by
+//! the time a batch is acked.
 //!
 //! The tracker takes committed batches from a short FIFO queue served by one dispatcher task,
 //! so starting actors for new calls never holds up the next commit, and batches reach the
 //! tracker in log order (each call's events only grow in id).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -55,6 +71,8 @@ pub enum IngestError {
     LogUnavailable(String),
     #[error("the consumer was cancelled by the broker")]
     ConsumerCancelled,
+    #[error("the batch committer stopped: {0}")]
+    CommitterStopped(String),
 }
 
 pub struct Ingest {
@@ -67,10 +85,70 @@ pub struct Ingest {
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
-/// A decoded delivery waiting for its batch to commit.
-struct Pending {
-    envelope: Envelope,
-    delivery: Delivery,
+/// Decoded deliveries waiting to be committed together: `envelopes[i]` was decoded from
+/// `deliveries[i]`, in delivery order.
+#[derive(Default)]
+struct Batch {
+    envelopes: Vec<Envelope>,
+    deliveries: Vec<Delivery>,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Self {
+        Batch {
+            envelopes: Vec::with_capacity(n),
+            deliveries: Vec::with_capacity(n),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.envelopes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.envelopes.is_empty()
+    }
+}
+
+/// Deliveries received and not yet acked, across the consumer and the committer.
+#[derive(Clone)]
+struct InFlight {
+    count: Arc<AtomicI64>,
+    // Resolved once: the consumer updates it for every delivery.
+    gauge: metrics::Gauge,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        let gauge = gauge!("cdr_messages_in_flight");
+        gauge.set(0.0);
+        InFlight {
+            count: Arc::default(),
+            gauge,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        let now = self.count.fetch_add(n as i64, Ordering::Relaxed) + n as i64;
+        self.gauge.set(now as f64);
+    }
+
+    fn settled(&self, n: usize) {
+        let now = self.count.fetch_sub(n as i64, Ordering::Relaxed) - n as i64;
+        self.gauge.set(now as f64);
+    }
+}
+
+/// The commit side of a broker session: appends batches to the log, dispatches, acks.
+struct Committer {
+    log: EventLog,
+    backoff: BackoffSettings,
+    health: Health,
+    dispatch: tokio::sync::mpsc::Sender<Vec<LoggedEvent>>,
+    dead_letters: Channel,
+    dead_letter_exchange: String,
+    in_flight: InFlight,
+    shutdown: CancellationToken,
 }
 
 enum SessionEnd {
@@ -164,166 +242,100 @@ impl Ingest {
             max_body_bytes: self.settings.max_body_bytes,
             max_json_depth: self.settings.max_json_depth,
         };
-        let mut batch: Vec<Pending> = Vec::with_capacity(self.settings.batch_size);
-        let mut batch_deadline = tokio::time::Instant::now();
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => None,
-                _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() => {
-                    self.commit(&mut batch, shutdown, &dead_letters).await?;
-                    continue;
-                }
-                d = consumer.next() => Some(d),
-            };
-            let Some(delivery) = next else {
-                // Stop taking new deliveries, then commit and ack what we hold.
-                let _ = consume
-                    .basic_cancel(
-                        self.amqp.consumer_tag.as_str().into(),
-                        BasicCancelOptions::default(),
-                    )
-                    .await;
-                self.commit(&mut batch, shutdown, &dead_letters).await?;
-                let _ = conn.close(200, "shutdown".into()).await;
-                return Ok(SessionEnd::Shutdown);
-            };
-            let delivery = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(IngestError::ConsumerCancelled),
-            };
-            gauge!("cdr_messages_in_flight").set((batch.len() + 1) as f64);
-            match event::decode(&delivery.data, Utc::now(), limits) {
-                Ok(envelope) => {
-                    counter!("cdr_events_received_total", "event_type" => envelope.kind.name())
-                        .increment(1);
-                    if batch.is_empty() {
-                        batch_deadline = tokio::time::Instant::now() + self.settings.batch_max_age;
-                    }
-                    batch.push(Pending { envelope, delivery });
-                    if batch.len() >= self.settings.batch_size {
-                        self.commit(&mut batch, shutdown, &dead_letters).await?;
-                    }
-                }
-                Err(reject) => {
-                    self.dead_letter(&dead_letters, &delivery, &reject).await?;
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-            }
-        }
-    }
+        let in_flight = InFlight::new();
+        // `cdr_events_received_total` by event type, resolved once per type.
+        let mut received: HashMap<&'static str, metrics::Counter> = HashMap::new();
+        // One slot: the committer works on one batch while the next one fills here.
+        let (handoff, batches) = tokio::sync::mpsc::channel::<Batch>(1);
+        let committer = Committer {
+            log: self.log.clone(),
+            backoff: self.backoff.clone(),
+            health: self.health.clone(),
+            dispatch: self.dispatch.clone(),
+            dead_letters: dead_letters.clone(),
+            dead_letter_exchange: self.amqp.dead_letter_exchange.clone(),
+            in_flight: in_flight.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let mut committer = tokio::spawn(committer.run(batches));
 
-    /// Appends the batch to the log (retrying while the database is away), acks it, then
-    /// dispatches the new events. On shutdown during a retry, returns without acking: the
-    /// broker redelivers those messages to the next run.
-    async fn commit(
-        &self,
-        batch: &mut Vec<Pending>,
-        shutdown: &CancellationToken,
-        dead_letters: &Channel,
-    ) -> Result<(), IngestError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let envelopes: Vec<Envelope> = batch.iter().map(|p| p.envelope.clone()).collect();
-        let mut backoff = Backoff::new(&self.backoff);
-        let appended = loop {
-            let started = std::time::Instant::now();
-            match self.log.append(&envelopes).await {
-                Ok(a) => {
-                    histogram!("cdr_log_batch_size").record(envelopes.len() as f64);
-                    histogram!("cdr_log_write_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    self.health.set_database_up(true);
-                    break a;
+        let batch_size = self.settings.batch_size;
+        let mut batch = Batch::with_capacity(batch_size);
+        let mut batch_deadline = tokio::time::Instant::now();
+        // The open batch is due (old or full enough) and goes to the committer when it is free.
+        let mut due = false;
+        let mut due_since = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                ended = &mut committer => return Err(committer_ended(ended)),
+                permit = handoff.reserve(), if due => {
+                    let Ok(permit) = permit else {
+                        return Err(committer_ended((&mut committer).await));
+                    };
+                    histogram!("cdr_ingest_handoff_wait_seconds")
+                        .record(due_since.elapsed().as_secs_f64());
+                    permit.send(std::mem::replace(&mut batch, Batch::with_capacity(batch_size)));
+                    due = false;
                 }
-                Err(LogError::Unavailable(e)) => {
-                    self.health.set_database_up(false);
-                    counter!("cdr_log_write_retries_total").increment(1);
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, events = envelopes.len(), retry_in = ?delay, "event log unavailable; holding the batch unacked");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => {
-                            warn!(events = envelopes.len(), "shutting down with an uncommitted batch; the broker will redeliver it");
-                            batch.clear();
-                            return Ok(());
+                _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() && !due => {
+                    due = true;
+                    due_since = std::time::Instant::now();
+                }
+                delivery = consumer.next(), if batch.len() < batch_size => {
+                    let delivery = match delivery {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(IngestError::ConsumerCancelled),
+                    };
+                    in_flight.add(1);
+                    match event::decode(&delivery.data, Utc::now(), limits) {
+                        Ok(envelope) => {
+                            let kind = envelope.kind.name();
+                            received
+                                .entry(kind)
+                                .or_insert_with(|| counter!("cdr_events_received_total", "event_type" => kind))
+                                .increment(1);
+                            if batch.is_empty() {
+                                batch_deadline =
+                                    tokio::time::Instant::now() + self.settings.batch_max_age;
+                            }
+                            batch.envelopes.push(envelope);
+                            batch.deliveries.push(delivery);
+                            if batch.len() >= batch_size && !due {
+                                due = true;
+                                due_since = std::time::Instant::now();
+                            }
+                        }
+                        Err(reject) => {
+                            // Acked before any later delivery reaches the committer, so the
+                            // committer's `multiple` acks never run ahead of it.
+                            self.dead_letter(&dead_letters, &delivery, &reject).await?;
+                            delivery.acker.ack(BasicAckOptions::default()).await?;
+                            in_flight.settled(1);
                         }
                     }
                 }
-                Err(LogError::Refused(e)) => {
-                    warn!(error = %e, events = envelopes.len(), "event log refused the batch; isolating the message at fault");
-                    return self.commit_one_by_one(batch, dead_letters).await;
-                }
-            }
-        };
-        counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
-        debug!(
-            events = batch.len(),
-            new = appended.inserted.len(),
-            duplicates = appended.duplicates,
-            "batch committed"
-        );
-        // Queue for the tracker before acking: if the ack is lost with the connection, the
-        // redelivered copies are dropped as duplicates, so these events must already be on
-        // their way to the actors.
-        self.dispatch(appended.inserted).await;
-        let last = batch.last().map(|p| p.delivery.acker.clone());
-        batch.clear();
-        gauge!("cdr_messages_in_flight").set(0.0);
-        if let Some(acker) = last {
-            acker.ack(BasicAckOptions { multiple: true }).await?;
-        }
-        Ok(())
-    }
-
-    /// Slow path after the database refused a batch: each message alone, so one unstorable
-    /// message is dead-lettered instead of blocking the queue.
-    async fn commit_one_by_one(
-        &self,
-        batch: &mut Vec<Pending>,
-        dead_letters: &Channel,
-    ) -> Result<(), IngestError> {
-        for p in batch.drain(..) {
-            match self.log.append(std::slice::from_ref(&p.envelope)).await {
-                Ok(appended) => {
-                    counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
-                    self.dispatch(appended.inserted).await;
-                    p.delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-                Err(LogError::Refused(e)) => {
-                    let reason = Rejected {
-                        code: "unstorable",
-                        detail: format!("the event log refused the message: {e}"),
-                    };
-                    publish_dead_letter(
-                        dead_letters,
-                        &self.amqp.dead_letter_exchange,
-                        &p.delivery,
-                        &reason,
-                    )
-                    .await?;
-                    p.delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-                Err(LogError::Unavailable(e)) => {
-                    // Leave the rest unacked; the session restarts and they come again.
-                    return Err(IngestError::LogUnavailable(e.to_string()));
-                }
             }
         }
-        Ok(())
-    }
 
-    async fn dispatch(&self, events: Vec<LoggedEvent>) {
-        if events.is_empty() {
-            return;
+        // Shutdown: stop taking new deliveries, then commit and ack what we hold.
+        let _ = consume
+            .basic_cancel(
+                self.amqp.consumer_tag.as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await;
+        if !batch.is_empty() && handoff.send(batch).await.is_err() {
+            return Err(committer_ended(committer.await));
         }
-        if self.dispatch.send(events).await.is_err() {
-            // Only when the dispatcher died with the tracker. The events are committed: their
-            // calls are rebuilt from the log on the next start.
-            error!("the tracker's dispatcher is gone; committed events wait for the next start");
+        drop(handoff);
+        if let Err(e) = flatten_join(committer.await) {
+            return Err(e);
         }
+        let _ = conn.close(200, "shutdown".into()).await;
+        Ok(SessionEnd::Shutdown)
     }
 
     async fn dead_letter(
@@ -337,6 +349,138 @@ impl Ingest {
             detail: reject.to_string(),
         };
         publish_dead_letter(channel, &self.amqp.dead_letter_exchange, delivery, &reason).await
+    }
+}
+
+/// The committer task stopped while the consumer still needed it: why.
+fn committer_ended(ended: Result<Result<(), IngestError>, tokio::task::JoinError>) -> IngestError {
+    match flatten_join(ended) {
+        Err(e) => e,
+        // It only returns Ok once the hand-off is closed, which the consumer has not done.
+        Ok(()) => IngestError::CommitterStopped("it returned early".into()),
+    }
+}
+
+fn flatten_join(
+    ended: Result<Result<(), IngestError>, tokio::task::JoinError>,
+) -> Result<(), IngestError> {
+    match ended {
+        Ok(result) => result,
+        Err(e) => Err(IngestError::CommitterStopped(e.to_string())),
+    }
+}
+
+impl Committer {
+    /// Commits batches in hand-off order until the consumer closes the hand-off.
+    async fn run(self, mut batches: tokio::sync::mpsc::Receiver<Batch>) -> Result<(), IngestError> {
+        while let Some(mut batch) = batches.recv().await {
+            self.commit(&mut batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the batch to the log (retrying while the database is away), acks it, then
+    /// dispatches the new events. On shutdown during a retry, returns without acking: the
+    /// broker redelivers those messages to the next run.
+    async fn commit(&self, batch: &mut Batch) -> Result<(), IngestError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len();
+        let mut backoff = Backoff::new(&self.backoff);
+        let appended = loop {
+            let started = std::time::Instant::now();
+            match self.log.append(&batch.envelopes).await {
+                Ok(a) => {
+                    histogram!("cdr_log_batch_size").record(n as f64);
+                    histogram!("cdr_log_write_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    self.health.set_database_up(true);
+                    break a;
+                }
+                Err(LogError::Unavailable(e)) => {
+                    self.health.set_database_up(false);
+                    counter!("cdr_log_write_retries_total").increment(1);
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, events = n, retry_in = ?delay, "event log unavailable; holding the batch unacked");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => {
+                            warn!(events = n, "shutting down with an uncommitted batch; the broker will redeliver it");
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(LogError::Refused(e)) => {
+                    warn!(error = %e, events = n, "event log refused the batch; isolating the message at fault");
+                    return self.commit_one_by_one(batch).await;
+                }
+            }
+        };
+        counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
+        debug!(
+            events = n,
+            new = appended.new_events(),
+            duplicates = appended.duplicates,
+            "batch committed"
+        );
+        // Queue for the tracker before acking: if the ack is lost with the connection, the
+        // redelivered copies are dropped as duplicates, so these events must already be on
+        // their way to the actors.
+        self.dispatch(appended.into_logged(std::mem::take(&mut batch.envelopes)))
+            .await;
+        if let Some(last) = batch.deliveries.last() {
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        self.in_flight.settled(n);
+        Ok(())
+    }
+
+    /// Slow path after the database refused a batch: each message alone, so one unstorable
+    /// message is dead-lettered instead of blocking the queue.
+    async fn commit_one_by_one(&self, batch: &mut Batch) -> Result<(), IngestError> {
+        let envelopes = std::mem::take(&mut batch.envelopes);
+        let deliveries = std::mem::take(&mut batch.deliveries);
+        for (envelope, delivery) in envelopes.into_iter().zip(deliveries) {
+            match self.log.append(std::slice::from_ref(&envelope)).await {
+                Ok(appended) => {
+                    counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
+                    self.dispatch(appended.into_logged(vec![envelope])).await;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Err(LogError::Refused(e)) => {
+                    let reason = Rejected {
+                        code: "unstorable",
+                        detail: format!("the event log refused the message: {e}"),
+                    };
+                    publish_dead_letter(
+                        &self.dead_letters,
+                        &self.dead_letter_exchange,
+                        &delivery,
+                        &reason,
+                    )
+                    .await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Err(LogError::Unavailable(e)) => {
+                    // Leave the rest unacked; the session restarts and they come again.
+                    return Err(IngestError::LogUnavailable(e.to_string()));
+                }
+            }
+            self.in_flight.settled(1);
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&self, events: Vec<LoggedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if self.dispatch.send(events).await.is_err() {
+            // Only when the dispatcher died with the tracker. The events are committed: their
+            // calls are rebuilt from the log on the next start.
+            error!("the tracker's dispatcher is gone; committed events wait for the next start");
+        }
     }
 }
 

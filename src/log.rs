@@ -47,10 +47,35 @@ pub struct LoggedEvent {
 /// The outcome of appending a batch.
 #[derive(Debug, Default)]
 pub struct Appended {
-    /// The events that were new, in batch order.
-    pub inserted: Vec<LoggedEvent>,
+    /// The events that were new: (index in the batch, event id), in event-id order.
+    new: Vec<(usize, i64)>,
     /// Messages already in the log (redeliveries and exact duplicates).
     pub duplicates: usize,
+}
+
+impl Appended {
+    /// How many of the batch's events were new.
+    pub fn new_events(&self) -> usize {
+        self.new.len()
+    }
+
+    /// The new events as logged, in log order, moved out of the batch they were appended from
+    /// (the same slice, in the same order): no payload is copied.
+    pub fn into_logged(self, batch: Vec<Envelope>) -> Vec<LoggedEvent> {
+        let mut slots: Vec<Option<Envelope>> = batch.into_iter().map(Some).collect();
+        self.new
+            .into_iter()
+            .filter_map(|(i, event_id)| {
+                let e = slots.get_mut(i)?.take()?;
+                Some(LoggedEvent {
+                    event_id,
+                    received_at: e.received_at,
+                    call_id: e.call_id.clone(),
+                    event: CallEvent::from(e),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone)]
@@ -133,24 +158,19 @@ impl EventLog {
             .map(|(id, call, hash)| ((call.as_str(), hash.as_slice()), *id))
             .collect();
         let mut seen = HashSet::with_capacity(n);
-        let mut inserted = Vec::with_capacity(rows.len());
-        for e in batch {
+        let mut new = Vec::with_capacity(rows.len());
+        for (i, e) in batch.iter().enumerate() {
             let key = (e.call_id.as_str(), e.body_hash.as_slice());
             if let Some(id) = ids.get(&key)
                 && seen.insert(key)
             {
-                inserted.push(LoggedEvent {
-                    event_id: *id,
-                    call_id: e.call_id.clone(),
-                    received_at: e.received_at,
-                    event: CallEvent::from(e),
-                });
+                new.push((i, *id));
             }
         }
-        inserted.sort_by_key(|e| e.event_id);
+        new.sort_by_key(|&(_, id)| id);
         Ok(Appended {
-            duplicates: n - inserted.len(),
-            inserted,
+            duplicates: n - new.len(),
+            new,
         })
     }
 
@@ -262,8 +282,13 @@ impl EventLog {
         if call_ids.is_empty() {
             return Ok(HashSet::new());
         }
+        // Grouped rather than `AND event_id < $2`: with that condition the planner may AND a
+        // bitmap of the primary key's range `event_id < $2` (nearly the whole log) with the
+        // call-id lookup, a scan that grows with the log. This form reads only the given
+        // calls' few events through the call-id index, whatever the statistics say.
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT call_id FROM call_events WHERE call_id = ANY($1::text[]) AND event_id < $2",
+            "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
+             GROUP BY call_id HAVING min(event_id) < $2",
         )
         .bind(call_ids)
         .bind(before)
@@ -291,7 +316,9 @@ impl EventLog {
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
-    /// Marks a call quarantined; its events stay in the log. Returns the call's trace id.
+    /// Marks a call quarantined; its events stay in the log. Returns the call's trace id (its
+    /// first logged one, aggregated over the call's events: an `ORDER BY event_id LIMIT 1` could
+    /// walk the primary key across the whole log).
     pub async fn quarantine(
         &self,
         call_id: &str,
@@ -300,8 +327,8 @@ impl EventLog {
     ) -> Result<Option<String>, LogError> {
         let trace_id: Option<String> = sqlx::query_scalar(
             "INSERT INTO quarantined_calls (call_id, trace_id, failures, reason) \
-             VALUES ($1, (SELECT trace_id FROM call_events WHERE call_id = $1 AND trace_id IS NOT NULL \
-                          ORDER BY event_id LIMIT 1), $2, $3) \
+             VALUES ($1, (SELECT (array_agg(trace_id ORDER BY event_id))[1] FROM call_events \
+                          WHERE call_id = $1 AND trace_id IS NOT NULL), $2, $3) \
              ON CONFLICT (call_id) DO UPDATE SET failures = EXCLUDED.failures, reason = EXCLUDED.reason, \
                quarantined_at = now() \
              RETURNING trace_id",

@@ -28,6 +28,18 @@ pub struct CallEvent {
     pub kind: EventKind,
 }
 
+impl From<crate::event::Envelope> for CallEvent {
+    fn from(e: crate::event::Envelope) -> Self {
+        CallEvent {
+            timestamp: e.timestamp,
+            timestamp_inferred: e.timestamp_inferred,
+            body_hash: e.body_hash,
+            trace_id: e.trace_id,
+            kind: e.kind,
+        }
+    }
+}
+
 impl From<&crate::event::Envelope> for CallEvent {
     fn from(e: &crate::event::Envelope) -> Self {
         CallEvent {

@@ -185,6 +185,11 @@ fn describe() {
         "Time to commit one event-log batch"
     );
     describe_histogram!(
+        "cdr_ingest_handoff_wait_seconds",
+        Unit::Seconds,
+        "From a batch being due (old or full) to the committer taking it: time spent waiting for the previous commit"
+    );
+    describe_histogram!(
         "cdr_record_flush_latency_seconds",
         Unit::Seconds,
         "From a call's end event arriving to its record being committed"

@@ -19,7 +19,8 @@ use crate::merge::{CallRecord, CallState, Phase, PriceBook};
 use crate::writer::WriteRequest;
 
 pub enum CallMsg {
-    Event(Box<LoggedEvent>),
+    /// Committed events of this call, in log order (one dispatched batch's worth).
+    Events(Vec<LoggedEvent>),
     /// A timer fired: check the deadline.
     Tick,
     /// The service is stopping: write the record if the call has ended, then stop.
@@ -372,11 +373,13 @@ impl Actor for CallActor {
         s: &mut CallActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CallMsg::Event(e) => {
-                s.received += 1;
+            CallMsg::Events(events) => {
+                s.received += events.len() as u64;
                 s.last_touch = Instant::now();
                 injected_fault(&s.call_id)?;
-                s.fold(&e, true);
+                for e in &events {
+                    s.fold(e, true);
+                }
                 s.arm(&myself);
             }
             CallMsg::Tick => {

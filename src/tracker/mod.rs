@@ -158,11 +158,10 @@ impl Tracker {
             match self.ctx.calls.get_mut(&call_id).as_deref_mut() {
                 Some(CallEntry::Active(a)) => {
                     a.routed += evs.len() as u64;
-                    for e in evs {
-                        // A send fails only to an actor that just failed: its replacement
-                        // reloads the call from the log, which holds this event.
-                        let _ = a.actor.send_message(CallMsg::Event(Box::new(e)));
-                    }
+                    // One message for the call's events of this batch. A send fails only to
+                    // an actor that just failed: its replacement reloads the call from the
+                    // log, which holds these events.
+                    let _ = a.actor.send_message(CallMsg::Events(evs));
                 }
                 // The supervisor wakes it with these events.
                 Some(CallEntry::Resting(_)) => spawns.push(SpawnCall {

@@ -75,9 +75,7 @@ impl SupervisorState {
             Some(CallEntry::Active(a)) => {
                 // Started by an earlier request in the meantime: hand the events over.
                 a.routed += call.events.len() as u64;
-                for e in call.events {
-                    let _ = a.actor.send_message(CallMsg::Event(Box::new(e)));
-                }
+                let _ = a.actor.send_message(CallMsg::Events(call.events));
                 return None;
             }
             Some(CallEntry::Resting(_)) => true,
