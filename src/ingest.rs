@@ -331,9 +331,7 @@ impl Ingest {
             return Err(committer_ended(committer.await));
         }
         drop(handoff);
-        if let Err(e) = flatten_join(committer.await) {
-            return Err(e);
-        }
+        flatten_join(committer.await)?;
         let _ = conn.close(200, "shutdown".into()).await;
         Ok(SessionEnd::Shutdown)
     }
