@@ -78,6 +78,15 @@ impl Appended {
     }
 }
 
+/// Of the calls `$1`, those with an event logged before id `$2`.
+///
+/// Grouped rather than `AND event_id < $2`: with that condition the planner may AND a bitmap of
+/// the primary key's range `event_id < $2` (nearly the whole log) with the call-id lookup, a
+/// scan that grows with the log. This form reads only the given calls' few events through the
+/// call-id index, whatever the statistics say.
+pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
+     GROUP BY call_id HAVING min(event_id) < $2";
+
 #[derive(Clone)]
 pub struct EventLog {
     pool: PgPool,
@@ -282,18 +291,11 @@ impl EventLog {
         if call_ids.is_empty() {
             return Ok(HashSet::new());
         }
-        // Grouped rather than `AND event_id < $2`: with that condition the planner may AND a
-        // bitmap of the primary key's range `event_id < $2` (nearly the whole log) with the
-        // call-id lookup, a scan that grows with the log. This form reads only the given
-        // calls' few events through the call-id index, whatever the statistics say.
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
-             GROUP BY call_id HAVING min(event_id) < $2",
-        )
-        .bind(call_ids)
-        .bind(before)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String,)> = sqlx::query_as(SEEN_BEFORE_SQL)
+            .bind(call_ids)
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 

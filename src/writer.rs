@@ -195,6 +195,16 @@ fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
     })
 }
 
+/// Removes the calls `$1` from `open_calls` where their row now covers event id `$2` (same
+/// position).
+///
+/// The redundant `call_id = ANY($1)` offers the planner the primary key for the batch's rows;
+/// with the join condition alone its only choice was to hash-join against a scan of the whole
+/// table, which holds every open call and, between vacuums, their dead versions. It takes the
+/// key lookup when the table is large next to the batch, or its statistics are missing.
+pub const CLOSE_OPEN_CALLS_SQL: &str = "DELETE FROM open_calls o USING UNNEST($1::text[], $2::bigint[]) AS t(call_id, upto) \
+     WHERE o.call_id = ANY($1::text[]) AND o.call_id = t.call_id AND o.last_event_id <= t.upto";
+
 /// Upserts a batch; returns how many rows changed (stale versions are skipped).
 pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::Error> {
     // One row per call per statement: keep the highest version of each.
@@ -297,14 +307,11 @@ pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::
     // Same transaction: a call leaves open_calls only with a row that covers its last logged
     // event. A concurrent log append for the call holds the open_calls row lock, and the
     // re-checked condition then keeps the row.
-    sqlx::query(
-        "DELETE FROM open_calls o USING UNNEST($1::text[], $2::bigint[]) AS t(call_id, upto) \
-         WHERE o.call_id = t.call_id AND o.last_event_id <= t.upto",
-    )
-    .bind(recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.max_event_id).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(CLOSE_OPEN_CALLS_SQL)
+        .bind(recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.max_event_id).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(result.rows_affected())
 }
