@@ -265,73 +265,99 @@ impl Ingest {
         // The open batch is due (old or full enough) and goes to the committer when it is free.
         let mut due = false;
         let mut due_since = std::time::Instant::now();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                ended = &mut committer => return Err(committer_ended(ended)),
-                permit = handoff.reserve(), if due => {
-                    let Ok(permit) = permit else {
-                        return Err(committer_ended((&mut committer).await));
-                    };
-                    histogram!("cdr_ingest_handoff_wait_seconds")
-                        .record(due_since.elapsed().as_secs_f64());
-                    permit.send(std::mem::replace(&mut batch, Batch::with_capacity(batch_size)));
-                    due = false;
-                }
-                _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() && !due => {
-                    due = true;
-                    due_since = std::time::Instant::now();
-                }
-                delivery = consumer.next(), if batch.len() < batch_size => {
-                    let delivery = match delivery {
-                        Some(Ok(d)) => d,
-                        Some(Err(e)) => return Err(e.into()),
-                        None => return Err(IngestError::ConsumerCancelled),
-                    };
-                    in_flight.add(1);
-                    match event::decode(&delivery.data, Utc::now(), limits) {
-                        Ok(envelope) => {
-                            let kind = envelope.kind.name();
-                            received
-                                .entry(kind)
-                                .or_insert_with(|| counter!("cdr_events_received_total", "event_type" => kind))
-                                .increment(1);
-                            if batch.is_empty() {
-                                batch_deadline =
-                                    tokio::time::Instant::now() + self.settings.batch_max_age;
+        let mut committer_result: Option<Result<(), IngestError>> = None;
+        // Ok on shutdown; Err when the broker or the committer fails.
+        let consumed: Result<(), IngestError> = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(()),
+                    ended = &mut committer => {
+                        let result = flatten_join(ended);
+                        let err = match &result {
+                            Err(e) => IngestError::CommitterStopped(e.to_string()),
+                            // It only returns Ok once the hand-off is closed, which is not yet.
+                            Ok(()) => IngestError::CommitterStopped("it returned early".into()),
+                        };
+                        committer_result = Some(result);
+                        return Err(err);
+                    }
+                    permit = handoff.reserve(), if due => {
+                        let Ok(permit) = permit else {
+                            return Err(IngestError::CommitterStopped("the hand-off closed".into()));
+                        };
+                        histogram!("cdr_ingest_handoff_wait_seconds")
+                            .record(due_since.elapsed().as_secs_f64());
+                        permit.send(std::mem::replace(&mut batch, Batch::with_capacity(batch_size)));
+                        due = false;
+                    }
+                    _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() && !due => {
+                        due = true;
+                        due_since = std::time::Instant::now();
+                    }
+                    delivery = consumer.next(), if batch.len() < batch_size => {
+                        let delivery = match delivery {
+                            Some(Ok(d)) => d,
+                            Some(Err(e)) => return Err(e.into()),
+                            None => return Err(IngestError::ConsumerCancelled),
+                        };
+                        in_flight.add(1);
+                        match event::decode(&delivery.data, Utc::now(), limits) {
+                            Ok(envelope) => {
+                                let kind = envelope.kind.name();
+                                received
+                                    .entry(kind)
+                                    .or_insert_with(|| counter!("cdr_events_received_total", "event_type" => kind))
+                                    .increment(1);
+                                if batch.is_empty() {
+                                    batch_deadline =
+                                        tokio::time::Instant::now() + self.settings.batch_max_age;
+                                }
+                                batch.envelopes.push(envelope);
+                                batch.deliveries.push(delivery);
+                                if batch.len() >= batch_size && !due {
+                                    due = true;
+                                    due_since = std::time::Instant::now();
+                                }
                             }
-                            batch.envelopes.push(envelope);
-                            batch.deliveries.push(delivery);
-                            if batch.len() >= batch_size && !due {
-                                due = true;
-                                due_since = std::time::Instant::now();
+                            Err(reject) => {
+                                // Acked before any later delivery reaches the committer, so the
+                                // committer's `multiple` acks never run ahead of it.
+                                self.dead_letter(&dead_letters, &delivery, &reject).await?;
+                                delivery.acker.ack(BasicAckOptions::default()).await?;
+                                in_flight.settled(1);
                             }
-                        }
-                        Err(reject) => {
-                            // Acked before any later delivery reaches the committer, so the
-                            // committer's `multiple` acks never run ahead of it.
-                            self.dead_letter(&dead_letters, &delivery, &reject).await?;
-                            delivery.acker.ack(BasicAckOptions::default()).await?;
-                            in_flight.settled(1);
                         }
                     }
                 }
             }
         }
+        .await;
 
-        // Shutdown: stop taking new deliveries, then commit and ack what we hold.
-        let _ = consume
-            .basic_cancel(
-                self.amqp.consumer_tag.as_str().into(),
-                BasicCancelOptions::default(),
-            )
-            .await;
-        if !batch.is_empty() && handoff.send(batch).await.is_err() {
-            return Err(committer_ended(committer.await));
+        if consumed.is_ok() {
+            // Shutdown: stop taking new deliveries, then commit and ack what we hold.
+            let _ = consume
+                .basic_cancel(
+                    self.amqp.consumer_tag.as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+            if !batch.is_empty() {
+                // Fails only if the committer has stopped; its result below says why.
+                let _ = handoff.send(batch).await;
+            }
         }
+        // Whatever ended the session, the committer finishes the batch it holds before the
+        // session returns: a batch it committed is then dispatched before the next session's
+        // batches (one committer at a time keeps each call's events in log order), and never
+        // left committed but undispatched while its deliveries come back as duplicates.
         drop(handoff);
-        flatten_join(committer.await)?;
+        let committed = match committer_result {
+            Some(result) => result,
+            None => flatten_join(committer.await),
+        };
+        committed?;
+        consumed?;
         let _ = conn.close(200, "shutdown".into()).await;
         Ok(SessionEnd::Shutdown)
     }
@@ -347,15 +373,6 @@ impl Ingest {
             detail: reject.to_string(),
         };
         publish_dead_letter(channel, &self.amqp.dead_letter_exchange, delivery, &reason).await
-    }
-}
-
-/// The committer task stopped while the consumer still needed it: why.
-fn committer_ended(ended: Result<Result<(), IngestError>, tokio::task::JoinError>) -> IngestError {
-    match flatten_join(ended) {
-        Err(e) => e,
-        // It only returns Ok once the hand-off is closed, which the consumer has not done.
-        Ok(()) => IngestError::CommitterStopped("it returned early".into()),
     }
 }
 

@@ -457,13 +457,7 @@ fn fold_bodies(call_id: &str, bodies: &[Arc<[u8]>], receive: DateTime<Utc>) -> C
                 )
             });
             assert_eq!(e.call_id, call_id, "storm generator bug: wrong call id");
-            CallEvent {
-                timestamp: e.timestamp,
-                timestamp_inferred: e.timestamp_inferred,
-                body_hash: e.body_hash,
-                trace_id: e.trace_id,
-                kind: e.kind,
-            }
+            CallEvent::from(e)
         })
         .collect();
     CallState::fold(&events)
