@@ -84,6 +84,18 @@ pub fn metrics() -> PrometheusHandle {
                     ],
                 )
                 .and_then(|b| {
+                    // Every record waits out the linger (2 s by default), so the interesting
+                    // part of this one is just above a linger: fine steps there, so that a p99
+                    // of linger + 250 ms can be read off it.
+                    b.set_buckets_for_metric(
+                        Matcher::Full("cdr_record_flush_latency_seconds".into()),
+                        &[
+                            0.1, 0.25, 0.5, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 2.05, 2.1, 2.25, 2.5,
+                            3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                        ],
+                    )
+                })
+                .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Suffix("_batch_size".into()),
                         &[
