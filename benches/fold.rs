@@ -43,7 +43,7 @@ fn fold_and_record(c: &mut Criterion) {
         .iter()
         .map(|b| {
             let e = decode(b, now, LIMITS).unwrap();
-            CallEvent::from(&e)
+            CallEvent::from(e)
         })
         .collect();
     let prices = PriceBook::default();

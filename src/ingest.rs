@@ -87,7 +87,6 @@ pub struct Ingest {
 
 /// Decoded deliveries waiting to be committed together: `envelopes[i]` was decoded from
 /// `deliveries[i]`, in delivery order.
-#[derive(Default)]
 struct Batch {
     envelopes: Vec<Envelope>,
     deliveries: Vec<Delivery>,

@@ -66,11 +66,11 @@ impl Appended {
         self.new
             .into_iter()
             .filter_map(|(i, event_id)| {
-                let e = slots.get_mut(i)?.take()?;
+                let mut e = slots.get_mut(i)?.take()?;
                 Some(LoggedEvent {
                     event_id,
                     received_at: e.received_at,
-                    call_id: e.call_id.clone(),
+                    call_id: std::mem::take(&mut e.call_id),
                     event: CallEvent::from(e),
                 })
             })

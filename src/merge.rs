@@ -40,18 +40,6 @@ impl From<crate::event::Envelope> for CallEvent {
     }
 }
 
-impl From<&crate::event::Envelope> for CallEvent {
-    fn from(e: &crate::event::Envelope) -> Self {
-        CallEvent {
-            timestamp: e.timestamp,
-            timestamp_inferred: e.timestamp_inferred,
-            body_hash: e.body_hash,
-            trace_id: e.trace_id.clone(),
-            kind: e.kind.clone(),
-        }
-    }
-}
-
 /// Where an event sits in the content order: timestamp, then body hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Stamp {

@@ -189,7 +189,7 @@ fn expected_record(call: &PlannedCall) -> CallRecord {
         .map(|body| {
             let e = event::decode(body, Utc::now(), limits()).expect("a valid event");
             assert_eq!(e.call_id, call.call_id);
-            CallEvent::from(&e)
+            CallEvent::from(e)
         })
         .collect();
     CallState::fold(&events).record(&call.call_id, &PriceBook::default())

@@ -1044,7 +1044,7 @@ fn timestamp_less_event_uses_its_receive_time_end_to_end() {
         max_json_depth: 32,
     };
     let to_event = |body: &str, received: DateTime<Utc>| {
-        CallEvent::from(&decode(body.as_bytes(), received, limits).unwrap())
+        CallEvent::from(decode(body.as_bytes(), received, limits).unwrap())
     };
     let events = vec![
         // The typed producer omits the timestamp of call.started.
