@@ -6,7 +6,7 @@
 mod common;
 
 use cdr_service::log::SEEN_BEFORE_SQL;
-use cdr_service::writer::CLOSE_OPEN_CALLS_SQL;
+use cdr_service::writer::{CLOSE_OPEN_CALLS_PLAN, CLOSE_OPEN_CALLS_SQL, close_open_calls};
 use common::TestEnv;
 use sqlx::PgPool;
 
@@ -41,13 +41,12 @@ async fn seen_before(pool: &PgPool, calls: &[&str], before: i64) -> Vec<String> 
 }
 
 async fn close(pool: &PgPool, calls: &[&str], upto: &[i64]) -> u64 {
-    sqlx::query(CLOSE_OPEN_CALLS_SQL)
-        .bind(calls)
-        .bind(upto)
-        .execute(pool)
+    let mut tx = pool.begin().await.unwrap();
+    let closed = close_open_calls(&mut tx, calls, upto)
         .await
-        .expect("close open calls")
-        .rows_affected()
+        .expect("close open calls");
+    tx.commit().await.unwrap();
+    closed
 }
 
 async fn open_calls(pool: &PgPool) -> Vec<String> {
@@ -101,4 +100,77 @@ async fn seen_before_and_close_open_calls_return_exactly_their_calls() {
     pool.close().await;
     let settings = env.settings();
     env.cleanup(&settings).await;
+}
+
+/// The plan the record writer gets for closing calls, on a table the planner has no statistics
+/// for (as while it grows faster than autovacuum analyzes it): the batch's rows come through
+/// the primary key, never from a scan of every open call tested against the whole batch.
+#[tokio::test]
+async fn closing_calls_reads_the_primary_key_even_without_statistics() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    sqlx::query(
+        "INSERT INTO open_calls (call_id, last_event_id) \
+         SELECT 'plan-' || g, g FROM generate_series(1, 3000) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let calls: Vec<String> = (1..=200).map(|i| format!("plan-{}", i * 7)).collect();
+    let upto: Vec<i64> = (1..=200).map(|i| i * 7).collect();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(CLOSE_OPEN_CALLS_PLAN)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) {CLOSE_OPEN_CALLS_SQL}"
+    )))
+    .bind(&calls)
+    .bind(&upto)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut scans = Vec::new();
+    collect_scans(&plan, &mut scans);
+    assert!(
+        scans
+            .iter()
+            .any(|(kind, index)| kind.contains("Index") && index == "open_calls_pkey"),
+        "open_calls is not read through its primary key: {scans:?}\n{plan:#}"
+    );
+    assert!(
+        !scans.iter().any(|(kind, _)| kind == "Seq Scan"),
+        "open_calls is scanned whole: {scans:?}\n{plan:#}"
+    );
+
+    pool.close().await;
+    let settings = env.settings();
+    env.cleanup(&settings).await;
+}
+
+/// Every node of an EXPLAIN (FORMAT JSON) plan that reads a relation or index: (node type,
+/// index name).
+fn collect_scans(v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(node) => {
+            if let Some(kind) = node.get("Node Type").and_then(|k| k.as_str())
+                && (node.contains_key("Relation Name") || node.contains_key("Index Name"))
+                && node.get("Relation Name").and_then(|r| r.as_str()) != Some("t")
+            {
+                let index = node
+                    .get("Index Name")
+                    .and_then(|i| i.as_str())
+                    .unwrap_or_default();
+                out.push((kind.to_owned(), index.to_owned()));
+            }
+            node.values().for_each(|child| collect_scans(child, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|child| collect_scans(child, out)),
+        _ => {}
+    }
 }
