@@ -490,25 +490,43 @@ fn cpu_snapshot() -> HashMap<u32, (String, u64)> {
 }
 
 /// Total CPU ticks of the machine (all states), idle and iowait ones, from /proc/stat.
-fn machine_ticks() -> (u64, u64, u64) {
+/// The machine's CPU time so far, from /proc/stat.
+#[derive(Debug, Clone, Copy, Default)]
+struct MachineTicks {
+    total: u64,
+    idle: u64,
+    iowait: u64,
+    /// Time the hypervisor gave this machine's CPUs to others: on a shared host it is the
+    /// noise in every rate measured here.
+    steal: u64,
+}
+
+fn machine_ticks() -> MachineTicks {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().next() else {
-        return (0, 0, 0);
+        return MachineTicks::default();
     };
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+    // counted in user, so the total stops at steal.
     let v: Vec<u64> = cpu
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    (v.iter().sum(), at(3), at(4))
+    MachineTicks {
+        total: v.iter().take(8).sum(),
+        idle: at(3),
+        iowait: at(4),
+        steal: at(7),
+    }
 }
 
 /// CPU used between two snapshots, in cores (CPU seconds per wall second), by group.
 fn cpu_shares(
     before: &HashMap<u32, (String, u64)>,
     after: &HashMap<u32, (String, u64)>,
-    machine: ((u64, u64, u64), (u64, u64, u64)),
+    machine: (MachineTicks, MachineTicks),
     wall: Duration,
     service_pid: u32,
 ) -> Value {
@@ -533,10 +551,11 @@ fn cpu_shares(
     }
     let secs = wall.as_secs_f64().max(1e-9);
     let cores = |g: &str| groups.get(g).copied().unwrap_or(0) as f64 / HZ / secs;
-    let ((total0, idle0, wait0), (total1, idle1, wait1)) = machine;
-    let total = total1.saturating_sub(total0).max(1) as f64;
-    let idle = idle1.saturating_sub(idle0) as f64;
-    let iowait = wait1.saturating_sub(wait0) as f64;
+    let (m0, m1) = machine;
+    let total = m1.total.saturating_sub(m0.total).max(1) as f64;
+    let idle = m1.idle.saturating_sub(m0.idle) as f64;
+    let iowait = m1.iowait.saturating_sub(m0.iowait) as f64;
+    let steal = m1.steal.saturating_sub(m0.steal) as f64;
     json!({
         "wall_seconds": secs,
         "cores_used": {
@@ -546,9 +565,11 @@ fn cpu_shares(
             "bench": round(cores("bench"), 2),
             "other": round(cores("other"), 2),
         },
-        // Busy: neither idle nor waiting for I/O.
-        "machine_busy_share": round(1.0 - (idle + iowait) / total, 3),
+        // Busy: running something of this machine's (not idle, not waiting for I/O, not
+        // stolen by the hypervisor).
+        "machine_busy_share": round(1.0 - (idle + iowait + steal) / total, 3),
         "machine_iowait_share": round(iowait / total, 3),
+        "machine_steal_share": round(steal / total, 3),
         "nproc": nproc(),
     })
 }
@@ -705,20 +726,24 @@ async fn bench_consumer(queue: &str, tag: &str) -> anyhow::Result<(Connection, l
     Ok((conn, consumer))
 }
 
-async fn broker_drain(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, f64)> {
-    let exchange = env.name("raw");
-    let queue = env.name("raw.queue");
+/// The broker's limit: the backlog drained by a consumer that does nothing. `run` tells the
+/// runs apart (the bench drains the broker before and after the service).
+async fn broker_drain(env: &mut Env, storm: &Storm, run: u32) -> anyhow::Result<BrokerDrain> {
+    let label = format!("broker drain {run}");
+    let exchange = env.name(&format!("raw{run}"));
+    let queue = env.name(&format!("raw{run}.queue"));
     env.declare(&exchange, &queue).await?;
     progress!(
-        "broker drain: publishing the backlog ({} messages) into {queue}",
+        "{label}: publishing the backlog ({} messages) into {queue}",
         storm.main.len()
     );
-    let publish_rate = publish_backlog(&exchange, &storm.main, "broker backlog").await?;
+    let publish_rate = publish_backlog(&exchange, &storm.main, &format!("{label} backlog")).await?;
 
     let total = storm.main.len() as u64;
     let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-drain").await?;
     let counter = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
+    let cpu_before = (cpu_snapshot(), machine_ticks());
     let started = Instant::now();
     let sampler = sample_counter(counter.clone(), started, stop.clone());
     let mut n = 0u64;
@@ -737,23 +762,42 @@ async fn broker_drain(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, f6
                 .await?;
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let cpu = cpu_shares(
+        &cpu_before.0,
+        &cpu_snapshot(),
+        (cpu_before.1, machine_ticks()),
+        elapsed,
+        0,
+    );
     stop.cancel();
     let samples = sampler.await?;
     let _ = conn.close(200, "bye".into()).await;
     env.delete_queue(&queue).await;
     let drain = Drain {
         events: total as usize,
-        seconds,
+        seconds: elapsed.as_secs_f64(),
         samples,
     };
     progress!(
-        "broker drain: {} messages consumed and acked in {:.2}s: {:.0} events/s",
+        "{label}: {} messages consumed and acked in {:.2}s: {:.0} events/s; cpu {}, {:.0}% stolen",
         drain.events,
         drain.seconds,
-        drain.rate()
+        drain.rate(),
+        cpu["cores_used"],
+        cpu["machine_steal_share"].as_f64().unwrap_or(f64::NAN) * 100.0
     );
-    Ok((drain, publish_rate))
+    Ok(BrokerDrain {
+        drain,
+        publish_rate,
+        cpu,
+    })
+}
+
+struct BrokerDrain {
+    drain: Drain,
+    publish_rate: f64,
+    cpu: Value,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +821,26 @@ struct ServiceDrain {
 }
 
 /// (events logged so far by the sequence, rows in calls, sum of their event counts).
+/// The last event id handed out by the log.
+async fn log_sequence(pool: &PgPool) -> anyhow::Result<u64> {
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM call_events_event_id_seq",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(seq as u64)
+}
+
+/// Records the service has written (every status), by its own counter.
+async fn records_written(service: &Service) -> u64 {
+    scrape(service)
+        .await
+        .iter()
+        .filter(|(k, _)| k.starts_with("cdr_records_written_total"))
+        .map(|(_, v)| *v)
+        .sum::<f64>() as u64
+}
+
 async fn db_progress(pool: &PgPool) -> anyhow::Result<(u64, u64, u64)> {
     let (seq, rows, events): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
@@ -827,22 +891,27 @@ async fn service_drain(
     // CPU of every process at each sample, to tell what the ingest window was bound by.
     let mut cpu_samples = vec![(0.0, cpu_before, machine_before)];
     let seconds = loop {
-        let (seq, rows, folded) = db_progress(&pool).await?;
+        // Cheap while draining (the log's sequence, the service's record counter), so that
+        // measuring does not slow the database down; `calls` is read once the counter says
+        // every record may be there.
+        let seq = log_sequence(&pool).await?;
+        let written = records_written(&service).await;
         let t = started.elapsed().as_secs_f64();
         events_samples.push((t, seq));
-        record_samples.push((t, rows));
+        record_samples.push((t, written.min(calls)));
         cpu_samples.push((t, cpu_snapshot(), machine_ticks()));
-        if rows >= calls && folded >= distinct {
-            break t;
+        if written >= calls {
+            let (_, rows, folded) = db_progress(&pool).await?;
+            if rows >= calls && folded >= distinct {
+                break t;
+            }
         }
         if Instant::now() > deadline {
             progress!("service drain: not every record after 10 minutes; verifying what is there");
             break t;
         }
         if last_line.elapsed() >= Duration::from_secs(5) {
-            progress!(
-                "service drain: {seq} events logged, {rows}/{calls} records ({folded}/{distinct} events folded)"
-            );
+            progress!("service drain: {seq} events logged, {written}/{calls} records written");
             last_line = Instant::now();
         }
         tokio::time::sleep(SAMPLE).await;
@@ -1201,7 +1270,7 @@ async fn steady_state(
             let mut pub_s: Samples = vec![(0.0, 0)];
             let mut log_s: Samples = vec![(0.0, 0)];
             let mut max_depth = 0u32;
-            let base = db_progress(&pool).await.map_or(0, |p| p.0);
+            let base = log_sequence(&pool).await.unwrap_or(0);
             let mut tick = tokio::time::interval(SAMPLE);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.is_cancelled() {
@@ -1211,7 +1280,7 @@ async fn steady_state(
                 }
                 let t = started.elapsed().as_secs_f64();
                 pub_s.push((t, published.load(Ordering::Relaxed)));
-                if let Ok((seq, _, _)) = db_progress(&pool).await {
+                if let Ok(seq) = log_sequence(&pool).await {
                     log_s.push((t, seq.saturating_sub(base)));
                 }
                 if let Some(c) = &amqp
@@ -1709,13 +1778,14 @@ fn markdown(r: &Value) -> String {
     let cores = |cpu: &Value| {
         let c = &cpu["cores_used"];
         format!(
-            "{} / {} / {} / {} of {} cores ({:.0}% busy)",
+            "{} / {} / {} / {} of {} cores ({:.0}% busy, {:.0}% stolen by the host)",
             c["service"],
             c["postgres"],
             c["rabbitmq"],
             c["bench"],
             cpu["nproc"],
-            cpu["machine_busy_share"].as_f64().unwrap_or(f64::NAN) * 100.0
+            cpu["machine_busy_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            cpu["machine_steal_share"].as_f64().unwrap_or(f64::NAN) * 100.0
         )
     };
     let w = &r["service_drain_writes"];
@@ -1723,7 +1793,7 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         md,
         "| measure | value |\n| --- | --- |\n\
-         | broker drain (do-nothing consumer, prefetch {}, multiple acks) | {} events/s |\n\
+         | broker drain (do-nothing consumer, prefetch {}, multiple acks): mean of a run before and one after the service drain | {} events/s ({} and {}) |\n\
          | service drain (release binary, from process start to every record written) | {} events/s |\n\
          | service drain / broker drain | {} |\n\
          | service ingest rate (first to last event logged) | {} events/s |\n\
@@ -1738,11 +1808,14 @@ fn markdown(r: &Value) -> String {
          | open calls measured (resting: quiet for `rest_after`, no actor) | {} |\n\
          | RSS per open call, resting | {} bytes |\n\
          | RSS per open call with its actor (before it rests; {} calls) | {} bytes |\n\
+         | CPU in the broker drains (service / postgres / rabbitmq / bench) | {}; {} |\n\
          | CPU while the service ingests (service / postgres / rabbitmq / bench) | {} |\n\
          | CPU in steady state (service / postgres / rabbitmq / bench) | {} |\n\
          | service drain: log batches, mean size, mean commit, share of the ingest window in commits | {}, {} events, {} ms, {:.0}% |",
         PREFETCH,
         f("broker_drain_events_per_s", 0),
+        n(&r["broker_drain_runs_events_per_s"][0]),
+        n(&r["broker_drain_runs_events_per_s"][1]),
         f("service_drain_events_per_s", 0),
         f("drain_ratio_vs_broker", 2),
         f("service_ingest_events_per_s", 0),
@@ -1765,6 +1838,8 @@ fn markdown(r: &Value) -> String {
         f("rss_bytes_per_open_call", 0),
         f("open_calls_with_actors_measured", 0),
         f("rss_bytes_per_open_call_with_actor", 0),
+        cores(&r["broker_drain_cpu"][0]),
+        cores(&r["broker_drain_cpu"][1]),
         cores(&r["service_drain_cpu"]),
         cores(&r["steady_cpu"]),
         n(&w["log_batches"]),
@@ -1871,8 +1946,12 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     );
     let events_per_call = storm.main.len() as f64 / storm.calls.len().max(1) as f64;
 
-    let (broker, broker_publish_rate) = broker_drain(env, &storm).await?;
+    // The broker is drained before and after the service, and the ratio is taken against the
+    // mean: on a shared host the machine's speed drifts over minutes, and one broker run on one
+    // side of the service drain would carry that drift into the ratio.
+    let broker = broker_drain(env, &storm, 1).await?;
     let service = service_drain(env, &storm, &o).await?;
+    let broker_after = broker_drain(env, &storm, 2).await?;
     let seed = seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
     let (steady, steady_o) =
         steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
@@ -1890,9 +1969,14 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "events per second",
         &[
             (
-                "broker: do-nothing consumer".into(),
-                rates(&broker.samples),
+                "broker: do-nothing consumer (before the service)".into(),
+                rates(&broker.drain.samples),
                 plotters::style::RGBColor(120, 120, 120),
+            ),
+            (
+                "broker: do-nothing consumer (after the service)".into(),
+                rates(&broker_after.drain.samples),
+                plotters::style::RGBColor(170, 170, 170),
             ),
             (
                 "service: events logged (from process start)".into(),
@@ -1941,7 +2025,8 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     )?;
 
     let (pg_version, rabbit_version) = server_versions(env).await;
-    let broker_rate = broker.rate();
+    let broker_rates = [broker.drain.rate(), broker_after.drain.rate()];
+    let broker_rate = (broker_rates[0] + broker_rates[1]) / 2.0;
     let service_rate = service.drain.rate();
     let seed_rate = seed.rate();
     let steady_rate = steady.messages as f64 / steady.publish_seconds.max(1e-9);
@@ -1974,9 +2059,11 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
             "log_level": "warn",
             "other": "defaults (config/default.toml)",
         },
-        "broker_publish_events_per_s": json_f(broker_publish_rate, 0),
+        "broker_publish_events_per_s": json_f(broker.publish_rate, 0),
         "broker_drain_events_per_s": json_f(broker_rate, 0),
-        "broker_drain_seconds": json_f(broker.seconds, 3),
+        "broker_drain_runs_events_per_s": [json_f(broker_rates[0], 0), json_f(broker_rates[1], 0)],
+        "broker_drain_seconds": [json_f(broker.drain.seconds, 3), json_f(broker_after.drain.seconds, 3)],
+        "broker_drain_cpu": [broker.cpu, broker_after.cpu],
         "service_publish_events_per_s": json_f(service.publish_rate, 0),
         "service_drain_events_per_s": json_f(service_rate, 0),
         "service_drain_seconds": json_f(service.drain.seconds, 3),
