@@ -83,7 +83,8 @@ impl Appended {
 /// Grouped rather than `AND event_id < $2`: with that condition the planner may AND a bitmap of
 /// the primary key's range `event_id < $2` (nearly the whole log) with the call-id lookup, a
 /// scan that grows with the log. This form reads only the given calls' few events through the
-/// call-id index, whatever the statistics say.
+/// call-id index; run under `db::PREFER_INDEX_LOOKUPS`, also while the log is too young for
+/// statistics.
 pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
      GROUP BY call_id HAVING min(event_id) < $2";
 
@@ -291,11 +292,17 @@ impl EventLog {
         if call_ids.is_empty() {
             return Ok(HashSet::new());
         }
+        // A transaction only for the planner setting: the index, whatever the statistics say.
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(crate::db::PREFER_INDEX_LOOKUPS)
+            .execute(&mut *tx)
+            .await?;
         let rows: Vec<(String,)> = sqlx::query_as(SEEN_BEFORE_SQL)
             .bind(call_ids)
             .bind(before)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 

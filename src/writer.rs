@@ -204,22 +204,15 @@ fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
 pub const CLOSE_OPEN_CALLS_SQL: &str = "DELETE FROM open_calls o USING UNNEST($1::text[], $2::bigint[]) AS t(call_id, upto) \
      WHERE o.call_id = ANY($1::text[]) AND o.call_id = t.call_id AND o.last_event_id <= t.upto";
 
-/// Planner setting for `CLOSE_OPEN_CALLS_SQL`, for the rest of its transaction. While
-/// `open_calls` grows faster than its statistics, the planner may take it for a few pages and
-/// scan it whole, testing every row against the `$1` array one element after the other: with
-/// 2,700 open calls and a batch of 212, that was 53 ms of the database's CPU for one statement,
-/// where the primary key finds the batch's rows in under a millisecond. The plan a prepared
-/// statement caches is made under this setting too.
-pub const CLOSE_OPEN_CALLS_PLAN: &str = "SET LOCAL enable_seqscan = off";
-
 /// Closes the calls whose rows now cover their last logged event (`CLOSE_OPEN_CALLS_SQL`),
-/// inside the caller's transaction; returns how many closed.
+/// inside the caller's transaction, through `open_calls`' primary key
+/// (`db::PREFER_INDEX_LOOKUPS`); returns how many closed.
 pub async fn close_open_calls(
     tx: &mut sqlx::PgConnection,
     call_ids: &[&str],
     upto: &[i64],
 ) -> Result<u64, sqlx::Error> {
-    sqlx::raw_sql(CLOSE_OPEN_CALLS_PLAN)
+    sqlx::raw_sql(crate::db::PREFER_INDEX_LOOKUPS)
         .execute(&mut *tx)
         .await?;
     let closed = sqlx::query(CLOSE_OPEN_CALLS_SQL)
