@@ -67,6 +67,10 @@ impl Application {
         } = self;
         let metrics = telemetry::metrics();
         gauge!("cdr_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("CDR_GIT_COMMIT").unwrap_or("unknown")).set(1.0);
+        // The runtime this runs on, whoever built it (the binary sizes it from
+        // `runtime.worker_threads`).
+        gauge!("cdr_runtime_worker_threads")
+            .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
         health.set_database_up(false);
         health.set_broker_up(false);
 

@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::Application;
 use crate::config::Settings;
+use crate::runtime;
 use crate::simulate::{self, SimulateOptions};
 use crate::telemetry;
 
@@ -36,11 +38,20 @@ pub enum Command {
     Storm(crate::storm::StormOptions),
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Loads the settings (before anything starts, so a bad key stops the process at once),
+/// builds the runtime they size, and runs the command on it.
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
-    match cli.command {
+    let workers = runtime::worker_threads(&settings.runtime, runtime::available_cpus());
+    let rt = runtime::build(workers).context("cannot start the async runtime")?;
+    rt.block_on(run(cli.command, settings, workers))
+}
+
+async fn run(command: Command, settings: Settings, workers: usize) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run => {
             telemetry::init_logging(&settings.log);
+            info!(worker_threads = workers, "async runtime started");
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(on_signal(shutdown.clone()));

@@ -42,6 +42,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub runtime: RuntimeSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -134,6 +135,17 @@ pub struct LogSettings {
 pub struct ShutdownSettings {
     #[serde(with = "duration")]
     pub timeout: Duration,
+}
+
+/// The most worker threads `runtime.worker_threads` accepts.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Worker threads of the async runtime; 0 picks them from the CPUs the process may use
+    /// (see `runtime::worker_threads`).
+    pub worker_threads: usize,
 }
 
 impl Settings {
@@ -292,6 +304,15 @@ impl Settings {
                 "backoff.initial must be non-zero and backoff.max at least backoff.initial",
             ));
         }
+        if self.runtime.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "runtime.worker_threads",
+                self.runtime.worker_threads,
+                &format!(
+                    "must be between 0 (one fewer than the CPUs available) and {MAX_WORKER_THREADS}"
+                ),
+            ));
+        }
         if self
             .log
             .level
@@ -409,6 +430,7 @@ mod tests {
         assert_eq!(s.tracker.linger, Duration::from_secs(2));
         assert_eq!(s.tracker.rest_after, Duration::from_secs(30));
         assert_eq!(s.ingest.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.runtime.worker_threads, 0, "0: sized from the CPUs");
     }
 
     #[test]
@@ -487,6 +509,13 @@ mod tests {
             .to_string();
         assert!(
             err.contains("tracker.idle_timeout") && err.contains("1s"),
+            "{err}"
+        );
+        let err = Settings::load_from(None, env(&[("CDR__RUNTIME__WORKER_THREADS", "100000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runtime.worker_threads") && err.contains("100000"),
             "{err}"
         );
         let err = Settings::load_from(None, env(&[("CDR__TRACKER__REST_AFTER", "0s")]))

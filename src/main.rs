@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 
 // jemalloc hands pages freed by stopped and resting call actors back to the system over time
@@ -5,14 +7,13 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = cdr_service::cli::Cli::parse();
-    match cdr_service::cli::run(cli).await {
+    match cdr_service::cli::main(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cdr-service: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

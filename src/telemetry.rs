@@ -122,6 +122,10 @@ fn describe() {
         "Always 1; labels carry the version and commit"
     );
     describe_gauge!(
+        "cdr_runtime_worker_threads",
+        "Worker threads of the async runtime (runtime.worker_threads; 0 there means one fewer than the CPUs)"
+    );
+    describe_gauge!(
         "cdr_active_calls",
         "Active calls that have not ended, by state (resting ones included)"
     );

@@ -115,6 +115,10 @@ impl TestEnv {
                 d(s.writer.batch_max_age),
             ),
             ("CDR__SHUTDOWN__TIMEOUT".into(), d(s.shutdown.timeout)),
+            (
+                "CDR__RUNTIME__WORKER_THREADS".into(),
+                s.runtime.worker_threads.to_string(),
+            ),
             ("CDR__LOG__LEVEL".into(), "info".into()),
         ]
     }
