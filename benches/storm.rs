@@ -425,6 +425,8 @@ fn write_stats(m: &HashMap<String, f64>, window: f64) -> Value {
     let log_batches = g("cdr_log_batch_size_count");
     let rec_batches = g("cdr_record_batch_size_count");
     json!({
+        // The async runtime's worker threads, as the service reported them.
+        "runtime_worker_threads": g("cdr_runtime_worker_threads"),
         "log_batches": log_batches,
         "log_batch_mean_events": round(per(g("cdr_log_batch_size_sum"), log_batches), 1),
         "log_write_mean_ms": round(per(g("cdr_log_write_duration_seconds_sum"), g("cdr_log_write_duration_seconds_count")) * 1000.0, 2),
@@ -2058,6 +2060,11 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
             "linger": humantime::format_duration(LINGER).to_string(),
             "log_level": "warn",
             "other": "defaults (config/default.toml)",
+            // `CDR__*` variables of the bench's own environment, which the service inherits
+            // (e.g. CDR__RUNTIME__WORKER_THREADS=2 for a comparison run).
+            "environment_overrides": std::env::vars()
+                .filter(|(k, _)| k.starts_with(cdr_service::config::ENV_PREFIX))
+                .collect::<std::collections::BTreeMap<_, _>>(),
         },
         "broker_publish_events_per_s": json_f(broker.publish_rate, 0),
         "broker_drain_events_per_s": json_f(broker_rate, 0),
