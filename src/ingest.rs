@@ -260,7 +260,10 @@ impl Ingest {
 
         let batch_size = self.settings.batch_size;
         let mut batch = Batch::with_capacity(batch_size);
-        let mut batch_deadline = tokio::time::Instant::now();
+        // One timer for the whole session, reset when a batch gets its first event: a fresh
+        // `sleep_until` in the select below would register and drop a timer per delivery.
+        let batch_timer = tokio::time::sleep(self.settings.batch_max_age);
+        tokio::pin!(batch_timer);
         // The open batch is due (old or full enough) and goes to the committer when it is free.
         let mut due = false;
         let mut due_since = std::time::Instant::now();
@@ -290,7 +293,7 @@ impl Ingest {
                         permit.send(std::mem::replace(&mut batch, Batch::with_capacity(batch_size)));
                         due = false;
                     }
-                    _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() && !due => {
+                    () = &mut batch_timer, if !batch.is_empty() && !due => {
                         due = true;
                         due_since = std::time::Instant::now();
                     }
@@ -309,8 +312,9 @@ impl Ingest {
                                     .or_insert_with(|| counter!("cdr_events_received_total", "event_type" => kind))
                                     .increment(1);
                                 if batch.is_empty() {
-                                    batch_deadline =
-                                        tokio::time::Instant::now() + self.settings.batch_max_age;
+                                    batch_timer.as_mut().reset(
+                                        tokio::time::Instant::now() + self.settings.batch_max_age,
+                                    );
                                 }
                                 batch.envelopes.push(envelope);
                                 batch.deliveries.push(delivery);
