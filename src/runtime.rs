@@ -3,9 +3,9 @@
 //! Why not tokio's default (one worker per CPU): lapin reads the broker's socket on an I/O
 //! thread of its own, so a worker on every CPU leaves that thread competing with a full set of
 //! busy workers. On a small machine that the database and the broker share, every extra
-//! worker also costs wake-ups and work stealing between threads. Measured on 2 cores during a
-//! backlog drain (README, "Benchmark"): one worker spent about 15% less CPU per event than
-//! two, and drained faster.
+//! worker also costs wake-ups and work stealing between threads. Measured on 2 cores during
+//! backlog drains (README, "Storm benchmark"): one worker spent about 11% less CPU per event
+//! than two; the drain rates themselves were within the machine's noise.
 
 use crate::config::RuntimeSettings;
 

@@ -87,20 +87,6 @@ async fn sigterm_mid_stream_loses_nothing_and_restart_completes_open_calls() {
     env.cleanup(&settings).await;
 }
 
-/// The gauge of the child's runtime, from its /metrics.
-async fn worker_threads_gauge(service: &Service) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", service.port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cdr_runtime_worker_threads "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no cdr_runtime_worker_threads in:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_sizes_its_runtime_from_runtime_worker_threads() {
     let env = TestEnv::new().await;
@@ -108,7 +94,10 @@ async fn the_binary_sizes_its_runtime_from_runtime_worker_threads() {
 
     settings.runtime.worker_threads = 3;
     let service = Service::start(&env, &settings).await;
-    assert_eq!(worker_threads_gauge(&service).await, 3.0);
+    assert_eq!(
+        metric_at(service.port, "cdr_runtime_worker_threads").await,
+        3.0
+    );
     let (code, _) = service.terminate();
     assert_eq!(code, Some(0));
 
@@ -117,7 +106,7 @@ async fn the_binary_sizes_its_runtime_from_runtime_worker_threads() {
     let service = Service::start(&env, &settings).await;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert_eq!(
-        worker_threads_gauge(&service).await,
+        metric_at(service.port, "cdr_runtime_worker_threads").await,
         cpus.saturating_sub(1).max(1) as f64
     );
     let (code, _) = service.terminate();

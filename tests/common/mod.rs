@@ -215,16 +215,7 @@ impl TestApp {
 
     /// The sum of every series of metric `name` on /metrics (0 when it is absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(self.port, name).await
     }
 
     /// `/calls`: active calls by phase, and how many of them rest.
@@ -439,4 +430,19 @@ pub fn assert_full_record(r: &Row, c: &cdr_service::simulate::SyntheticCall) {
         Some(format!("s3://recordings/{}/{}.wav", c.tenant_id, c.call_id).as_str())
     );
     assert_eq!(r.inferred_times, None, "{}", c.call_id);
+}
+
+/// The sum of every series of metric `name` on the /metrics of the service listening on
+/// `port` (0 when it is absent).
+pub async fn metric_at(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
