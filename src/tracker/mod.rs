@@ -309,7 +309,7 @@ impl Tracker {
             if let Err(e) = self.spawn_calls(wakes).await {
                 warn!(error = %e, "could not wake calls due for their idle timeout");
             }
-            if self.supervisor.get_status() != ractor::ActorStatus::Running {
+            if supervisor_gone(self.supervisor.get_status()) {
                 break;
             }
         }
@@ -343,5 +343,36 @@ impl Tracker {
             }
         }
         self.supervisor.stop(None);
+    }
+}
+
+/// Whether the gauge and idle-timeout loop should end: only once the supervisor stops. Not
+/// "not running": `Actor::spawn` returns before the supervisor's task has marked it running,
+/// and a loop that took `Starting` for the end would never wake a resting call again.
+fn supervisor_gone(status: ractor::ActorStatus) -> bool {
+    matches!(
+        status,
+        ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::supervisor_gone;
+    use ractor::ActorStatus;
+
+    #[test]
+    fn the_timeout_loop_outlives_a_supervisor_still_starting() {
+        for running in [
+            ActorStatus::Unstarted,
+            ActorStatus::Starting,
+            ActorStatus::Running,
+            ActorStatus::Upgrading,
+            ActorStatus::Draining,
+        ] {
+            assert!(!supervisor_gone(running), "{running:?}");
+        }
+        assert!(supervisor_gone(ActorStatus::Stopping));
+        assert!(supervisor_gone(ActorStatus::Stopped));
     }
 }
