@@ -490,41 +490,29 @@ mod tests {
 
     #[test]
     fn semantic_errors_name_key_and_value() {
-        let err = Settings::load_from(None, env(&[("CDR__AMQP__PREFETCH", "0")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("amqp.prefetch") && err.contains("\"0\""),
-            "{err}"
-        );
-        let err = Settings::load_from(None, env(&[("POSTGRES_URL", "mysql://x")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("database.url") && err.contains("mysql://x"),
-            "{err}"
-        );
-        let err = Settings::load_from(None, env(&[("CDR__TRACKER__IDLE_TIMEOUT", "1s")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tracker.idle_timeout") && err.contains("1s"),
-            "{err}"
-        );
-        let err = Settings::load_from(None, env(&[("CDR__RUNTIME__WORKER_THREADS", "100000")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("runtime.worker_threads") && err.contains("100000"),
-            "{err}"
-        );
-        let err = Settings::load_from(None, env(&[("CDR__TRACKER__REST_AFTER", "0s")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tracker.rest_after") && err.contains("0s"),
-            "{err}"
-        );
+        // (variable, value, the key and the value the error must name)
+        for (var, value, key, shown) in [
+            ("CDR__AMQP__PREFETCH", "0", "amqp.prefetch", "\"0\""),
+            ("POSTGRES_URL", "mysql://x", "database.url", "mysql://x"),
+            (
+                "CDR__TRACKER__IDLE_TIMEOUT",
+                "1s",
+                "tracker.idle_timeout",
+                "1s",
+            ),
+            (
+                "CDR__RUNTIME__WORKER_THREADS",
+                "100000",
+                "runtime.worker_threads",
+                "100000",
+            ),
+            ("CDR__TRACKER__REST_AFTER", "0s", "tracker.rest_after", "0s"),
+        ] {
+            let err = Settings::load_from(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(shown), "{err}");
+        }
     }
 
     #[test]
