@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::event::{Envelope, EventKind};
+use crate::event::{DialogTurn, Envelope, EventKind, Usage};
 use crate::merge::CallEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,55 @@ impl Appended {
 pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
      GROUP BY call_id HAVING min(event_id) < $2";
 
+/// The whole append of a batch (see `EventLog::append`). Data-modifying CTEs all run, read
+/// or not, in the statement's one transaction.
+///
+/// - `inserted`: the raw events, each distinct message once (`ON CONFLICT DO NOTHING` on
+///   `(call_id, body_sha256)`), returning the new ones' ids and hashes;
+/// - `opened`: their calls marked open up to their highest new id;
+/// - `turns`: dialog turns, one row per (call, turn); between two versions of a turn the later
+///   one by content (timestamp, then body hash) wins, whatever the order they were logged in;
+/// - `usage`: usage lines, one per (call, usage key); between two versions the larger
+///   (resource type, quantity) wins, so the result does not depend on arrival order.
+///
+/// Each `ON CONFLICT DO UPDATE` input holds a key at most once (`latest_dialog_turns`,
+/// `latest_usage`): PostgreSQL refuses to update one row twice in a statement.
+pub const APPEND_SQL: &str = "WITH inserted AS ( \
+       INSERT INTO call_events \
+         (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
+       SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
+       FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
+                   $6::text[], $7::text[], $8::bytea[]) \
+            AS t(call_id, event_type, ts, inferred, received, trace, body, hash) \
+       ON CONFLICT (call_id, body_sha256) DO NOTHING \
+       RETURNING event_id, call_id, body_sha256 \
+     ), opened AS ( \
+       INSERT INTO open_calls AS o (call_id, last_event_id) \
+       SELECT call_id, max(event_id) FROM inserted GROUP BY call_id \
+       ON CONFLICT (call_id) DO UPDATE \
+         SET last_event_id = GREATEST(o.last_event_id, EXCLUDED.last_event_id) \
+     ), turns AS ( \
+       INSERT INTO call_dialog_events AS d \
+         (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
+       SELECT * FROM UNNEST($9::text[], $10::int[], $11::text[], $12::text[], $13::jsonb[], \
+                            $14::int[], $15::int[], $16::int[], $17::timestamptz[], $18::bytea[]) \
+       ON CONFLICT (call_id, turn_index) DO UPDATE SET \
+         user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
+         rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
+         llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
+         event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
+       WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256) \
+     ), usage AS ( \
+       INSERT INTO usage_records AS u \
+         (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
+       SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::text[], $23::numeric[], $24::timestamptz[]) \
+       ON CONFLICT (call_id, usage_key) DO UPDATE SET \
+         service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
+         quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
+       WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity) \
+     ) \
+     SELECT event_id, body_sha256 FROM inserted";
+
 #[derive(Clone)]
 pub struct EventLog {
     pool: PgPool,
@@ -102,9 +151,14 @@ impl EventLog {
         &self.pool
     }
 
-    /// Appends a batch in one transaction: the raw events, their calls marked open (see
-    /// `open_calls` in the migrations), then the per-event projections (dialog turns, usage
-    /// lines), so that a committed event always has its projections and its recovery entry.
+    /// Appends a batch as one statement, so one implicit transaction and one round trip: the
+    /// raw events, their calls marked open (see `open_calls` in the migrations), and the
+    /// per-event projections (dialog turns, usage lines), so that a committed event always has
+    /// its projections and its recovery entry.
+    ///
+    /// One statement rather than a transaction of four: the committer waits on this call for
+    /// every batch, and each extra round trip also waits for the service's own runtime to send
+    /// the next statement.
     pub async fn append(&self, batch: &[Envelope]) -> Result<Appended, LogError> {
         if batch.is_empty() {
             return Ok(Appended::default());
@@ -128,50 +182,89 @@ impl EventLog {
             bodies.push(e.body.as_str());
             hashes.push(e.body_hash.as_slice());
         }
+        let turns = latest_dialog_turns(batch);
+        let usage = latest_usage(batch);
 
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "WITH inserted AS ( \
-               INSERT INTO call_events \
-                 (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
-               SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
-               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
-                           $6::text[], $7::text[], $8::bytea[]) \
-                    AS t(call_id, event_type, ts, inferred, received, trace, body, hash) \
-               ON CONFLICT (call_id, body_sha256) DO NOTHING \
-               RETURNING event_id, call_id, body_sha256 \
-             ), opened AS ( \
-               INSERT INTO open_calls AS o (call_id, last_event_id) \
-               SELECT call_id, max(event_id) FROM inserted GROUP BY call_id \
-               ON CONFLICT (call_id) DO UPDATE \
-                 SET last_event_id = GREATEST(o.last_event_id, EXCLUDED.last_event_id) \
-             ) \
-             SELECT event_id, call_id, body_sha256 FROM inserted",
-        )
-        .bind(&call_ids)
-        .bind(&event_types)
-        .bind(&timestamps)
-        .bind(&inferred)
-        .bind(&received)
-        .bind(&traces)
-        .bind(&bodies)
-        .bind(&hashes)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(APPEND_SQL)
+            .bind(&call_ids)
+            .bind(&event_types)
+            .bind(&timestamps)
+            .bind(&inferred)
+            .bind(&received)
+            .bind(&traces)
+            .bind(&bodies)
+            .bind(&hashes)
+            // $9..$18: dialog turns.
+            .bind(
+                turns
+                    .iter()
+                    .map(|(e, _)| e.call_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(turns.iter().map(|(_, t)| t.turn_index).collect::<Vec<_>>())
+            .bind(
+                turns
+                    .iter()
+                    .map(|(_, t)| t.user_text.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                turns
+                    .iter()
+                    .map(|(_, t)| t.ai_text.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                turns
+                    .iter()
+                    .map(|(_, t)| sqlx::types::Json(&t.rag_sources))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(turns.iter().map(|(_, t)| t.stt_ms).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(_, t)| t.llm_ms).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(_, t)| t.tts_ms).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(e, _)| e.timestamp).collect::<Vec<_>>())
+            .bind(
+                turns
+                    .iter()
+                    .map(|(e, _)| e.body_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            // $19..$24: usage lines.
+            .bind(usage.iter().map(|l| l.call_id).collect::<Vec<_>>())
+            .bind(usage.iter().map(|l| l.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                usage
+                    .iter()
+                    .map(|l| l.usage.service.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                usage
+                    .iter()
+                    .map(|l| l.usage.resource_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                usage
+                    .iter()
+                    .map(|l| l.usage.quantity.normalize())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(usage.iter().map(|l| l.event.timestamp).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await?;
 
-        self.project_dialog_turns(&mut tx, batch).await?;
-        self.project_usage(&mut tx, batch).await?;
-        tx.commit().await?;
-
-        let ids: HashMap<(&str, &[u8]), i64> = rows
+        // The body holds the call id, so its hash alone names a distinct message of the batch.
+        let ids: HashMap<&[u8], i64> = rows
             .iter()
-            .map(|(id, call, hash)| ((call.as_str(), hash.as_slice()), *id))
+            .map(|(id, hash)| (hash.as_slice(), *id))
             .collect();
         let mut seen = HashSet::with_capacity(n);
         let mut new = Vec::with_capacity(rows.len());
         for (i, e) in batch.iter().enumerate() {
-            let key = (e.call_id.as_str(), e.body_hash.as_slice());
-            if let Some(id) = ids.get(&key)
+            let key = e.body_hash.as_slice();
+            if let Some(id) = ids.get(key)
                 && seen.insert(key)
             {
                 new.push((i, *id));
@@ -182,104 +275,6 @@ impl EventLog {
             duplicates: n - new.len(),
             new,
         })
-    }
-
-    async fn project_dialog_turns(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        batch: &[Envelope],
-    ) -> Result<(), sqlx::Error> {
-        let turns: Vec<(&Envelope, &crate::event::DialogTurn)> = batch
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::DialogTurn(t) => Some((e, t.as_ref())),
-                _ => None,
-            })
-            .collect();
-        if turns.is_empty() {
-            return Ok(());
-        }
-        // One row per (call, turn); between two versions of a turn the later one by content
-        // (timestamp, then body hash) wins, whatever the order they were logged in.
-        let mut latest: HashMap<(&str, i32), (&Envelope, &crate::event::DialogTurn)> =
-            HashMap::new();
-        for (e, t) in turns {
-            let key = (e.call_id.as_str(), t.turn_index);
-            let newer = latest
-                .get(&key)
-                .is_none_or(|(old, _)| (e.timestamp, e.body_hash) > (old.timestamp, old.body_hash));
-            if newer {
-                latest.insert(key, (e, t));
-            }
-        }
-        let rows: Vec<_> = latest.into_values().collect();
-        sqlx::query(
-            "INSERT INTO call_dialog_events AS d \
-               (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], \
-                                  $6::int[], $7::int[], $8::int[], $9::timestamptz[], $10::bytea[]) \
-             ON CONFLICT (call_id, turn_index) DO UPDATE SET \
-               user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
-               rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
-               llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
-               event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
-             WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256)",
-        )
-        .bind(rows.iter().map(|(e, _)| e.call_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| t.turn_index).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| t.user_text.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| t.ai_text.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| sqlx::types::Json(&t.rag_sources)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| t.stt_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| t.llm_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, t)| t.tts_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(e, _)| e.timestamp).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(e, _)| e.body_hash.as_slice()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn project_usage(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        batch: &[Envelope],
-    ) -> Result<(), sqlx::Error> {
-        let mut latest: HashMap<(&str, String), (&Envelope, &crate::event::Usage)> = HashMap::new();
-        for e in batch {
-            if let EventKind::UsageReported(u) = &e.kind {
-                let key = (e.call_id.as_str(), usage_key(u, &e.body_hash));
-                let newer = latest.get(&key).is_none_or(|(_, old)| {
-                    (&u.resource_type, u.quantity.normalize())
-                        > (&old.resource_type, old.quantity.normalize())
-                });
-                if newer {
-                    latest.insert(key, (e, u));
-                }
-            }
-        }
-        if latest.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<_> = latest.into_iter().collect();
-        sqlx::query(
-            "INSERT INTO usage_records AS u \
-               (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::timestamptz[]) \
-             ON CONFLICT (call_id, usage_key) DO UPDATE SET \
-               service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
-               quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
-             WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity)",
-        )
-        .bind(rows.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
-        .bind(rows.iter().map(|((_, k), _)| k.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, (_, u))| u.service.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, (_, u))| u.resource_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, (_, u))| u.quantity.normalize()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, (e, _))| e.timestamp).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
     }
 
     /// Of `call_ids`, those with logged events older than `before`: calls seen earlier (and
@@ -385,8 +380,63 @@ impl EventLog {
 }
 
 /// The usage-report identity shared by the fold and the `usage_records` projection.
-pub fn usage_key(u: &crate::event::Usage, body_hash: &[u8; 32]) -> String {
+pub fn usage_key(u: &Usage, body_hash: &[u8; 32]) -> String {
     crate::merge::usage_key(u.usage_id.as_deref(), body_hash)
+}
+
+/// The batch's dialog turns, one per (call, turn): the later version by content (timestamp,
+/// then body hash) when the batch holds several.
+fn latest_dialog_turns(batch: &[Envelope]) -> Vec<(&Envelope, &DialogTurn)> {
+    let mut latest: HashMap<(&str, i32), (&Envelope, &DialogTurn)> = HashMap::new();
+    for e in batch {
+        let EventKind::DialogTurn(t) = &e.kind else {
+            continue;
+        };
+        let key = (e.call_id.as_str(), t.turn_index);
+        let newer = latest
+            .get(&key)
+            .is_none_or(|(old, _)| (e.timestamp, e.body_hash) > (old.timestamp, old.body_hash));
+        if newer {
+            latest.insert(key, (e, t.as_ref()));
+        }
+    }
+    latest.into_values().collect()
+}
+
+/// One `usage_records` row of a batch.
+struct UsageLine<'a> {
+    call_id: &'a str,
+    key: String,
+    event: &'a Envelope,
+    usage: &'a Usage,
+}
+
+/// The batch's usage lines, one per (call, usage key): the larger (resource type, quantity)
+/// when the batch holds several versions.
+fn latest_usage(batch: &[Envelope]) -> Vec<UsageLine<'_>> {
+    let mut latest: HashMap<(&str, String), (&Envelope, &Usage)> = HashMap::new();
+    for e in batch {
+        let EventKind::UsageReported(u) = &e.kind else {
+            continue;
+        };
+        let key = (e.call_id.as_str(), usage_key(u, &e.body_hash));
+        let newer = latest.get(&key).is_none_or(|(_, old)| {
+            (&u.resource_type, u.quantity.normalize())
+                > (&old.resource_type, old.quantity.normalize())
+        });
+        if newer {
+            latest.insert(key, (e, u));
+        }
+    }
+    latest
+        .into_iter()
+        .map(|((call_id, key), (event, usage))| UsageLine {
+            call_id,
+            key,
+            event,
+            usage,
+        })
+        .collect()
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,0 +1,181 @@
+//! The event log's batch append against a real PostgreSQL: each distinct message logged once,
+//! the new events handed back in log order, the call marked open, and the projections
+//! (dialog turns, usage lines) holding one row per key, the same whatever the order and the
+//! duplicates of the batch.
+
+mod common;
+
+use cdr_service::event::{self, Envelope, Limits};
+use cdr_service::log::EventLog;
+use chrono::Duration;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const LIMITS: Limits = Limits {
+    max_body_bytes: 1 << 20,
+    max_json_depth: 32,
+};
+
+fn envelope(body: &Value) -> Envelope {
+    event::decode(body.to_string().as_bytes(), common::t0(), LIMITS).expect("a call event")
+}
+
+fn at(secs: i64) -> String {
+    event::format_timestamp(common::t0() + Duration::seconds(secs))
+}
+
+fn turn(call: &str, index: i32, secs: i64, ai_text: &str) -> Value {
+    json!({"eventType": "dialog.turn.completed", "callId": call, "timestamp": at(secs),
+           "turnIndex": index, "userText": "hello", "aiText": ai_text, "sttMs": 120})
+}
+
+fn usage(call: &str, usage_id: Option<&str>, quantity: &str) -> Value {
+    let mut v = json!({"eventType": "cost.usage.reported", "callId": call, "timestamp": at(5),
+                       "service": "llm", "resourceType": "LLM_TOKENS", "quantity": quantity});
+    if let Some(id) = usage_id {
+        v["usageId"] = json!(id);
+    }
+    v
+}
+
+async fn dialog_rows(pool: &PgPool) -> Vec<(String, i32, Option<String>, Option<i32>)> {
+    sqlx::query_as(
+        "SELECT call_id, turn_index, ai_text, stt_ms FROM call_dialog_events ORDER BY call_id, turn_index",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read dialog turns")
+}
+
+async fn usage_rows(pool: &PgPool) -> Vec<(String, String, Decimal)> {
+    sqlx::query_as(
+        "SELECT call_id, usage_key, quantity FROM usage_records ORDER BY call_id, usage_key",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read usage lines")
+}
+
+#[tokio::test]
+async fn a_batch_is_logged_once_with_its_projections_whatever_its_order_and_duplicates() {
+    let env = common::TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let log = EventLog::new(pool.clone());
+
+    let started = json!({"eventType": "call.started", "callId": "a", "timestamp": at(0),
+                         "from": "sip:1@x", "to": "sip:2@x"});
+    let batch: Vec<Value> = vec![
+        started.clone(),
+        // Turn 0 twice, the later version (by timestamp) first; then the exact start again.
+        turn("a", 0, 3, "second answer"),
+        turn("a", 0, 2, "first answer"),
+        started.clone(),
+        turn("a", 1, 4, "bye"),
+        // One usage line in two versions (the larger quantity wins), one without an id.
+        usage("a", Some("u1"), "12"),
+        usage("a", Some("u1"), "10"),
+        usage("a", None, "7"),
+        json!({"eventType": "call.started", "callId": "b", "timestamp": at(1)}),
+        turn("b", 0, 2, "other call"),
+    ];
+    let envelopes: Vec<Envelope> = batch.iter().map(envelope).collect();
+    let appended = log.append(&envelopes).await.expect("append");
+    assert_eq!(
+        appended.new_events(),
+        9,
+        "ten messages, one an exact duplicate"
+    );
+    assert_eq!(appended.duplicates, 1);
+
+    // The new events come back in log order, each with the id its own message was stored under.
+    let logged = appended.into_logged(envelopes.clone());
+    assert_eq!(logged.len(), 9);
+    assert!(logged.windows(2).all(|w| w[0].event_id < w[1].event_id));
+    for e in &logged {
+        let (call_id, hash): (String, Vec<u8>) =
+            sqlx::query_as("SELECT call_id, body_sha256 FROM call_events WHERE event_id = $1")
+                .bind(e.event_id)
+                .fetch_one(&pool)
+                .await
+                .expect("logged row");
+        assert_eq!(call_id, e.call_id);
+        assert_eq!(hash, e.event.body_hash.to_vec());
+    }
+    let (logged_rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged_rows, 9);
+
+    // Each call open up to its highest logged event.
+    let open: Vec<(String, i64)> =
+        sqlx::query_as("SELECT call_id, last_event_id FROM open_calls ORDER BY call_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let last_of = |call: &str| {
+        logged
+            .iter()
+            .filter(|e| e.call_id == call)
+            .map(|e| e.event_id)
+            .max()
+            .unwrap()
+    };
+    assert_eq!(
+        open,
+        vec![
+            ("a".to_owned(), last_of("a")),
+            ("b".to_owned(), last_of("b"))
+        ]
+    );
+
+    let expected_turns = vec![
+        (
+            "a".to_owned(),
+            0,
+            Some("second answer".to_owned()),
+            Some(120),
+        ),
+        ("a".to_owned(), 1, Some("bye".to_owned()), Some(120)),
+        ("b".to_owned(), 0, Some("other call".to_owned()), Some(120)),
+    ];
+    assert_eq!(dialog_rows(&pool).await, expected_turns);
+    let usage_lines = usage_rows(&pool).await;
+    assert_eq!(usage_lines.len(), 2, "{usage_lines:?}");
+    assert_eq!(
+        usage_lines[1],
+        ("a".to_owned(), "id:u1".to_owned(), Decimal::from(12))
+    );
+    assert!(usage_lines[0].1.starts_with("hash:"));
+    assert_eq!(usage_lines[0].2, Decimal::from(7));
+
+    // The whole batch redelivered, reversed, with an older version of turn 0 and of `u1`:
+    // nothing new is logged and no projection goes back.
+    let mut again = batch.clone();
+    again.reverse();
+    again.push(turn("a", 0, 1, "stale answer"));
+    again.push(usage("a", Some("u1"), "3"));
+    let envelopes: Vec<Envelope> = again.iter().map(envelope).collect();
+    let appended = log.append(&envelopes).await.expect("append again");
+    assert_eq!(
+        appended.new_events(),
+        2,
+        "only the two older versions are new"
+    );
+    assert_eq!(appended.duplicates, 10);
+    assert_eq!(dialog_rows(&pool).await, expected_turns);
+    assert_eq!(usage_rows(&pool).await, usage_lines);
+
+    // Older versions alone in a later batch: the stored rows keep the later versions.
+    let stale = [turn("a", 1, 0, "stale bye"), usage("a", Some("u1"), "11")];
+    let envelopes: Vec<Envelope> = stale.iter().map(envelope).collect();
+    let appended = log.append(&envelopes).await.expect("append stale versions");
+    assert_eq!(appended.new_events(), 2);
+    assert_eq!(dialog_rows(&pool).await, expected_turns);
+    assert_eq!(usage_rows(&pool).await, usage_lines);
+
+    pool.close().await;
+    env.cleanup(&env.settings()).await;
+}
