@@ -83,7 +83,7 @@ impl Appended {
 /// Grouped rather than `AND event_id < $2`: with that condition the planner may AND a bitmap of
 /// the primary key's range `event_id < $2` (nearly the whole log) with the call-id lookup, a
 /// scan that grows with the log. This form reads only the given calls' few events through the
-/// call-id index; run under `db::PREFER_INDEX_LOOKUPS`, also while the log is too young for
+/// call-id index; run under `db::BEGIN_PREFERRING_INDEXES`, also while the log is too young for
 /// statistics.
 pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
      GROUP BY call_id HAVING min(event_id) < $2";
@@ -288,9 +288,9 @@ impl EventLog {
             return Ok(HashSet::new());
         }
         // A transaction only for the planner setting: the index, whatever the statistics say.
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(crate::db::PREFER_INDEX_LOOKUPS)
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with(crate::db::BEGIN_PREFERRING_INDEXES)
             .await?;
         let rows: Vec<(String,)> = sqlx::query_as(SEEN_BEFORE_SQL)
             .bind(call_ids)

@@ -206,6 +206,11 @@ fn describe() {
         "From a batch being due (old or full) to the committer taking it: time spent waiting for the previous commit"
     );
     describe_histogram!(
+        "cdr_ingest_ack_duration_seconds",
+        Unit::Seconds,
+        "From a committed batch's ack being handed to the broker client to its frame being written"
+    );
+    describe_histogram!(
         "cdr_record_flush_latency_seconds",
         Unit::Seconds,
         "From a call's end event arriving to its record being committed"

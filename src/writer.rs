@@ -205,16 +205,13 @@ pub const CLOSE_OPEN_CALLS_SQL: &str = "DELETE FROM open_calls o USING UNNEST($1
      WHERE o.call_id = ANY($1::text[]) AND o.call_id = t.call_id AND o.last_event_id <= t.upto";
 
 /// Closes the calls whose rows now cover their last logged event (`CLOSE_OPEN_CALLS_SQL`),
-/// inside the caller's transaction, through `open_calls`' primary key
-/// (`db::PREFER_INDEX_LOOKUPS`); returns how many closed.
+/// inside the caller's transaction, which must have begun with `db::BEGIN_PREFERRING_INDEXES`
+/// so that it reads `open_calls`' primary key; returns how many closed.
 pub async fn close_open_calls(
     tx: &mut sqlx::PgConnection,
     call_ids: &[&str],
     upto: &[i64],
 ) -> Result<u64, sqlx::Error> {
-    sqlx::raw_sql(crate::db::PREFER_INDEX_LOOKUPS)
-        .execute(&mut *tx)
-        .await?;
     let closed = sqlx::query(CLOSE_OPEN_CALLS_SQL)
         .bind(call_ids)
         .bind(upto)
@@ -235,7 +232,7 @@ pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::
     }
     let rows: Vec<&WriteRequest> = newest.into_values().collect();
     let recs: Vec<&CallRecord> = rows.iter().map(|r| &r.record).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(crate::db::BEGIN_PREFERRING_INDEXES).await?;
     let result = sqlx::query(
         "INSERT INTO calls AS c (call_id, trace_id, user_id, contact_id, tenant_id, start_time, \
             answer_time, end_time, duration_seconds, billable_seconds, status, disposition, \

@@ -5,7 +5,7 @@
 
 mod common;
 
-use cdr_service::db::PREFER_INDEX_LOOKUPS;
+use cdr_service::db::BEGIN_PREFERRING_INDEXES;
 use cdr_service::log::SEEN_BEFORE_SQL;
 use cdr_service::writer::{CLOSE_OPEN_CALLS_SQL, close_open_calls};
 use common::TestEnv;
@@ -42,7 +42,7 @@ async fn seen_before(pool: &PgPool, calls: &[&str], before: i64) -> Vec<String> 
 }
 
 async fn close(pool: &PgPool, calls: &[&str], upto: &[i64]) -> u64 {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = pool.begin_with(BEGIN_PREFERRING_INDEXES).await.unwrap();
     let closed = close_open_calls(&mut tx, calls, upto)
         .await
         .expect("close open calls");
@@ -129,11 +129,7 @@ async fn bookkeeping_reads_indexes_even_without_statistics() {
     let calls: Vec<String> = (1..=200).map(|i| format!("plan-{}", i * 7)).collect();
     let upto: Vec<i64> = (1..=200).map(|i| i * 7).collect();
 
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::raw_sql(PREFER_INDEX_LOOKUPS)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = pool.begin_with(BEGIN_PREFERRING_INDEXES).await.unwrap();
     let close_plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (FORMAT JSON) {CLOSE_OPEN_CALLS_SQL}"
     )))
