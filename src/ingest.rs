@@ -15,9 +15,8 @@
 //! (or, for bad input, after the dead-letter exchange confirmed the copy), and acks use
 //! `multiple` up to the batch's last tag. That is safe because batches are committed and acked
 //! one at a time in delivery order (a batch's ack is written before the next one is sent), and
-//! a dead-lettered delivery is acked before any later
-//! delivery is handed to the committer: every earlier tag on the channel is already settled by
-//! the time a batch is acked.
+//! a dead-lettered delivery is acked before any later delivery is handed to the committer:
+//! every earlier tag on the channel is already settled by the time a batch is acked.
 //!
 //! The tracker takes committed batches from a short FIFO queue served by one dispatcher task,
 //! so starting actors for new calls never holds up the next commit, and batches reach the
@@ -405,8 +404,8 @@ impl Committer {
         self.settle_ack().await
     }
 
-    /// Appends the batch to the log (retrying while the database is away), acks it, then
-    /// dispatches the new events. On shutdown during a retry, returns without acking: the
+    /// Appends the batch to the log (retrying while the database is away), dispatches the new
+    /// events, then acks it. On shutdown during a retry, returns without acking: the
     /// broker redelivers those messages to the next run.
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), IngestError> {
         if batch.is_empty() {
