@@ -22,10 +22,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The per-batch statements that pick a batch's keys (`call_id = ANY($1)`) out of `call_events`
 /// or `open_calls` run in one. Those tables grow faster than autovacuum analyzes them, and on a
 /// table it has no statistics for the planner may scan it whole and test every row against the
-/// array one element after the other: 34 ms for one "logged before" query at 34,000 logged events, 53 ms
-/// for closing 212 calls out of 2,700 open ones, where the indexes answer in about a
-/// millisecond. A plan cached for a prepared statement is made under the setting too. Sent with
-/// the `BEGIN`, as one simple query: the setting costs no round trip of its own.
+/// array one element after the other: 34 ms for one "logged before" query at 34,000 logged
+/// events, 53 ms for closing 212 calls out of 2,700 open ones, where the indexes answer in about
+/// a millisecond. A plan cached for a prepared statement is made under the setting too. Sent
+/// with the `BEGIN`, as one simple query: the setting costs no round trip of its own.
 pub const BEGIN_PREFERRING_INDEXES: &str = "BEGIN; SET LOCAL enable_seqscan = off";
 
 /// A lazily connecting pool: the service starts (and reports not-ready) while the database is
