@@ -124,7 +124,7 @@ impl Application {
         let writer_abort = CancellationToken::new();
         let writer_task = tokio::spawn(writer.run(writer_drain.clone(), writer_abort.clone()));
 
-        let log = EventLog::new(pool.clone());
+        let log = EventLog::remembering(pool.clone(), settings.ingest.remembered_messages);
         let quarantined = log.quarantined_calls().await.unwrap_or_else(|e| {
             warn!(error = %e, "could not read quarantined calls; none are held back");
             Vec::new()

@@ -77,6 +77,7 @@ pub struct IngestSettings {
     pub batch_max_age: Duration,
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
+    pub remembered_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -271,6 +272,13 @@ impl Settings {
                 "ingest.max_json_depth",
                 self.ingest.max_json_depth,
                 "must be between 4 and 512",
+            ));
+        }
+        if self.ingest.remembered_messages > 100_000_000 {
+            return Err(invalid(
+                "ingest.remembered_messages",
+                self.ingest.remembered_messages,
+                "must be at most 100000000 (16 bytes each)",
             ));
         }
         if self.writer.batch_size == 0 || self.writer.batch_size > 10_000 {

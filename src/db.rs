@@ -70,6 +70,18 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
+/// True when the statement was refused because it would put a second row under the unique
+/// index `index`.
+pub fn violates_unique_index(error: &sqlx::Error, index: &str) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+                && db.constraint() == Some(index)
+        }
+        _ => false,
+    }
+}
+
 /// A connection string without its password, for logs and error messages.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {

@@ -5,14 +5,20 @@
 //! A batch is one statement (UNNEST), so the cost per event is a few microseconds of the
 //! database, not a round trip.
 
+mod recent;
+
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
+use metrics::counter;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tracing::debug;
 
 use crate::event::{DialogTurn, Envelope, EventKind, Usage};
 use crate::merge::CallEvent;
+use recent::RecentMessages;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -88,11 +94,14 @@ impl Appended {
 pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id = ANY($1::text[]) \
      GROUP BY call_id HAVING min(event_id) < $2";
 
-/// The whole append of a batch (see `EventLog::append`). Data-modifying CTEs all run, read
-/// or not, in the statement's one transaction.
+/// The whole append of a batch (see `EventLog::append`), with or without the conflict check on
+/// the raw events. Data-modifying CTEs all run, read or not, in the statement's one
+/// transaction.
 ///
-/// - `inserted`: the raw events, each distinct message once (`ON CONFLICT DO NOTHING` on
-///   `(call_id, body_sha256)`), returning the new ones' ids and hashes;
+/// - `inserted`: the raw events, returning the new ones' ids and hashes. With the check, each
+///   distinct message once (`ON CONFLICT DO NOTHING` on `(call_id, body_sha256)`); without it,
+///   a message already logged fails the whole statement on the unique index, and nothing of it
+///   is committed;
 /// - `opened`: their calls marked open up to their highest new id;
 /// - `turns`: dialog turns, one row per (call, turn); between two versions of a turn the later
 ///   one by content (timestamp, then body hash) wins, whatever the order they were logged in;
@@ -101,54 +110,89 @@ pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id
 ///
 /// Each `ON CONFLICT DO UPDATE` input holds a key at most once (`latest_dialog_turns`,
 /// `latest_usage`): PostgreSQL refuses to update one row twice in a statement.
-pub const APPEND_SQL: &str = "WITH inserted AS ( \
-       INSERT INTO call_events \
-         (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
-       SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
-       FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
-                   $6::text[], $7::text[], $8::bytea[]) \
-            AS t(call_id, event_type, ts, inferred, received, trace, body, hash) \
-       ON CONFLICT (call_id, body_sha256) DO NOTHING \
-       RETURNING event_id, call_id, body_sha256 \
-     ), opened AS ( \
-       INSERT INTO open_calls AS o (call_id, last_event_id) \
-       SELECT call_id, max(event_id) FROM inserted GROUP BY call_id \
-       ON CONFLICT (call_id) DO UPDATE \
-         SET last_event_id = GREATEST(o.last_event_id, EXCLUDED.last_event_id) \
-     ), turns AS ( \
-       INSERT INTO call_dialog_events AS d \
-         (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
-       SELECT * FROM UNNEST($9::text[], $10::int[], $11::text[], $12::text[], $13::jsonb[], \
-                            $14::int[], $15::int[], $16::int[], $17::timestamptz[], $18::bytea[]) \
-       ON CONFLICT (call_id, turn_index) DO UPDATE SET \
-         user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
-         rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
-         llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
-         event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
-       WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256) \
-     ), usage AS ( \
-       INSERT INTO usage_records AS u \
-         (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
-       SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::text[], $23::numeric[], $24::timestamptz[]) \
-       ON CONFLICT (call_id, usage_key) DO UPDATE SET \
-         service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
-         quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
-       WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity) \
-     ) \
-     SELECT event_id, body_sha256 FROM inserted";
+macro_rules! append_sql {
+    ($raw_events_conflict:literal) => {
+        concat!(
+            "WITH inserted AS ( \
+               INSERT INTO call_events \
+                 (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
+               SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
+               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
+                           $6::text[], $7::text[], $8::bytea[]) \
+                    AS t(call_id, event_type, ts, inferred, received, trace, body, hash) ",
+            $raw_events_conflict,
+            " RETURNING event_id, call_id, body_sha256 \
+             ), opened AS ( \
+               INSERT INTO open_calls AS o (call_id, last_event_id) \
+               SELECT call_id, max(event_id) FROM inserted GROUP BY call_id \
+               ON CONFLICT (call_id) DO UPDATE \
+                 SET last_event_id = GREATEST(o.last_event_id, EXCLUDED.last_event_id) \
+             ), turns AS ( \
+               INSERT INTO call_dialog_events AS d \
+                 (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
+               SELECT * FROM UNNEST($9::text[], $10::int[], $11::text[], $12::text[], $13::jsonb[], \
+                                    $14::int[], $15::int[], $16::int[], $17::timestamptz[], $18::bytea[]) \
+               ON CONFLICT (call_id, turn_index) DO UPDATE SET \
+                 user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
+                 rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
+                 llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
+                 event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
+               WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256) \
+             ), usage AS ( \
+               INSERT INTO usage_records AS u \
+                 (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
+               SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::text[], $23::numeric[], $24::timestamptz[]) \
+               ON CONFLICT (call_id, usage_key) DO UPDATE SET \
+                 service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
+                 quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
+               WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity) \
+             ) \
+             SELECT event_id, body_sha256 FROM inserted"
+        )
+    };
+}
+
+/// The append that lets the database drop messages already logged (one more index probe per
+/// row: PostgreSQL checks for a conflict before it inserts, then again as it inserts).
+pub const APPEND_SQL: &str = append_sql!("ON CONFLICT (call_id, body_sha256) DO NOTHING");
+
+/// The append of messages believed new: a plain insert, whose unique index still refuses a
+/// message already logged (then the batch goes again through `APPEND_SQL`).
+pub const APPEND_NEW_SQL: &str = append_sql!("");
+
+/// The unique index that makes each distinct message one row (migrations/0001_schema.sql).
+const DISTINCT_INDEX: &str = "call_events_distinct_idx";
 
 #[derive(Clone)]
 pub struct EventLog {
     pool: PgPool,
+    /// Identities of the messages committed lately, shared by every clone of the log.
+    recent: Arc<Mutex<RecentMessages>>,
 }
 
 impl EventLog {
+    /// A log that asks the database about every message.
     pub fn new(pool: PgPool) -> Self {
-        EventLog { pool }
+        Self::remembering(pool, 0)
+    }
+
+    /// A log that remembers about `messages` of the identities it committed lately (16 bytes
+    /// each; see `recent`), so that their copies never reach the database and new messages go
+    /// in without a conflict check.
+    pub fn remembering(pool: PgPool, messages: usize) -> Self {
+        EventLog {
+            pool,
+            recent: Arc::new(Mutex::new(RecentMessages::new(messages))),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentMessages> {
+        // The set is only read and added to: a panic elsewhere leaves it consistent.
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends a batch as one statement, so one implicit transaction and one round trip: the
@@ -159,10 +203,79 @@ impl EventLog {
     /// One statement rather than a transaction of four: the committer waits on this call for
     /// every batch, and each extra round trip also waits for the service's own runtime to send
     /// the next statement.
+    ///
+    /// Only the first copy of each message not remembered as logged is sent. When the log
+    /// remembers, those go in as a plain insert (`APPEND_NEW_SQL`), which spares PostgreSQL its
+    /// conflict check on every row (about a fifth of its time per event); should one of them be
+    /// in the log already (logged before this process started, or longer ago than it
+    /// remembers), the unique index refuses the statement, nothing of it is committed, and the
+    /// batch goes again with the check (`APPEND_SQL`). The index decides either way.
     pub async fn append(&self, batch: &[Envelope]) -> Result<Appended, LogError> {
         if batch.is_empty() {
             return Ok(Appended::default());
         }
+        let n = batch.len();
+        let (fresh, remembering) = {
+            let recent = self.recent();
+            let mut firsts = HashSet::with_capacity(n);
+            let fresh: Vec<&Envelope> = batch
+                .iter()
+                .filter(|e| !recent.contains(&e.body_hash) && firsts.insert(&e.body_hash))
+                .collect();
+            (fresh, recent.enabled())
+        };
+        let rows = match (fresh.is_empty(), remembering) {
+            (true, _) => Vec::new(),
+            (false, false) => self.insert(&fresh, APPEND_SQL).await?,
+            (false, true) => match self.insert(&fresh, APPEND_NEW_SQL).await {
+                Err(e) if crate::db::violates_unique_index(&e, DISTINCT_INDEX) => {
+                    counter!("cdr_log_append_rechecks_total").increment(1);
+                    debug!(
+                        events = fresh.len(),
+                        "a message of the batch was logged before; appending it with the conflict check"
+                    );
+                    self.insert(&fresh, APPEND_SQL).await?
+                }
+                other => other?,
+            },
+        };
+        if remembering {
+            // Committed: every one of them is in the log now, inserted or found there.
+            let mut recent = self.recent();
+            for e in &fresh {
+                recent.insert(&e.body_hash);
+            }
+        }
+
+        // The body holds the call id, so its hash alone names a distinct message of the batch.
+        let ids: HashMap<&[u8], i64> = rows
+            .iter()
+            .map(|(id, hash)| (hash.as_slice(), *id))
+            .collect();
+        let mut seen = HashSet::with_capacity(n);
+        let mut new = Vec::with_capacity(rows.len());
+        for (i, e) in batch.iter().enumerate() {
+            let key = e.body_hash.as_slice();
+            if let Some(id) = ids.get(key)
+                && seen.insert(key)
+            {
+                new.push((i, *id));
+            }
+        }
+        new.sort_by_key(|&(_, id)| id);
+        Ok(Appended {
+            duplicates: n - new.len(),
+            new,
+        })
+    }
+
+    /// Runs one of the append statements over distinct messages; returns the new rows' ids and
+    /// hashes.
+    async fn insert(
+        &self,
+        batch: &[&Envelope],
+        sql: &'static str,
+    ) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
         let n = batch.len();
         let mut call_ids = Vec::with_capacity(n);
         let mut event_types = Vec::with_capacity(n);
@@ -185,7 +298,7 @@ impl EventLog {
         let turns = latest_dialog_turns(batch);
         let usage = latest_usage(batch);
 
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(APPEND_SQL)
+        sqlx::query_as(sql)
             .bind(&call_ids)
             .bind(&event_types)
             .bind(&timestamps)
@@ -253,28 +366,7 @@ impl EventLog {
             )
             .bind(usage.iter().map(|l| l.event.timestamp).collect::<Vec<_>>())
             .fetch_all(&self.pool)
-            .await?;
-
-        // The body holds the call id, so its hash alone names a distinct message of the batch.
-        let ids: HashMap<&[u8], i64> = rows
-            .iter()
-            .map(|(id, hash)| (hash.as_slice(), *id))
-            .collect();
-        let mut seen = HashSet::with_capacity(n);
-        let mut new = Vec::with_capacity(rows.len());
-        for (i, e) in batch.iter().enumerate() {
-            let key = e.body_hash.as_slice();
-            if let Some(id) = ids.get(key)
-                && seen.insert(key)
-            {
-                new.push((i, *id));
-            }
-        }
-        new.sort_by_key(|&(_, id)| id);
-        Ok(Appended {
-            duplicates: n - new.len(),
-            new,
-        })
+            .await
     }
 
     /// Of `call_ids`, those with logged events older than `before`: calls seen earlier (and
@@ -386,9 +478,9 @@ pub fn usage_key(u: &Usage, body_hash: &[u8; 32]) -> String {
 
 /// The batch's dialog turns, one per (call, turn): the later version by content (timestamp,
 /// then body hash) when the batch holds several.
-fn latest_dialog_turns(batch: &[Envelope]) -> Vec<(&Envelope, &DialogTurn)> {
+fn latest_dialog_turns<'a>(batch: &[&'a Envelope]) -> Vec<(&'a Envelope, &'a DialogTurn)> {
     let mut latest: HashMap<(&str, i32), (&Envelope, &DialogTurn)> = HashMap::new();
-    for e in batch {
+    for &e in batch {
         let EventKind::DialogTurn(t) = &e.kind else {
             continue;
         };
@@ -413,9 +505,9 @@ struct UsageLine<'a> {
 
 /// The batch's usage lines, one per (call, usage key): the larger (resource type, quantity)
 /// when the batch holds several versions.
-fn latest_usage(batch: &[Envelope]) -> Vec<UsageLine<'_>> {
+fn latest_usage<'a>(batch: &[&'a Envelope]) -> Vec<UsageLine<'a>> {
     let mut latest: HashMap<(&str, String), (&Envelope, &Usage)> = HashMap::new();
-    for e in batch {
+    for &e in batch {
         let EventKind::UsageReported(u) = &e.kind else {
             continue;
         };

@@ -167,6 +167,10 @@ fn describe() {
         "Messages already in the event log (redeliveries, exact duplicates)"
     );
     describe_counter!(
+        "cdr_log_append_rechecks_total",
+        "Log batches whose plain insert met a message logged earlier and went again with the conflict check"
+    );
+    describe_counter!(
         "cdr_late_events_total",
         "Events for calls seen before that had no active actor (late events)"
     );

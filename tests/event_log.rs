@@ -59,10 +59,21 @@ async fn usage_rows(pool: &PgPool) -> Vec<(String, String, Decimal)> {
 
 #[tokio::test]
 async fn a_batch_is_logged_once_with_its_projections_whatever_its_order_and_duplicates() {
+    logged_once_with_projections(0).await;
+}
+
+/// The same through a log that remembers what it committed: copies are dropped before the
+/// database, the rest inserted without the conflict check.
+#[tokio::test]
+async fn a_remembering_log_logs_the_same() {
+    logged_once_with_projections(1000).await;
+}
+
+async fn logged_once_with_projections(remembered: usize) {
     let env = common::TestEnv::new().await;
     let pool = env.pool().await;
     cdr_service::db::migrate(&pool).await.expect("migrate");
-    let log = EventLog::new(pool.clone());
+    let log = EventLog::remembering(pool.clone(), remembered);
 
     let started = json!({"eventType": "call.started", "callId": "a", "timestamp": at(0),
                          "from": "sip:1@x", "to": "sip:2@x"});
@@ -177,5 +188,81 @@ async fn a_batch_is_logged_once_with_its_projections_whatever_its_order_and_dupl
     assert_eq!(usage_rows(&pool).await, usage_lines);
 
     pool.close().await;
+    env.cleanup(&env.settings()).await;
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    n
+}
+
+/// A log that remembers nothing of a message logged before it started (by an earlier run):
+/// its plain insert meets the unique index, nothing of that attempt is committed, and the
+/// batch goes again with the conflict check. Then, having committed them, it drops copies
+/// without asking the database at all.
+#[tokio::test]
+async fn a_message_logged_before_the_log_remembers_is_still_logged_once() {
+    let env = common::TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+
+    let started = json!({"eventType": "call.started", "callId": "c", "timestamp": at(0)});
+    let turn0 = turn("c", 0, 1, "hello");
+    let earlier_run = EventLog::new(pool.clone());
+    let appended = earlier_run
+        .append(&[envelope(&started)])
+        .await
+        .expect("append in the earlier run");
+    assert_eq!(appended.new_events(), 1);
+
+    let log = EventLog::remembering(pool.clone(), 1000);
+    let ended = json!({"eventType": "call.ended", "callId": "c", "timestamp": at(9)});
+    let batch: Vec<Envelope> = [&started, &turn0, &ended, &turn0]
+        .into_iter()
+        .map(envelope)
+        .collect();
+    let appended = log.append(&batch).await.expect("append after the restart");
+    assert_eq!(appended.new_events(), 2, "the turn and the end are new");
+    assert_eq!(
+        appended.duplicates, 2,
+        "the start was logged, the turn is there twice"
+    );
+    let logged = appended.into_logged(batch.clone());
+    let types: Vec<&str> = logged
+        .iter()
+        .map(|e| match e.event.kind {
+            cdr_service::event::EventKind::DialogTurn(_) => "turn",
+            cdr_service::event::EventKind::Ended { .. } => "ended",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(types, vec!["turn", "ended"]);
+    assert_eq!(count(&pool, "SELECT count(*) FROM call_events").await, 3);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM call_dialog_events").await,
+        1
+    );
+    let (last,): (i64,) =
+        sqlx::query_as("SELECT last_event_id FROM open_calls WHERE call_id = 'c'")
+            .fetch_one(&pool)
+            .await
+            .expect("the call is open");
+    assert_eq!(last, logged.iter().map(|e| e.event_id).max().unwrap());
+
+    // Everything of that batch is remembered now: its redelivery is told apart from new
+    // messages without the database, which is closed.
+    pool.close().await;
+    let appended = log.append(&batch).await.expect("copies dropped in memory");
+    assert_eq!(appended.new_events(), 0);
+    assert_eq!(appended.duplicates, 4);
+    let unknown = json!({"eventType": "call.answered", "callId": "c", "timestamp": at(2)});
+    assert!(
+        log.append(&[envelope(&unknown)]).await.is_err(),
+        "a message it has not committed goes to the database"
+    );
+
     env.cleanup(&env.settings()).await;
 }
