@@ -2,12 +2,13 @@
 //! in a real Prometheus that scrapes the real service.
 //!
 //! The service runs in-process; a small real workload goes through it (complete calls, garbage,
-//! an exact duplicate, a late recording, a call recovered at start then timed out, and a call
-//! actor that keeps failing: restarted, then quarantined, through the `failpoints` feature); a
-//! Prometheus server from Debian's `prometheus` package (installed by `scripts/services.sh`)
-//! scrapes it every second; then each `expr` of the dashboard, with Grafana's variables
-//! replaced, must evaluate to a non-empty result through `/api/v1/query`. A query naming a
-//! metric the service does not export has no data, and fails the test.
+//! an exact duplicate, a late recording, a call recovered at start then timed out, a copy of a
+//! message logged before the restart (a log batch rechecked), and a call actor that keeps
+//! failing: restarted, then quarantined, through the `failpoints` feature); a Prometheus server
+//! from Debian's `prometheus` package (installed by `scripts/services.sh`) scrapes it every
+//! second; then each `expr` of the dashboard, with Grafana's variables replaced, must evaluate
+//! to a non-empty result through `/api/v1/query`. A query naming a metric the service does not
+//! export has no data, and fails the test.
 
 mod common;
 
@@ -319,6 +320,17 @@ async fn every_dashboard_expression_has_data_in_a_real_prometheus() {
     let app = TestApp::start(env, settings).await;
     assert_eq!(app.port, port);
     assert!(app.metric("cdr_calls_recovered_total").await >= 1.0);
+    // A copy of a message the earlier run logged: the restarted service does not remember it,
+    // so its plain insert is refused by the unique index and the batch goes again with the
+    // conflict check; the copy is still a duplicate.
+    app.publisher.publish(&open.started()).await.unwrap();
+    wait_until(Duration::from_secs(30), "a log batch rechecked", || {
+        let app = &app;
+        async move { app.metric("cdr_log_append_rechecks_total").await >= 1.0 }
+    })
+    .await;
+    assert!(app.metric("cdr_duplicates_dropped_total").await >= 1.0);
+    assert_eq!(logged_events(&app.pool, &open.call_id).await, 2);
 
     let mut prometheus = Prometheus::start(port);
     prometheus.wait_ready(&client).await;
