@@ -176,8 +176,8 @@ impl EventLog {
         Self::remembering(pool, 0)
     }
 
-    /// A log that remembers about `messages` of the identities it committed lately (16 bytes
-    /// each; see `recent`), so that their copies never reach the database and new messages go
+    /// A log that remembers about `messages` of the identities it committed or read back
+    /// lately (16 bytes each; see `recent`), so that their copies never reach the database and new messages go
     /// in without a conflict check.
     pub fn remembering(pool: PgPool, messages: usize) -> Self {
         EventLog {
@@ -459,6 +459,18 @@ impl EventLog {
         .bind(call_ids)
         .fetch_all(&self.pool)
         .await?;
+        // What is read back is logged: remembering it spares the recheck a redelivered copy
+        // would cost (the unacked window after a restart belongs mostly to the calls that
+        // recovery loads here). Only stored hashes: a row from before the hash column has
+        // none, and the unique index lets its copies in.
+        {
+            let mut recent = self.recent();
+            for row in &rows {
+                if let Some(hash) = row.body_sha256.as_deref().and_then(|h| h.try_into().ok()) {
+                    recent.insert(hash);
+                }
+            }
+        }
         let mut calls: Vec<(String, Vec<LoggedEvent>)> = Vec::new();
         for row in rows {
             let e = row.into_logged();

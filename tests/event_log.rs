@@ -266,3 +266,29 @@ async fn a_message_logged_before_the_log_remembers_is_still_logged_once() {
 
     env.cleanup(&env.settings()).await;
 }
+
+/// Events read back from the log (recovery, a call re-activated) are remembered too: a copy
+/// of one is dropped without the database.
+#[tokio::test]
+async fn what_the_log_loads_it_remembers() {
+    let env = common::TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let started = json!({"eventType": "call.started", "callId": "r", "timestamp": at(0)});
+    let answered = json!({"eventType": "call.answered", "callId": "r", "timestamp": at(1)});
+    let batch: Vec<Envelope> = [&started, &answered].into_iter().map(envelope).collect();
+    EventLog::new(pool.clone())
+        .append(&batch)
+        .await
+        .expect("append in an earlier run");
+
+    let log = EventLog::remembering(pool.clone(), 1000);
+    let loaded = log.load_call("r").await.expect("load the call");
+    assert_eq!(loaded.len(), 2);
+    pool.close().await;
+    let appended = log.append(&batch).await.expect("copies dropped in memory");
+    assert_eq!(appended.new_events(), 0);
+    assert_eq!(appended.duplicates, 2);
+
+    env.cleanup(&env.settings()).await;
+}

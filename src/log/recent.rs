@@ -10,9 +10,10 @@
 //! distinct bodies needs a 128-bit collision among at most a few hundred thousand entries: about
 //! 2^-110 per message, far below any storage's own error rate.
 //!
-//! Only committed identities are added, so a match is always a message already in the log. A
-//! miss proves nothing (older than the memory, or logged before this process started): the
-//! database's unique index stays the arbiter.
+//! Only identities of messages in the log are added (committed by this process, or read back
+//! from the log), so a match is always a message already there. A miss proves nothing (older
+//! than the memory, or logged before this process started): the database's unique index stays
+//! the arbiter.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -47,7 +48,7 @@ impl RecentMessages {
         self.current.contains(&key) || self.previous.contains(&key)
     }
 
-    /// Adds a committed message's identity.
+    /// Adds the identity of a message that is in the log.
     pub fn insert(&mut self, body_hash: &[u8; 32]) {
         if !self.enabled() {
             return;
