@@ -177,8 +177,8 @@ impl EventLog {
     }
 
     /// A log that remembers about `messages` of the identities it committed or read back
-    /// lately (16 bytes each; see `recent`), so that their copies never reach the database and new messages go
-    /// in without a conflict check.
+    /// lately (16 bytes each; see `recent`), so that their copies never reach the database
+    /// and new messages go in without a conflict check.
     pub fn remembering(pool: PgPool, messages: usize) -> Self {
         EventLog {
             pool,

@@ -39,6 +39,14 @@ fn usage(call: &str, usage_id: Option<&str>, quantity: &str) -> Value {
     v
 }
 
+/// A fresh database of its own, with the schema.
+async fn migrated_database() -> (common::TestEnv, PgPool) {
+    let env = common::TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    (env, pool)
+}
+
 async fn dialog_rows(pool: &PgPool) -> Vec<(String, i32, Option<String>, Option<i32>)> {
     sqlx::query_as(
         "SELECT call_id, turn_index, ai_text, stt_ms FROM call_dialog_events ORDER BY call_id, turn_index",
@@ -70,9 +78,7 @@ async fn a_remembering_log_logs_the_same() {
 }
 
 async fn logged_once_with_projections(remembered: usize) {
-    let env = common::TestEnv::new().await;
-    let pool = env.pool().await;
-    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let (env, pool) = migrated_database().await;
     let log = EventLog::remembering(pool.clone(), remembered);
 
     let started = json!({"eventType": "call.started", "callId": "a", "timestamp": at(0),
@@ -205,9 +211,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 /// without asking the database at all.
 #[tokio::test]
 async fn a_message_logged_before_the_log_remembers_is_still_logged_once() {
-    let env = common::TestEnv::new().await;
-    let pool = env.pool().await;
-    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let (env, pool) = migrated_database().await;
 
     let started = json!({"eventType": "call.started", "callId": "c", "timestamp": at(0)});
     let turn0 = turn("c", 0, 1, "hello");
@@ -271,9 +275,7 @@ async fn a_message_logged_before_the_log_remembers_is_still_logged_once() {
 /// of one is dropped without the database.
 #[tokio::test]
 async fn what_the_log_loads_it_remembers() {
-    let env = common::TestEnv::new().await;
-    let pool = env.pool().await;
-    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let (env, pool) = migrated_database().await;
     let started = json!({"eventType": "call.started", "callId": "r", "timestamp": at(0)});
     let answered = json!({"eventType": "call.answered", "callId": "r", "timestamp": at(1)});
     let batch: Vec<Envelope> = [&started, &answered].into_iter().map(envelope).collect();
