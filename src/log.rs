@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::debug;
 
+use crate::db::fit;
 use crate::event::{DialogTurn, Envelope, EventKind, Usage};
 use crate::merge::CallEvent;
 use recent::RecentMessages;
@@ -346,16 +347,19 @@ impl EventLog {
             // $19..$24: usage lines.
             .bind(usage.iter().map(|l| l.call_id).collect::<Vec<_>>())
             .bind(usage.iter().map(|l| l.key.as_str()).collect::<Vec<_>>())
+            // Cut to their columns (`usage_records.service` varchar(255), `resource_type`
+            // varchar(64)): a longer one would make the database refuse the whole batch, and
+            // the message be dead-lettered as unstorable.
             .bind(
                 usage
                     .iter()
-                    .map(|l| l.usage.service.as_deref())
+                    .map(|l| fit(l.usage.service.as_deref(), 255))
                     .collect::<Vec<_>>(),
             )
             .bind(
                 usage
                     .iter()
-                    .map(|l| l.usage.resource_type.as_str())
+                    .map(|l| fit(Some(&l.usage.resource_type), 64))
                     .collect::<Vec<_>>(),
             )
             .bind(

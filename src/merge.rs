@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::event::{EventKind, Identity, Started};
@@ -424,13 +425,17 @@ impl CallState {
     }
 }
 
-/// Identity of a usage report: its `usageId`, or its body when it has none.
+/// Longest usage key: `usage_records.usage_key` is a varchar(255).
+pub const MAX_USAGE_KEY_CHARS: usize = 255;
+
+/// Identity of a usage report: its `usageId`, or its body when it has none. A `usageId` too
+/// long for the key's column is named by its SHA-256 instead, so that the key always fits and
+/// two such ids stay two keys.
 pub fn usage_key(usage_id: Option<&str>, body_hash: &[u8; 32]) -> String {
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
     match usage_id {
-        Some(id) => format!("id:{id}"),
-        None => {
-            let hex: String = body_hash.iter().map(|b| format!("{b:02x}")).collect();
-            format!("hash:{hex}")
-        }
+        Some(id) if id.chars().count() + 3 <= MAX_USAGE_KEY_CHARS => format!("id:{id}"),
+        Some(id) => format!("id-sha256:{}", hex(&Sha256::digest(id.as_bytes()))),
+        None => format!("hash:{}", hex(body_hash)),
     }
 }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{BackoffSettings, WriterSettings};
+use crate::db::fit;
 use crate::health::Health;
 use crate::merge::CallRecord;
 
@@ -184,15 +185,6 @@ impl RecordWriter {
             }
         }
     }
-}
-
-/// Column limits of the existing `calls` table: a value longer than its column would make the
-/// whole batch fail, so it is cut to fit (the full value stays in the raw event).
-fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
-    value.map(|v| match v.char_indices().nth(max_chars) {
-        Some((cut, _)) => &v[..cut],
-        None => v,
-    })
 }
 
 /// Removes the calls `$1` from `open_calls` where their row now covers event id `$2` (same

@@ -294,3 +294,67 @@ async fn what_the_log_loads_it_remembers() {
 
     env.cleanup(&env.settings()).await;
 }
+
+/// A usage report whose values are longer than their `usage_records` columns is logged, with
+/// its usage line, rather than refused by the database (and dead-lettered as unstorable): the
+/// service and resource type are cut to their columns, and a `usageId` too long for the key
+/// is named by its hash, so two long ids that differ only at the end stay two lines.
+#[tokio::test]
+async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line() {
+    let (env, pool) = migrated_database().await;
+    let long_id = "u".repeat(300);
+    let other_long_id = format!("{}v", "u".repeat(299));
+    let report = |id: &str| {
+        let mut v = usage("c", Some(id), "7");
+        v["service"] = json!("s".repeat(300));
+        v["resourceType"] = json!(format!("LLM_TOKENS_{}", "x".repeat(100)));
+        v
+    };
+    let batch = [
+        envelope(&report(&long_id)),
+        envelope(&report(&other_long_id)),
+    ];
+
+    let appended = EventLog::remembering(pool.clone(), 1000)
+        .append(&batch)
+        .await
+        .expect("the database takes the batch");
+    assert_eq!(appended.new_events(), 2);
+    assert_eq!(count(&pool, "SELECT count(*) FROM call_events").await, 2);
+
+    let lines: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT usage_key, service, resource_type FROM usage_records ORDER BY usage_key",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("read usage lines");
+    assert_eq!(lines.len(), 2, "two distinct ids, two lines: {lines:?}");
+    assert_ne!(lines[0].0, lines[1].0);
+    for (key, service, resource_type) in &lines {
+        assert!(key.starts_with("id-sha256:"), "{key}");
+        assert!(key.chars().count() <= cdr_service::merge::MAX_USAGE_KEY_CHARS);
+        assert_eq!(service, &"s".repeat(255));
+        assert_eq!(resource_type.chars().count(), 64);
+        assert!(resource_type.starts_with("LLM_TOKENS_x"));
+    }
+    let expected_keys: Vec<String> = {
+        let mut keys: Vec<String> = [&long_id, &other_long_id]
+            .into_iter()
+            .map(|id| cdr_service::merge::usage_key(Some(id), &[0; 32]))
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        lines.iter().map(|l| l.0.clone()).collect::<Vec<_>>(),
+        expected_keys,
+        "the fold and the projection name a usage report alike"
+    );
+    // An id that fits keeps its readable key.
+    assert_eq!(
+        cdr_service::merge::usage_key(Some("abc"), &[0; 32]),
+        "id:abc"
+    );
+
+    env.cleanup(&env.settings()).await;
+}
