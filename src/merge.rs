@@ -432,9 +432,12 @@ pub const MAX_USAGE_KEY_CHARS: usize = 255;
 /// long for the key's column is named by its SHA-256 instead, so that the key always fits and
 /// two such ids stay two keys.
 pub fn usage_key(usage_id: Option<&str>, body_hash: &[u8; 32]) -> String {
+    const ID_PREFIX: &str = "id:";
     let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
     match usage_id {
-        Some(id) if id.chars().count() + 3 <= MAX_USAGE_KEY_CHARS => format!("id:{id}"),
+        Some(id) if ID_PREFIX.len() + id.chars().count() <= MAX_USAGE_KEY_CHARS => {
+            format!("{ID_PREFIX}{id}")
+        }
         Some(id) => format!("id-sha256:{}", hex(&Sha256::digest(id.as_bytes()))),
         None => format!("hash:{}", hex(body_hash)),
     }
