@@ -15,8 +15,9 @@ use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::Health;
 use crate::ingest::Ingest;
-use crate::log::EventLog;
+use crate::log::{EventLog, LogError, LoggedEvent};
 use crate::merge::PriceBook;
+use crate::project::{ProjectionRows, Projector, ProjectorHandle};
 use crate::tracker::{CallContext, Tracker};
 use crate::writer::RecordWriter;
 use crate::{db, http, telemetry};
@@ -114,11 +115,16 @@ impl Application {
         )));
         let price_task = tokio::spawn(refresh_prices(pool.clone(), prices.clone()));
 
+        let (projector, projector_handle) = Projector::new(pool.clone(), settings.backoff.clone());
+        let projector_abort = CancellationToken::new();
+        let mut projector_task = tokio::spawn(projector.run(projector_abort.clone()));
+
         let (writer, writer_handle) = RecordWriter::new(
             pool.clone(),
             settings.writer.clone(),
             settings.backoff.clone(),
             health.clone(),
+            projector_handle.projected(),
         );
         let writer_drain = CancellationToken::new();
         let writer_abort = CancellationToken::new();
@@ -146,7 +152,7 @@ impl Application {
         .await?;
         let _ = tracker_slot.set(tracker.clone());
 
-        recover(&log, &tracker, &settings, &shutdown).await;
+        recover(&log, &tracker, &projector_handle, &settings, &shutdown).await;
         health.set_recovered();
 
         let ingest_stop = CancellationToken::new();
@@ -155,6 +161,7 @@ impl Application {
             settings.ingest.clone(),
             settings.backoff.clone(),
             log,
+            projector_handle,
             tracker.clone(),
             health.clone(),
         );
@@ -168,8 +175,9 @@ impl Application {
             }
         }
 
-        // Stop in flow order: no new deliveries (commit and ack what is held), then the actors
-        // (ended calls write their records), then the writer drains.
+        // Stop in flow order: no new deliveries (commit and ack what is held), then the
+        // projections of what was committed, then the actors (ended calls write their
+        // records), then the writer drains.
         let bound = settings.shutdown.timeout;
         let started = Instant::now();
         info!(bound = ?bound, "shutting down");
@@ -177,6 +185,15 @@ impl Application {
         if tokio::time::timeout(bound, &mut ingest_task).await.is_err() {
             warn!("ingest did not stop within the bound; unacked deliveries will be redelivered");
             ingest_task.abort();
+        }
+        // Ingest held the last handle: the projector ends once its queue is written.
+        let remaining = bound.saturating_sub(started.elapsed());
+        if tokio::time::timeout(remaining, &mut projector_task)
+            .await
+            .is_err()
+        {
+            projector_abort.cancel();
+            let _ = projector_task.await;
         }
         tracker
             .shutdown(bound.saturating_sub(started.elapsed()))
@@ -202,35 +219,113 @@ impl Application {
 }
 
 /// Rebuilds every open call (logged events not yet all in its row): the calls that were active,
-/// or waiting to be written, when the service last stopped, however it stopped.
+/// or waiting to be written, when the service last stopped, however it stopped. Their
+/// projections, and those of quarantined calls, are written again first: a crash may have come
+/// between a commit and its projections, and only these calls can be missing some (a call
+/// leaves `open_calls` only with its projections written). Then every event logged before this
+/// start counts as projected.
 async fn recover(
     log: &EventLog,
     tracker: &Tracker,
+    projector: &ProjectorHandle,
     settings: &Settings,
     shutdown: &CancellationToken,
 ) {
     let started = Instant::now();
+    let Some(logged_before) = retry(settings, shutdown, "read the log's last event id", || {
+        log.max_event_id()
+    })
+    .await
+    else {
+        return;
+    };
+    let Some(calls) = retry(settings, shutdown, "list open calls", || log.open_calls()).await
+    else {
+        return;
+    };
+    let count = calls.len();
+    let mut events = 0;
+    for chunk in calls.chunks(1000) {
+        let Some(loaded) = retry(settings, shutdown, "load open calls", || {
+            log.load_calls(chunk)
+        })
+        .await
+        else {
+            return;
+        };
+        if !reproject(&loaded, projector, settings, shutdown).await {
+            return;
+        }
+        match tracker.resume(loaded).await {
+            Ok(n) => events += n,
+            Err(e) => {
+                error!(error = %e, "could not resume calls; they resume with their next event")
+            }
+        }
+    }
+    let Some(quarantined) = retry(settings, shutdown, "list quarantined calls", || {
+        log.quarantined_calls()
+    })
+    .await
+    else {
+        return;
+    };
+    for chunk in quarantined.chunks(1000) {
+        let Some(loaded) = retry(settings, shutdown, "load quarantined calls", || {
+            log.load_calls(chunk)
+        })
+        .await
+        else {
+            return;
+        };
+        if !reproject(&loaded, projector, settings, shutdown).await {
+            return;
+        }
+    }
+    projector.cover(logged_before);
+    counter!("cdr_calls_recovered_total").increment(count as u64);
+    info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
+}
+
+/// Writes the projections of calls loaded from the log. False if shut down first.
+async fn reproject(
+    calls: &[(String, Vec<LoggedEvent>)],
+    projector: &ProjectorHandle,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> bool {
+    let rows =
+        ProjectionRows::of(calls.iter().flat_map(|(call_id, events)| {
+            events.iter().map(move |e| (call_id.as_str(), &e.event))
+        }));
+    projector.write_now(rows, &settings.backoff, shutdown).await
+}
+
+/// Runs a recovery query until it succeeds (backing off while the database is away); None if
+/// the service is shut down first.
+async fn retry<T, F, Fut>(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+    what: &str,
+    mut query: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
     let mut backoff = Backoff::new(&settings.backoff);
-    let calls = loop {
-        match log.open_calls().await {
-            Ok(calls) => break calls,
+    loop {
+        match query().await {
+            Ok(value) => return Some(value),
             Err(e) => {
                 let delay = backoff.next_delay();
-                warn!(error = %e, retry_in = ?delay, "recovery query failed; retrying");
+                warn!(error = %e, retry_in = ?delay, "recovery: could not {what}; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return None,
                 }
             }
         }
-    };
-    let count = calls.len();
-    match tracker.resume(calls).await {
-        Ok(events) => {
-            counter!("cdr_calls_recovered_total").increment(count as u64);
-            info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
-        }
-        Err(e) => error!(error = %e, "could not resume calls; they resume with their next event"),
     }
 }
 

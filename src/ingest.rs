@@ -45,6 +45,7 @@ use crate::config::{AmqpSettings, BackoffSettings, IngestSettings};
 use crate::event::{self, Envelope, Limits, Reject};
 use crate::health::Health;
 use crate::log::{EventLog, LogError, LoggedEvent};
+use crate::project::ProjectorHandle;
 use crate::tracker::Tracker;
 
 /// Committed batches waiting for the tracker. Short: when the tracker falls behind, commits
@@ -162,11 +163,12 @@ impl Ingest {
         settings: IngestSettings,
         backoff: BackoffSettings,
         log: EventLog,
+        projector: ProjectorHandle,
         tracker: Tracker,
         health: Health,
     ) -> Self {
         let (dispatch, queue) = tokio::sync::mpsc::channel(DISPATCH_QUEUE_BATCHES);
-        let dispatcher = tokio::spawn(dispatch_committed(tracker, queue));
+        let dispatcher = tokio::spawn(dispatch_committed(projector, tracker, queue));
         Ingest {
             amqp,
             settings,
@@ -541,14 +543,17 @@ impl Committer {
     }
 }
 
-/// The dispatcher: hands committed batches to the tracker, one at a time, in commit order.
+/// The dispatcher: hands committed batches to the projector and the tracker, one at a time, in
+/// commit order (the projector's "projected through" mark relies on that order).
 async fn dispatch_committed(
+    projector: ProjectorHandle,
     tracker: Tracker,
     mut queue: tokio::sync::mpsc::Receiver<Vec<LoggedEvent>>,
 ) {
     while let Some(events) = queue.recv().await {
         gauge!("cdr_dispatch_queue_batches").set(queue.len() as f64);
         let started = std::time::Instant::now();
+        projector.project(&events).await;
         if let Err(e) = tracker.dispatch(events).await {
             // The events are committed: the calls are rebuilt from the log on the next start.
             error!(error = %e, "could not dispatch committed events");

@@ -15,6 +15,7 @@ pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod merge;
+pub mod project;
 pub mod runtime;
 pub mod simulate;
 pub mod storm;

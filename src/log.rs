@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::debug;
 
-use crate::db::fit;
-use crate::event::{DialogTurn, Envelope, EventKind, Usage};
+use crate::event::{Envelope, EventKind};
 use crate::merge::CallEvent;
 use recent::RecentMessages;
 
@@ -103,14 +102,10 @@ pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id
 ///   distinct message once (`ON CONFLICT DO NOTHING` on `(call_id, body_sha256)`); without it,
 ///   a message already logged fails the whole statement on the unique index, and nothing of it
 ///   is committed;
-/// - `opened`: their calls marked open up to their highest new id;
-/// - `turns`: dialog turns, one row per (call, turn); between two versions of a turn the later
-///   one by content (timestamp, then body hash) wins, whatever the order they were logged in;
-/// - `usage`: usage lines, one per (call, usage key); between two versions the larger
-///   (resource type, quantity) wins, so the result does not depend on arrival order.
+/// - `opened`: their calls marked open up to their highest new id.
 ///
-/// Each `ON CONFLICT DO UPDATE` input holds a key at most once (`latest_dialog_turns`,
-/// `latest_usage`): PostgreSQL refuses to update one row twice in a statement.
+/// The projections (dialog turns, usage lines) are not part of it: the projector writes them
+/// after the commit, off the ack path (`project`).
 macro_rules! append_sql {
     ($raw_events_conflict:literal) => {
         concat!(
@@ -128,25 +123,6 @@ macro_rules! append_sql {
                SELECT call_id, max(event_id) FROM inserted GROUP BY call_id \
                ON CONFLICT (call_id) DO UPDATE \
                  SET last_event_id = GREATEST(o.last_event_id, EXCLUDED.last_event_id) \
-             ), turns AS ( \
-               INSERT INTO call_dialog_events AS d \
-                 (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
-               SELECT * FROM UNNEST($9::text[], $10::int[], $11::text[], $12::text[], $13::jsonb[], \
-                                    $14::int[], $15::int[], $16::int[], $17::timestamptz[], $18::bytea[]) \
-               ON CONFLICT (call_id, turn_index) DO UPDATE SET \
-                 user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
-                 rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
-                 llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
-                 event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
-               WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256) \
-             ), usage AS ( \
-               INSERT INTO usage_records AS u \
-                 (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
-               SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[], $22::text[], $23::numeric[], $24::timestamptz[]) \
-               ON CONFLICT (call_id, usage_key) DO UPDATE SET \
-                 service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
-                 quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
-               WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity) \
              ) \
              SELECT event_id, body_sha256 FROM inserted"
         )
@@ -197,9 +173,8 @@ impl EventLog {
     }
 
     /// Appends a batch as one statement, so one implicit transaction and one round trip: the
-    /// raw events, their calls marked open (see `open_calls` in the migrations), and the
-    /// per-event projections (dialog turns, usage lines), so that a committed event always has
-    /// its projections and its recovery entry.
+    /// raw events and their calls marked open (see `open_calls` in the migrations), so that a
+    /// committed event always has its recovery entry.
     ///
     /// One statement rather than a transaction of four: the committer waits on this call for
     /// every batch, and each extra round trip also waits for the service's own runtime to send
@@ -296,9 +271,6 @@ impl EventLog {
             bodies.push(e.body.as_str());
             hashes.push(e.body_hash.as_slice());
         }
-        let turns = latest_dialog_turns(batch);
-        let usage = latest_usage(batch);
-
         sqlx::query_as(sql)
             .bind(&call_ids)
             .bind(&event_types)
@@ -308,67 +280,6 @@ impl EventLog {
             .bind(&traces)
             .bind(&bodies)
             .bind(&hashes)
-            // $9..$18: dialog turns.
-            .bind(
-                turns
-                    .iter()
-                    .map(|(e, _)| e.call_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(turns.iter().map(|(_, t)| t.turn_index).collect::<Vec<_>>())
-            .bind(
-                turns
-                    .iter()
-                    .map(|(_, t)| t.user_text.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                turns
-                    .iter()
-                    .map(|(_, t)| t.ai_text.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                turns
-                    .iter()
-                    .map(|(_, t)| sqlx::types::Json(&t.rag_sources))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(turns.iter().map(|(_, t)| t.stt_ms).collect::<Vec<_>>())
-            .bind(turns.iter().map(|(_, t)| t.llm_ms).collect::<Vec<_>>())
-            .bind(turns.iter().map(|(_, t)| t.tts_ms).collect::<Vec<_>>())
-            .bind(turns.iter().map(|(e, _)| e.timestamp).collect::<Vec<_>>())
-            .bind(
-                turns
-                    .iter()
-                    .map(|(e, _)| e.body_hash.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            // $19..$24: usage lines.
-            .bind(usage.iter().map(|l| l.call_id).collect::<Vec<_>>())
-            .bind(usage.iter().map(|l| l.key.as_str()).collect::<Vec<_>>())
-            // Cut to their columns (`usage_records.service` varchar(255), `resource_type`
-            // varchar(64)): a longer one would make the database refuse the whole batch, and
-            // the message be dead-lettered as unstorable.
-            .bind(
-                usage
-                    .iter()
-                    .map(|l| fit(l.usage.service.as_deref(), 255))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                usage
-                    .iter()
-                    .map(|l| fit(Some(&l.usage.resource_type), 64))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                usage
-                    .iter()
-                    .map(|l| l.usage.quantity.normalize())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(usage.iter().map(|l| l.event.timestamp).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await
     }
@@ -395,6 +306,14 @@ impl EventLog {
             .await?;
         tx.commit().await?;
         Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// The highest event id logged so far (0 for an empty log).
+    pub async fn max_event_id(&self) -> Result<i64, LogError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(event_id) FROM call_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
     }
 
     /// Calls to rebuild on start: open (events not yet in their row) and not quarantined.
@@ -485,66 +404,6 @@ impl EventLog {
         }
         Ok(calls)
     }
-}
-
-/// The usage-report identity shared by the fold and the `usage_records` projection.
-pub fn usage_key(u: &Usage, body_hash: &[u8; 32]) -> String {
-    crate::merge::usage_key(u.usage_id.as_deref(), body_hash)
-}
-
-/// The batch's dialog turns, one per (call, turn): the later version by content (timestamp,
-/// then body hash) when the batch holds several.
-fn latest_dialog_turns<'a>(batch: &[&'a Envelope]) -> Vec<(&'a Envelope, &'a DialogTurn)> {
-    let mut latest: HashMap<(&str, i32), (&Envelope, &DialogTurn)> = HashMap::new();
-    for &e in batch {
-        let EventKind::DialogTurn(t) = &e.kind else {
-            continue;
-        };
-        let key = (e.call_id.as_str(), t.turn_index);
-        let newer = latest
-            .get(&key)
-            .is_none_or(|(old, _)| (e.timestamp, e.body_hash) > (old.timestamp, old.body_hash));
-        if newer {
-            latest.insert(key, (e, t.as_ref()));
-        }
-    }
-    latest.into_values().collect()
-}
-
-/// One `usage_records` row of a batch.
-struct UsageLine<'a> {
-    call_id: &'a str,
-    key: String,
-    event: &'a Envelope,
-    usage: &'a Usage,
-}
-
-/// The batch's usage lines, one per (call, usage key): the larger (resource type, quantity)
-/// when the batch holds several versions.
-fn latest_usage<'a>(batch: &[&'a Envelope]) -> Vec<UsageLine<'a>> {
-    let mut latest: HashMap<(&str, String), (&Envelope, &Usage)> = HashMap::new();
-    for &e in batch {
-        let EventKind::UsageReported(u) = &e.kind else {
-            continue;
-        };
-        let key = (e.call_id.as_str(), usage_key(u, &e.body_hash));
-        let newer = latest.get(&key).is_none_or(|(_, old)| {
-            (&u.resource_type, u.quantity.normalize())
-                > (&old.resource_type, old.quantity.normalize())
-        });
-        if newer {
-            latest.insert(key, (e, u));
-        }
-    }
-    latest
-        .into_iter()
-        .map(|((call_id, key), (event, usage))| UsageLine {
-            call_id,
-            key,
-            event,
-            usage,
-        })
-        .collect()
 }
 
 #[derive(sqlx::FromRow)]

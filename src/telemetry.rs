@@ -214,6 +214,32 @@ fn describe() {
         Unit::Seconds,
         "From a committed batch's ack being handed to the broker client to its frame being written"
     );
+    describe_gauge!(
+        "cdr_projection_queue_batches",
+        "Committed event batches waiting for their dialog-turn and usage projections"
+    );
+    describe_counter!(
+        "cdr_projection_rows_total",
+        "Projection rows upserted, by table (call_dialog_events, usage_records)"
+    );
+    describe_histogram!(
+        "cdr_projection_write_duration_seconds",
+        Unit::Seconds,
+        "Time to commit one projection statement (one or more committed batches)"
+    );
+    describe_counter!(
+        "cdr_projection_write_retries_total",
+        "Projection writes retried while the database was away"
+    );
+    describe_counter!(
+        "cdr_projection_rows_refused_total",
+        "Projection rows the database refused alone, left out (their events stay in the log)"
+    );
+    describe_histogram!(
+        "cdr_record_projection_wait_seconds",
+        Unit::Seconds,
+        "A record batch waiting for the projections of its calls' events before closing them"
+    );
     describe_histogram!(
         "cdr_record_flush_latency_seconds",
         Unit::Seconds,

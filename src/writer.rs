@@ -17,6 +17,7 @@ use crate::config::{BackoffSettings, WriterSettings};
 use crate::db::fit;
 use crate::health::Health;
 use crate::merge::CallRecord;
+use crate::project::Projected;
 
 /// A record to write, with what the writer needs beyond the row itself.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct RecordWriter {
     settings: WriterSettings,
     backoff: BackoffSettings,
     health: Health,
+    /// How far the dialog-turn and usage projections are committed: a call is closed only once
+    /// they cover its events (see `project`).
+    projected: Projected,
     rx: mpsc::Receiver<WriteRequest>,
 }
 
@@ -64,6 +68,7 @@ impl RecordWriter {
         settings: WriterSettings,
         backoff: BackoffSettings,
         health: Health,
+        projected: Projected,
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(settings.batch_size * 8);
         (
@@ -72,6 +77,7 @@ impl RecordWriter {
                 settings,
                 backoff,
                 health,
+                projected,
                 rx,
             },
             WriterHandle { tx },
@@ -123,11 +129,18 @@ impl RecordWriter {
     }
 
     /// Writes one batch, retrying while the database is unavailable. False if aborted.
-    async fn write_with_retry(&self, batch: &[WriteRequest], abort: &CancellationToken) -> bool {
+    async fn write_with_retry(
+        &mut self,
+        batch: &[WriteRequest],
+        abort: &CancellationToken,
+    ) -> bool {
+        let Some(close) = self.projections_cover(batch, abort).await else {
+            return false;
+        };
         let mut backoff = Backoff::new(&self.backoff);
         loop {
             let started = Instant::now();
-            match upsert(&self.pool, batch).await {
+            match upsert(&self.pool, batch, close).await {
                 Ok(written) => {
                     self.health.set_database_up(true);
                     self.observe(batch, written, started.elapsed());
@@ -147,7 +160,9 @@ impl RecordWriter {
                     // The data itself was refused: find the rows at fault, write the rest.
                     warn!(error = %e, records = batch.len(), "record batch refused; writing rows one by one");
                     for request in batch {
-                        if let Err(e) = upsert(&self.pool, std::slice::from_ref(request)).await {
+                        if let Err(e) =
+                            upsert(&self.pool, std::slice::from_ref(request), close).await
+                        {
                             error!(
                                 call_id = %request.record.call_id,
                                 trace_id = request.record.trace_id.as_deref().unwrap_or(""),
@@ -161,6 +176,35 @@ impl RecordWriter {
                     }
                     return true;
                 }
+            }
+        }
+    }
+
+    /// Waits until the projections cover every event the batch's records folded, so that the
+    /// calls may leave `open_calls`. Usually they already do: records come a linger after their
+    /// events, projections within a commit or two. `Some(false)` if the projector stopped short
+    /// (the rows are written, the calls stay open, and the next start re-projects them); `None`
+    /// if aborted.
+    async fn projections_cover(
+        &mut self,
+        batch: &[WriteRequest],
+        abort: &CancellationToken,
+    ) -> Option<bool> {
+        let upto = batch.iter().map(|r| r.max_event_id).max().unwrap_or(0);
+        if self.projected.current() >= upto {
+            return Some(true);
+        }
+        let started = Instant::now();
+        let covered = tokio::select! {
+            r = self.projected.wait_for(upto) => r,
+            _ = abort.cancelled() => return None,
+        };
+        histogram!("cdr_record_projection_wait_seconds").record(started.elapsed().as_secs_f64());
+        match covered {
+            Ok(()) => Some(true),
+            Err(e) => {
+                warn!(error = %e, records = batch.len(), "writing records without closing their calls");
+                Some(false)
             }
         }
     }
@@ -212,8 +256,14 @@ pub async fn close_open_calls(
     Ok(closed.rows_affected())
 }
 
-/// Upserts a batch; returns how many rows changed (stale versions are skipped).
-pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::Error> {
+/// Upserts a batch; returns how many rows changed (stale versions are skipped). With `close`,
+/// the calls whose rows now cover their last logged event leave `open_calls` in the same
+/// transaction; the caller passes it only once those events' projections are committed.
+pub async fn upsert(
+    pool: &PgPool,
+    batch: &[WriteRequest],
+    close: bool,
+) -> Result<u64, sqlx::Error> {
     // One row per call per statement: keep the highest version of each.
     let mut newest: HashMap<&str, &WriteRequest> = HashMap::with_capacity(batch.len());
     for r in batch {
@@ -314,12 +364,14 @@ pub async fn upsert(pool: &PgPool, batch: &[WriteRequest]) -> Result<u64, sqlx::
     // Same transaction: a call leaves open_calls only with a row that covers its last logged
     // event. A concurrent log append for the call holds the open_calls row lock, and the
     // re-checked condition then keeps the row.
-    close_open_calls(
-        &mut tx,
-        &recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
-        &rows.iter().map(|r| r.max_event_id).collect::<Vec<_>>(),
-    )
-    .await?;
+    if close {
+        close_open_calls(
+            &mut tx,
+            &recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
+            &rows.iter().map(|r| r.max_event_id).collect::<Vec<_>>(),
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(result.rows_affected())
 }

@@ -1,6 +1,8 @@
 //! Crash safety (DESIGN.md, guarantee 6): the real binary is killed with SIGKILL several times
 //! while it consumes a storm of thousands of interleaved calls, some of them still open at every
-//! kill, and every record must end exactly as the merge rules give for its call's events.
+//! kill, and every record must end exactly as the merge rules give for its call's events, with
+//! every dialog turn and usage line projected (those are written after the commit, so a kill
+//! can fall between the two).
 //!
 //! The storm is random but reproducible: the seed is printed, and `CRASH_SEED=<seed>` replays it.
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cdr_service::event::{self, Limits};
 use cdr_service::merge::{CallEvent, CallRecord, CallState, PriceBook};
+use cdr_service::project::ProjectionRows;
 use cdr_service::simulate::{Publisher, SyntheticCall};
 use cdr_service::storm::verify::StoredRecord;
 use chrono::{DateTime, Utc};
@@ -95,6 +98,9 @@ fn plan(rng: &mut StdRng) -> Plan {
             main.push(c.answered());
         }
         main.push(c.identified());
+        if answered && i % 3 == 0 {
+            main.extend(dialog_and_usage(&c, start, i % 6 == 0));
+        }
         if i % 7 == 0 {
             let mut second = c.identified();
             second["userId"] = json!(uuid::Uuid::new_v4().to_string());
@@ -155,6 +161,84 @@ fn plan(rng: &mut StdRng) -> Plan {
         storm: storm.into_iter().map(|(_, m)| m).collect(),
         withheld,
     }
+}
+
+/// Two dialog turns (the first in two versions: the later one by timestamp wins) and a usage
+/// report, in two versions when `versions` (the larger quantity wins).
+fn dialog_and_usage(c: &SyntheticCall, start: DateTime<Utc>, versions: bool) -> Vec<Value> {
+    let at = |secs: i64| {
+        json!(event::format_timestamp(
+            start + chrono::Duration::seconds(secs)
+        ))
+    };
+    let turn = |index: u32, secs: i64, text: &str| {
+        json!({"eventType": "dialog.turn.completed", "callId": c.call_id, "timestamp": at(secs),
+               "turnIndex": index, "userText": "hello", "aiText": text})
+    };
+    let usage = |quantity: &str| {
+        json!({"eventType": "cost.usage.reported", "callId": c.call_id, "timestamp": at(30),
+               "usageId": "tokens-1", "resourceType": "LLM_TOKENS", "quantity": quantity})
+    };
+    let mut events = vec![
+        turn(0, 21, "first answer"),
+        turn(1, 25, "goodbye"),
+        usage("120"),
+    ];
+    if versions {
+        events.push(turn(0, 22, "first answer, revised"));
+        events.push(usage("150"));
+    }
+    events
+}
+
+/// Projection rows as stored: (call, turn index, body hash) of each dialog turn and (call,
+/// usage key, quantity) of each usage line, sorted.
+type Projections = (Vec<(String, i32, Vec<u8>)>, Vec<(String, String, String)>);
+
+/// What the projections must hold: the rows of every distinct event.
+fn expected_projections(calls: &[PlannedCall]) -> Projections {
+    let events: Vec<(String, CallEvent)> = calls
+        .iter()
+        .flat_map(|call| call.bodies.iter())
+        .map(|body| {
+            let e = event::decode(body, Utc::now(), limits()).expect("a valid event");
+            (e.call_id.clone(), CallEvent::from(e))
+        })
+        .collect();
+    let rows = ProjectionRows::of(events.iter().map(|(c, e)| (c.as_str(), e)));
+    let mut turns: Vec<(String, i32, Vec<u8>)> = rows
+        .turns()
+        .map(|t| (t.call_id.clone(), t.turn.turn_index, t.body_hash.to_vec()))
+        .collect();
+    let mut usage: Vec<(String, String, String)> = rows
+        .usage()
+        .map(|u| {
+            (
+                u.call_id.clone(),
+                u.key.clone(),
+                u.usage.quantity.normalize().to_string(),
+            )
+        })
+        .collect();
+    turns.sort();
+    usage.sort();
+    (turns, usage)
+}
+
+async fn stored_projections(pool: &PgPool) -> Projections {
+    let turns = sqlx::query_as(
+        "SELECT call_id, turn_index, body_sha256 FROM call_dialog_events ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read call_dialog_events");
+    let usage = sqlx::query_as(
+        "SELECT call_id, usage_key, trim_scale(quantity)::text FROM usage_records ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read usage_records");
+    (turns, usage)
 }
 
 /// Publishes every message, each with its publisher confirm, `IN_FLIGHT` at a time.
@@ -463,6 +547,14 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
         have.sort();
         assert_eq!(have, want_hashes, "logged events of {}", call.call_id);
     }
+
+    // Every dialog turn and usage line projected, each the winning version, and nothing else.
+    let (want_turns, want_usage) = expected_projections(&plan.calls);
+    assert!(!want_turns.is_empty() && !want_usage.is_empty());
+    let (turns, usage) = stored_projections(&pool).await;
+    assert_eq!(turns.len(), want_turns.len(), "one row per call and turn");
+    assert!(turns == want_turns, "dialog turns differ from the log's");
+    assert_eq!(usage, want_usage, "usage lines");
 
     // Nothing left to recover, nothing held back, nothing rejected, nothing waiting.
     assert_eq!(count(&pool, "SELECT count(*) FROM open_calls").await, 0);

@@ -1,12 +1,13 @@
 //! The event log's batch append against a real PostgreSQL: each distinct message logged once,
-//! the new events handed back in log order, the call marked open, and the projections
-//! (dialog turns, usage lines) holding one row per key, the same whatever the order and the
-//! duplicates of the batch.
+//! the new events handed back in log order, the call marked open; and the projections (dialog
+//! turns, usage lines) that the projector writes from what the log hands back, holding one row
+//! per key, the same whatever the order and the duplicates of the batches.
 
 mod common;
 
 use cdr_service::event::{self, Envelope, Limits};
-use cdr_service::log::EventLog;
+use cdr_service::log::{Appended, EventLog, LoggedEvent};
+use cdr_service::project::{self, ProjectionRows};
 use chrono::Duration;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -45,6 +46,21 @@ async fn migrated_database() -> (common::TestEnv, PgPool) {
     let pool = env.pool().await;
     cdr_service::db::migrate(&pool).await.expect("migrate");
     (env, pool)
+}
+
+/// Writes the projections of newly logged events, as the projector does after a commit.
+async fn project(pool: &PgPool, logged: &[LoggedEvent]) {
+    project::write(pool, &ProjectionRows::of_logged(logged))
+        .await
+        .expect("write projections");
+}
+
+/// Appends like the committer, then projects the new events like the projector.
+async fn append_and_project(log: &EventLog, pool: &PgPool, batch: &[Envelope]) -> (usize, usize) {
+    let appended: Appended = log.append(batch).await.expect("append");
+    let counts = (appended.new_events(), appended.duplicates);
+    project(pool, &appended.into_logged(batch.to_vec())).await;
+    counts
 }
 
 async fn dialog_rows(pool: &PgPool) -> Vec<(String, i32, Option<String>, Option<i32>)> {
@@ -147,6 +163,10 @@ async fn logged_once_with_projections(remembered: usize) {
             ("b".to_owned(), last_of("b"))
         ]
     );
+    // The append carries no projection: those are written after the commit.
+    assert!(dialog_rows(&pool).await.is_empty());
+    assert!(usage_rows(&pool).await.is_empty());
+    project(&pool, &logged).await;
 
     let expected_turns = vec![
         (
@@ -175,21 +195,17 @@ async fn logged_once_with_projections(remembered: usize) {
     again.push(turn("a", 0, 1, "stale answer"));
     again.push(usage("a", Some("u1"), "3"));
     let envelopes: Vec<Envelope> = again.iter().map(envelope).collect();
-    let appended = log.append(&envelopes).await.expect("append again");
-    assert_eq!(
-        appended.new_events(),
-        2,
-        "only the two older versions are new"
-    );
-    assert_eq!(appended.duplicates, 10);
+    let (new, duplicates) = append_and_project(&log, &pool, &envelopes).await;
+    assert_eq!(new, 2, "only the two older versions are new");
+    assert_eq!(duplicates, 10);
     assert_eq!(dialog_rows(&pool).await, expected_turns);
     assert_eq!(usage_rows(&pool).await, usage_lines);
 
     // Older versions alone in a later batch: the stored rows keep the later versions.
     let stale = [turn("a", 1, 0, "stale bye"), usage("a", Some("u1"), "11")];
     let envelopes: Vec<Envelope> = stale.iter().map(envelope).collect();
-    let appended = log.append(&envelopes).await.expect("append stale versions");
-    assert_eq!(appended.new_events(), 2);
+    let (new, _) = append_and_project(&log, &pool, &envelopes).await;
+    assert_eq!(new, 2);
     assert_eq!(dialog_rows(&pool).await, expected_turns);
     assert_eq!(usage_rows(&pool).await, usage_lines);
 
@@ -245,10 +261,6 @@ async fn a_message_logged_before_the_log_remembers_is_still_logged_once() {
         .collect();
     assert_eq!(types, vec!["turn", "ended"]);
     assert_eq!(count(&pool, "SELECT count(*) FROM call_events").await, 3);
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM call_dialog_events").await,
-        1
-    );
     let (last,): (i64,) =
         sqlx::query_as("SELECT last_event_id FROM open_calls WHERE call_id = 'c'")
             .fetch_one(&pool)
@@ -295,10 +307,10 @@ async fn what_the_log_loads_it_remembers() {
     env.cleanup(&env.settings()).await;
 }
 
-/// A usage report whose values are longer than their `usage_records` columns is logged, with
-/// its usage line, rather than refused by the database (and dead-lettered as unstorable): the
-/// service and resource type are cut to their columns, and a `usageId` too long for the key
-/// is named by its hash, so two long ids that differ only at the end stay two lines.
+/// A usage report whose values are longer than their `usage_records` columns is logged, and
+/// its usage line projected, rather than refused by the database: the service and resource
+/// type are cut to their columns, and a `usageId` too long for the key is named by its hash, so
+/// two long ids that differ only at the end stay two lines.
 #[tokio::test]
 async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line() {
     let (env, pool) = migrated_database().await;
@@ -315,11 +327,9 @@ async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line
         envelope(&report(&other_long_id)),
     ];
 
-    let appended = EventLog::remembering(pool.clone(), 1000)
-        .append(&batch)
-        .await
-        .expect("the database takes the batch");
-    assert_eq!(appended.new_events(), 2);
+    let log = EventLog::remembering(pool.clone(), 1000);
+    let (new, _) = append_and_project(&log, &pool, &batch).await;
+    assert_eq!(new, 2);
     assert_eq!(count(&pool, "SELECT count(*) FROM call_events").await, 2);
 
     let lines: Vec<(String, String, String)> = sqlx::query_as(

@@ -206,37 +206,24 @@ impl Tracker {
         self.spawn_calls(spawns).await
     }
 
-    /// Rebuilds the given calls from the log (recovery at start), loading them in bulk. Calls
-    /// still open go straight to rest; ended ones get an actor, to linger and write.
-    /// Returns how many events were loaded.
-    pub async fn resume(&self, call_ids: Vec<String>) -> Result<usize, TrackerError> {
-        let mut events_loaded = 0;
-        for chunk in call_ids.chunks(1000) {
-            let mut backoff = crate::backoff::Backoff::new(&self.ctx.backoff);
-            let calls = loop {
-                match self.ctx.log.load_calls(chunk).await {
-                    Ok(calls) => break calls,
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        warn!(error = %e, retry_in = ?delay, "cannot load open calls; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-            };
-            let spawns = calls
-                .into_iter()
-                .map(|(call_id, events)| {
-                    events_loaded += events.len();
-                    SpawnCall {
-                        call_id,
-                        origin: Origin::Recovered,
-                        events,
-                        live: false,
-                    }
-                })
-                .collect();
-            self.spawn_calls(spawns).await?;
-        }
+    /// Rebuilds calls loaded from the log (recovery at start: a chunk of calls with all their
+    /// logged events). Calls still open go straight to rest; ended ones get an actor, to linger
+    /// and write. Returns how many events they hold.
+    pub async fn resume(
+        &self,
+        calls: Vec<(String, Vec<LoggedEvent>)>,
+    ) -> Result<usize, TrackerError> {
+        let events_loaded = calls.iter().map(|(_, events)| events.len()).sum();
+        let spawns = calls
+            .into_iter()
+            .map(|(call_id, events)| SpawnCall {
+                call_id,
+                origin: Origin::Recovered,
+                events,
+                live: false,
+            })
+            .collect();
+        self.spawn_calls(spawns).await?;
         Ok(events_loaded)
     }
 

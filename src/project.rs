@@ -1,0 +1,577 @@
+//! Projections of the event log: dialog turns (`call_dialog_events`, one row per call and turn)
+//! and usage lines (`usage_records`, one row per call and usage key), written off the ack path.
+//!
+//! The committer's append carries only what an ack needs (the raw events and `open_calls`), so
+//! each commit is shorter and the broker gets its acks sooner. The projector writes the rows of
+//! committed batches afterwards, on its own connection, several batches per statement when it is
+//! behind. What keeps the tables in step with the log across a crash:
+//!
+//! - committed batches reach the projector in commit order, and a later batch's event ids are
+//!   all above an earlier one's (one committer at a time), so "every batch up to this one is
+//!   projected" is one number, the projected-through event id (`Projected`);
+//! - the record writer closes a call (removes it from `open_calls`) only once that number covers
+//!   the call's highest folded event id: a call leaves `open_calls` only with its projections
+//!   committed;
+//! - recovery re-projects every call still in `open_calls` (and every quarantined call) before
+//!   it declares the events logged before the start projected. The upserts are idempotent and
+//!   their result does not depend on the order rows arrive in, so projecting twice is harmless.
+//!
+//! Row selection (`ProjectionRows`) is pure; `write` and the task do the I/O.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use metrics::{counter, gauge, histogram};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::BackoffSettings;
+use crate::db::fit;
+use crate::event::{DialogTurn, EventKind, Usage};
+use crate::log::LoggedEvent;
+use crate::merge::CallEvent;
+
+/// Committed batches waiting for the projector. When it falls behind (a slow database), the
+/// dispatcher waits, then the committer, and the broker holds the rest.
+const QUEUE_BATCHES: usize = 64;
+/// Most rows in one projection statement when several batches are waiting.
+const MAX_ROWS_PER_WRITE: usize = 20_000;
+
+/// The upsert of both projections in one statement (one implicit transaction).
+///
+/// - `turns`: between two versions of a turn the later one by content (timestamp, then body
+///   hash) wins, whatever the order they were written in;
+/// - `usage`: between two versions of a usage line the larger (resource type, quantity) wins.
+///
+/// Each input holds a key at most once (`ProjectionRows` keeps one row per key): PostgreSQL
+/// refuses to update one row twice in a statement.
+pub const PROJECT_SQL: &str = "WITH turns AS ( \
+       INSERT INTO call_dialog_events AS d \
+         (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
+       SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], \
+                            $6::int[], $7::int[], $8::int[], $9::timestamptz[], $10::bytea[]) \
+       ON CONFLICT (call_id, turn_index) DO UPDATE SET \
+         user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
+         rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
+         llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
+         event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
+       WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256) \
+     ) \
+     INSERT INTO usage_records AS u \
+       (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
+     SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::numeric[], $16::timestamptz[]) \
+     ON CONFLICT (call_id, usage_key) DO UPDATE SET \
+       service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
+       quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
+     WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity)";
+
+/// One `call_dialog_events` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnRow {
+    pub call_id: String,
+    pub turn: DialogTurn,
+    pub timestamp: DateTime<Utc>,
+    pub body_hash: [u8; 32],
+}
+
+/// One `usage_records` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub call_id: String,
+    pub key: String,
+    pub usage: Usage,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The projection rows of a set of events, one per key: for a turn the later version by
+/// content (timestamp, then body hash), for a usage line the larger (resource type, quantity).
+/// Adding the same events again, or in another order, gives the same rows.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProjectionRows {
+    turns: HashMap<(String, i32), TurnRow>,
+    usage: HashMap<(String, String), UsageRow>,
+}
+
+impl ProjectionRows {
+    pub fn of<'a>(events: impl IntoIterator<Item = (&'a str, &'a CallEvent)>) -> Self {
+        let mut rows = ProjectionRows::default();
+        for (call_id, event) in events {
+            rows.add(call_id, event);
+        }
+        rows
+    }
+
+    pub fn of_logged(events: &[LoggedEvent]) -> Self {
+        Self::of(events.iter().map(|e| (e.call_id.as_str(), &e.event)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.turns.len() + self.usage.len()
+    }
+
+    pub fn turns(&self) -> impl Iterator<Item = &TurnRow> {
+        self.turns.values()
+    }
+
+    pub fn usage(&self) -> impl Iterator<Item = &UsageRow> {
+        self.usage.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one event's row, if it has one.
+    pub fn add(&mut self, call_id: &str, e: &CallEvent) {
+        match &e.kind {
+            EventKind::DialogTurn(t) => {
+                let row = TurnRow {
+                    call_id: call_id.to_owned(),
+                    turn: t.as_ref().clone(),
+                    timestamp: e.timestamp,
+                    body_hash: e.body_hash,
+                };
+                self.add_turn(row);
+            }
+            EventKind::UsageReported(u) => {
+                let row = UsageRow {
+                    call_id: call_id.to_owned(),
+                    key: crate::merge::usage_key(u.usage_id.as_deref(), &e.body_hash),
+                    usage: u.clone(),
+                    timestamp: e.timestamp,
+                };
+                self.add_usage(row);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in another set's rows, keeping the winner of each key.
+    pub fn merge(&mut self, other: ProjectionRows) {
+        for row in other.turns.into_values() {
+            self.add_turn(row);
+        }
+        for row in other.usage.into_values() {
+            self.add_usage(row);
+        }
+    }
+
+    fn add_turn(&mut self, row: TurnRow) {
+        let key = (row.call_id.clone(), row.turn.turn_index);
+        match self.turns.get(&key) {
+            Some(old) if (old.timestamp, old.body_hash) >= (row.timestamp, row.body_hash) => {}
+            _ => {
+                self.turns.insert(key, row);
+            }
+        }
+    }
+
+    fn add_usage(&mut self, row: UsageRow) {
+        let key = (row.call_id.clone(), row.key.clone());
+        let rank = |r: &UsageRow| (r.usage.resource_type.clone(), r.usage.quantity.normalize());
+        match self.usage.get(&key) {
+            Some(old) if rank(old) >= rank(&row) => {}
+            _ => {
+                self.usage.insert(key, row);
+            }
+        }
+    }
+
+    /// The rows one at a time (to find the one the database refuses).
+    fn split(self) -> impl Iterator<Item = ProjectionRows> {
+        let turns = self.turns.into_iter().map(|(k, row)| ProjectionRows {
+            turns: HashMap::from([(k, row)]),
+            usage: HashMap::new(),
+        });
+        let usage = self.usage.into_iter().map(|(k, row)| ProjectionRows {
+            turns: HashMap::new(),
+            usage: HashMap::from([(k, row)]),
+        });
+        turns.chain(usage)
+    }
+}
+
+/// Upserts the rows in one statement (`PROJECT_SQL`).
+pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let turns: Vec<&TurnRow> = rows.turns.values().collect();
+    let usage: Vec<&UsageRow> = rows.usage.values().collect();
+    let column = |f: fn(&TurnRow) -> Option<&str>| turns.iter().map(|r| f(r)).collect::<Vec<_>>();
+    sqlx::query(PROJECT_SQL)
+        .bind(column(|r| Some(r.call_id.as_str())))
+        .bind(turns.iter().map(|r| r.turn.turn_index).collect::<Vec<_>>())
+        .bind(column(|r| r.turn.user_text.as_deref()))
+        .bind(column(|r| r.turn.ai_text.as_deref()))
+        .bind(
+            turns
+                .iter()
+                .map(|r| sqlx::types::Json(&r.turn.rag_sources))
+                .collect::<Vec<_>>(),
+        )
+        .bind(turns.iter().map(|r| r.turn.stt_ms).collect::<Vec<_>>())
+        .bind(turns.iter().map(|r| r.turn.llm_ms).collect::<Vec<_>>())
+        .bind(turns.iter().map(|r| r.turn.tts_ms).collect::<Vec<_>>())
+        .bind(turns.iter().map(|r| r.timestamp).collect::<Vec<_>>())
+        .bind(
+            turns
+                .iter()
+                .map(|r| r.body_hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(usage.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
+        .bind(usage.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
+        // Cut to their columns (`service` varchar(255), `resource_type` varchar(64)): a longer
+        // one would make the database refuse the statement. The whole value stays in the raw
+        // event.
+        .bind(
+            usage
+                .iter()
+                .map(|r| fit(r.usage.service.as_deref(), 255))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            usage
+                .iter()
+                .map(|r| fit(Some(&r.usage.resource_type), 64))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            usage
+                .iter()
+                .map(|r| r.usage.quantity.normalize())
+                .collect::<Vec<_>>(),
+        )
+        .bind(usage.iter().map(|r| r.timestamp).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Writes the rows, retrying while the database is away. A set the database refuses is
+/// written row by row and a row refused alone is left out (logged and counted: its event stays
+/// in the log), so one bad row never holds back the others nor the calls waiting on them.
+/// False only if `abort` fired first.
+pub async fn write_with_retry(
+    pool: &PgPool,
+    rows: ProjectionRows,
+    settings: &BackoffSettings,
+    abort: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(settings);
+    loop {
+        let started = std::time::Instant::now();
+        match write(pool, &rows).await {
+            Ok(()) => {
+                histogram!("cdr_projection_write_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                count_written(&rows);
+                return true;
+            }
+            Err(e) if crate::db::is_transient(&e) => {
+                counter!("cdr_projection_write_retries_total").increment(1);
+                let delay = backoff.next_delay();
+                warn!(error = %e, rows = rows.len(), retry_in = ?delay, "projection write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abort.cancelled() => return false,
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, rows = rows.len(), "projection rows refused; writing them one by one");
+                for row in rows.split() {
+                    // The same retry for each: only a refusal of the row itself drops it.
+                    if !write_single(pool, row, settings, abort).await {
+                        return false;
+                    }
+                }
+                return true;
+            }
+        }
+    }
+}
+
+/// One row of a refused set: written, retried while the database is away, or left out.
+async fn write_single(
+    pool: &PgPool,
+    row: ProjectionRows,
+    settings: &BackoffSettings,
+    abort: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(settings);
+    loop {
+        match write(pool, &row).await {
+            Ok(()) => {
+                count_written(&row);
+                return true;
+            }
+            Err(e) if crate::db::is_transient(&e) => {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abort.cancelled() => return false,
+                }
+            }
+            Err(e) => {
+                for t in row.turns.values() {
+                    error!(call_id = %t.call_id, turn_index = t.turn.turn_index, error = %e,
+                        "dialog turn refused by the database; its event stays in call_events");
+                }
+                for u in row.usage.values() {
+                    error!(call_id = %u.call_id, usage_key = %u.key, error = %e,
+                        "usage line refused by the database; its event stays in call_events");
+                }
+                counter!("cdr_projection_rows_refused_total").increment(row.len() as u64);
+                return true;
+            }
+        }
+    }
+}
+
+fn count_written(rows: &ProjectionRows) {
+    counter!("cdr_projection_rows_total", "table" => "call_dialog_events")
+        .increment(rows.turns.len() as u64);
+    counter!("cdr_projection_rows_total", "table" => "usage_records")
+        .increment(rows.usage.len() as u64);
+}
+
+/// A committed batch's projection rows, and the highest event id of the batch.
+struct Committed {
+    rows: ProjectionRows,
+    upto: i64,
+}
+
+/// Queues committed batches for the projector (held by the ingest dispatcher).
+#[derive(Clone)]
+pub struct ProjectorHandle {
+    pool: PgPool,
+    tx: mpsc::Sender<Committed>,
+    done: watch::Sender<i64>,
+}
+
+impl ProjectorHandle {
+    /// Queues a committed batch (in commit order). Waits while the projector is far behind.
+    pub async fn project(&self, events: &[LoggedEvent]) {
+        let Some(upto) = events.iter().map(|e| e.event_id).max() else {
+            return;
+        };
+        let batch = Committed {
+            rows: ProjectionRows::of_logged(events),
+            upto,
+        };
+        if self.tx.send(batch).await.is_err() {
+            // Only if the projector has stopped: the calls stay open, and the next start
+            // re-projects them.
+            error!("the projector has stopped; committed events wait for the next start");
+        }
+    }
+
+    /// Writes rows now, outside the queue (recovery's re-projection). False if `abort` fired
+    /// first.
+    pub async fn write_now(
+        &self,
+        rows: ProjectionRows,
+        backoff: &BackoffSettings,
+        abort: &CancellationToken,
+    ) -> bool {
+        write_with_retry(&self.pool, rows, backoff, abort).await
+    }
+
+    /// Declares every event up to `upto` projected: recovery calls it once it has re-projected
+    /// the open calls, for the events logged before this process started.
+    pub fn cover(&self, upto: i64) {
+        raise(&self.done, upto);
+    }
+
+    /// How far projections are committed, for the record writer.
+    pub fn projected(&self) -> Projected {
+        Projected(self.done.subscribe())
+    }
+}
+
+/// The projected-through event id: every committed event at or below it has its projection
+/// rows committed.
+#[derive(Clone)]
+pub struct Projected(watch::Receiver<i64>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the projector stopped before projecting event {0}")]
+pub struct ProjectorGone(pub i64);
+
+impl Projected {
+    /// Waits until every event up to `upto` is projected; an error if the projector stopped
+    /// before.
+    pub async fn wait_for(&mut self, upto: i64) -> Result<(), ProjectorGone> {
+        self.0
+            .wait_for(|v| *v >= upto)
+            .await
+            .map(|_| ())
+            .map_err(|_| ProjectorGone(upto))
+    }
+
+    pub fn current(&self) -> i64 {
+        *self.0.borrow()
+    }
+}
+
+/// The task that writes committed batches' projections.
+pub struct Projector {
+    pool: PgPool,
+    backoff: BackoffSettings,
+    rx: mpsc::Receiver<Committed>,
+    done: watch::Sender<i64>,
+}
+
+impl Projector {
+    pub fn new(pool: PgPool, backoff: BackoffSettings) -> (Self, ProjectorHandle) {
+        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+        let (done, _) = watch::channel(0);
+        let handle = ProjectorHandle {
+            pool: pool.clone(),
+            tx,
+            done: done.clone(),
+        };
+        (
+            Projector {
+                pool,
+                backoff,
+                rx,
+                done,
+            },
+            handle,
+        )
+    }
+
+    /// Runs until every handle is dropped and the queue is empty. `abort` fires when the
+    /// shutdown bound has passed: what is unwritten is re-projected from the log next start.
+    pub async fn run(mut self, abort: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                next = self.rx.recv() => next,
+                _ = abort.cancelled() => {
+                    warn!(pending = self.rx.len(), "projector stopped at the shutdown bound; the next start re-projects what it had not written");
+                    return;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut rows = first.rows;
+            let mut upto = first.upto;
+            // Whatever else is waiting goes into the same statement.
+            while rows.len() < MAX_ROWS_PER_WRITE {
+                match self.rx.try_recv() {
+                    Ok(next) => {
+                        rows.merge(next.rows);
+                        upto = upto.max(next.upto);
+                    }
+                    Err(_) => break,
+                }
+            }
+            gauge!("cdr_projection_queue_batches").set(self.rx.len() as f64);
+            if !write_with_retry(&self.pool, rows, &self.backoff, &abort).await {
+                warn!(
+                    pending = self.rx.len(),
+                    "projector stopped before writing everything; the next start re-projects those calls"
+                );
+                return;
+            }
+            raise(&self.done, upto);
+        }
+        info!("projector drained");
+    }
+}
+
+/// Raises the projected-through id to `upto` (it never goes down).
+fn raise(done: &watch::Sender<i64>, upto: i64) {
+    done.send_if_modified(|v| {
+        let higher = upto > *v;
+        *v = (*v).max(upto);
+        higher
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Limits, decode};
+    use chrono::TimeZone;
+
+    fn event(body: serde_json::Value) -> (String, CallEvent) {
+        let limits = Limits {
+            max_body_bytes: 1 << 20,
+            max_json_depth: 32,
+        };
+        let received = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let e = decode(body.to_string().as_bytes(), received, limits).expect("a call event");
+        (e.call_id.clone(), CallEvent::from(e))
+    }
+
+    fn turn(index: i32, second: u32, text: &str) -> (String, CallEvent) {
+        event(
+            serde_json::json!({"eventType": "dialog.turn.completed", "callId": "c",
+            "timestamp": format!("2026-01-01T00:00:{second:02}Z"), "turnIndex": index, "aiText": text}),
+        )
+    }
+
+    fn usage(id: &str, quantity: &str) -> (String, CallEvent) {
+        event(
+            serde_json::json!({"eventType": "cost.usage.reported", "callId": "c",
+            "timestamp": "2026-01-01T00:00:05Z", "usageId": id, "resourceType": "LLM_TOKENS",
+            "quantity": quantity}),
+        )
+    }
+
+    /// Every order of the events, each with a duplicate, and split across two sets merged
+    /// later (as the projector merges waiting batches), gives the same rows.
+    #[test]
+    fn rows_do_not_depend_on_order_duplicates_or_batching() {
+        let events = vec![
+            turn(0, 1, "first"),
+            turn(0, 2, "second"),
+            turn(1, 3, "bye"),
+            usage("u1", "10"),
+            usage("u1", "12"),
+            usage("u2", "1"),
+            event(serde_json::json!({"eventType": "call.answered", "callId": "c"})),
+        ];
+        let rows = |evs: &[(String, CallEvent)]| {
+            ProjectionRows::of(evs.iter().map(|(c, e)| (c.as_str(), e)))
+        };
+        let expected = rows(&events);
+        assert_eq!(expected.len(), 4, "two turns and two usage lines");
+        assert_eq!(
+            expected.turns[&("c".to_owned(), 0)].turn.ai_text.as_deref(),
+            Some("second")
+        );
+        assert_eq!(
+            expected.usage[&("c".to_owned(), "id:u1".to_owned())]
+                .usage
+                .quantity,
+            rust_decimal::Decimal::from(12)
+        );
+        let n = events.len();
+        for rotation in 0..n {
+            for reversed in [false, true] {
+                let mut order: Vec<_> = events.clone();
+                order.rotate_left(rotation);
+                if reversed {
+                    order.reverse();
+                }
+                order.extend(order.clone());
+                assert_eq!(
+                    rows(&order),
+                    expected,
+                    "rotation {rotation}, reversed {reversed}"
+                );
+                for split in 0..order.len() {
+                    let mut first = rows(&order[..split]);
+                    first.merge(rows(&order[split..]));
+                    assert_eq!(first, expected, "split at {split}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The dialog-turn and usage projections, written after the commit (off the ack path), against
+//! the real database and broker: they end up right whatever the order of the events, a call
+//! leaves `open_calls` only with them written, and what a crash left unprojected is written
+//! again when the service starts.
+
+mod common;
+
+use std::time::Duration;
+
+use cdr_service::event::{self, Envelope, Limits};
+use cdr_service::log::EventLog;
+use chrono::Duration as Span;
+use common::*;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const LIMITS: Limits = Limits {
+    max_body_bytes: 1 << 20,
+    max_json_depth: 32,
+};
+
+fn at(secs: i64) -> String {
+    event::format_timestamp(t0() + Span::seconds(secs))
+}
+
+/// A call with two versions of its first turn (the later one by timestamp wins), a second
+/// turn, a usage report in two versions (the larger quantity wins) and one without an id.
+fn call_with_turns_and_usage(call: &str) -> Vec<Value> {
+    vec![
+        json!({"eventType": "call.started", "callId": call, "timestamp": at(0),
+               "from": "sip:1@x", "to": "sip:2@x"}),
+        json!({"eventType": "call.answered", "callId": call, "timestamp": at(1)}),
+        json!({"eventType": "dialog.turn.completed", "callId": call, "timestamp": at(3),
+               "turnIndex": 0, "userText": "hi", "aiText": "second answer", "sttMs": 90}),
+        json!({"eventType": "dialog.turn.completed", "callId": call, "timestamp": at(2),
+               "turnIndex": 0, "userText": "hi", "aiText": "first answer", "sttMs": 80}),
+        json!({"eventType": "dialog.turn.completed", "callId": call, "timestamp": at(4),
+               "turnIndex": 1, "userText": "bye", "aiText": "goodbye"}),
+        json!({"eventType": "cost.usage.reported", "callId": call, "timestamp": at(5),
+               "usageId": "u1", "service": "llm", "resourceType": "LLM_TOKENS", "quantity": "10"}),
+        json!({"eventType": "cost.usage.reported", "callId": call, "timestamp": at(5),
+               "usageId": "u1", "service": "llm", "resourceType": "LLM_TOKENS", "quantity": "12"}),
+        json!({"eventType": "cost.usage.reported", "callId": call, "timestamp": at(6),
+               "service": "tts", "resourceType": "TTS_CHARACTERS", "quantity": "7"}),
+        json!({"eventType": "call.ended", "callId": call, "timestamp": at(9), "reason": "normal"}),
+    ]
+}
+
+async fn turns(pool: &PgPool, call: &str) -> Vec<(i32, Option<String>, Option<i32>)> {
+    sqlx::query_as(
+        "SELECT turn_index, ai_text, stt_ms FROM call_dialog_events WHERE call_id = $1 ORDER BY turn_index",
+    )
+    .bind(call)
+    .fetch_all(pool)
+    .await
+    .expect("read dialog turns")
+}
+
+async fn usage(pool: &PgPool, call: &str) -> Vec<(String, String, Decimal)> {
+    sqlx::query_as(
+        "SELECT usage_key, resource_type, quantity FROM usage_records WHERE call_id = $1 ORDER BY resource_type",
+    )
+    .bind(call)
+    .fetch_all(pool)
+    .await
+    .expect("read usage lines")
+}
+
+async fn is_open(pool: &PgPool, call: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM open_calls WHERE call_id = $1)")
+        .bind(call)
+        .fetch_one(pool)
+        .await
+        .expect("read open_calls")
+}
+
+/// What `call_with_turns_and_usage` must project to.
+async fn assert_projected(pool: &PgPool, call: &str) {
+    assert_eq!(
+        turns(pool, call).await,
+        vec![
+            (0, Some("second answer".to_owned()), Some(90)),
+            (1, Some("goodbye".to_owned()), None),
+        ],
+        "dialog turns of {call}"
+    );
+    let lines = usage(pool, call).await;
+    assert_eq!(lines.len(), 2, "usage lines of {call}: {lines:?}");
+    assert_eq!(
+        (lines[0].0.as_str(), lines[0].2),
+        ("id:u1", Decimal::from(12))
+    );
+    assert!(lines[1].0.starts_with("hash:"), "{lines:?}");
+    assert_eq!(lines[1].2, Decimal::from(7));
+}
+
+/// Published in reverse order through the broker: once the call has left `open_calls` (its
+/// row written), its projections are there, read at that moment without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_leaves_open_calls_only_with_its_projections_written() {
+    let app = TestApp::spawn().await;
+    let call = "projected";
+    let mut events = call_with_turns_and_usage(call);
+    events.reverse();
+    for e in &events {
+        app.publisher.publish(e).await.expect("publish");
+    }
+    let row = wait_for_row(&app.pool, call, events.len() as i32).await;
+    assert_eq!(row.status.as_deref(), Some("COMPLETED"));
+    wait_until(Duration::from_secs(30), "the call closed", || {
+        let pool = app.pool.clone();
+        async move { !is_open(&pool, call).await }
+    })
+    .await;
+    assert_projected(&app.pool, call).await;
+    assert!(app.metric("cdr_projection_rows_total").await >= 4.0);
+    app.finish().await;
+}
+
+/// The log committed a call's events (and a quarantined call's) but the process died before
+/// the projector wrote their rows: the next start writes them, then closes the call with its
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_lost_in_a_crash_are_written_again_at_start() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let log = EventLog::new(pool.clone());
+    let envelopes = |call: &str| -> Vec<Envelope> {
+        call_with_turns_and_usage(call)
+            .iter()
+            .map(|v| event::decode(v.to_string().as_bytes(), t0(), LIMITS).expect("event"))
+            .collect()
+    };
+    let appended = log.append(&envelopes("crashed")).await.expect("append");
+    assert_eq!(appended.new_events(), 9);
+    let appended = log.append(&envelopes("held")).await.expect("append");
+    assert_eq!(appended.new_events(), 9);
+    log.quarantine("held", 3, "kept back by the test")
+        .await
+        .expect("quarantine");
+    assert!(turns(&pool, "crashed").await.is_empty());
+    assert!(is_open(&pool, "crashed").await);
+
+    let mut settings = env.settings();
+    settings.tracker.linger = Duration::from_millis(200);
+    let app = TestApp::start(env, settings).await;
+    // Recovery re-projected both calls before the service reported ready.
+    assert_projected(&app.pool, "crashed").await;
+    assert_projected(&app.pool, "held").await;
+    let recovered = wait_for_row(&app.pool, "crashed", 9).await;
+    assert_eq!(recovered.status.as_deref(), Some("COMPLETED"));
+    wait_until(Duration::from_secs(30), "the recovered call closed", || {
+        let pool = app.pool.clone();
+        async move { !is_open(&pool, "crashed").await }
+    })
+    .await;
+    assert!(
+        row(&app.pool, "held").await.is_none(),
+        "a quarantined call gets no record until it is released"
+    );
+    pool.close().await;
+    app.finish().await;
+}
