@@ -8,12 +8,17 @@ mod common;
 use std::time::Duration;
 
 use cdr_service::event::{self, Envelope, Limits};
-use cdr_service::log::EventLog;
+use cdr_service::health::Health;
+use cdr_service::log::{EventLog, LoggedEvent};
+use cdr_service::merge::{CallState, PriceBook};
+use cdr_service::project::{self, ProjectionRows, Projector};
+use cdr_service::writer::{RecordWriter, WriteRequest};
 use chrono::Duration as Span;
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 const LIMITS: Limits = Limits {
     max_body_bytes: 1 << 20,
@@ -162,4 +167,150 @@ async fn projections_lost_in_a_crash_are_written_again_at_start() {
     );
     pool.close().await;
     app.finish().await;
+}
+
+fn envelopes(call: &str) -> Vec<Envelope> {
+    call_with_turns_and_usage(call)
+        .iter()
+        .map(|v| event::decode(v.to_string().as_bytes(), t0(), LIMITS).expect("event"))
+        .collect()
+}
+
+/// A fresh database of its own, with the schema, and the call's events logged.
+async fn logged_call(env: &TestEnv, call: &str) -> (PgPool, Vec<LoggedEvent>) {
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let batch = envelopes(call);
+    let appended = EventLog::new(pool.clone())
+        .append(&batch)
+        .await
+        .expect("append");
+    (pool, appended.into_logged(batch))
+}
+
+/// The request an actor would send for the call's logged events.
+fn record_of(call: &str, logged: &[LoggedEvent]) -> WriteRequest {
+    let state = CallState::fold(logged.iter().map(|e| &e.event));
+    WriteRequest {
+        record: state.record(call, &PriceBook::default()),
+        event_count: logged.len() as i32,
+        max_event_id: logged.iter().map(|e| e.event_id).max().unwrap(),
+        end_received: None,
+        cause: "ended",
+    }
+}
+
+/// The record writer waits for the projections to cover a call's events before it writes
+/// the row and closes the call; if the projector stops short, it writes the row and leaves
+/// the call open for the next start to re-project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_closes_a_call_only_once_its_projections_are_covered() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let (pool, logged) = logged_call(&env, "gated").await;
+    let request = record_of("gated", &logged);
+
+    let (projector, handle) = Projector::new(pool.clone(), settings.backoff.clone());
+    let (writer, writer_handle) = RecordWriter::new(
+        pool.clone(),
+        settings.writer.clone(),
+        settings.backoff.clone(),
+        Health::default(),
+        handle.projected(),
+    );
+    let drain = CancellationToken::new();
+    let writer_task = tokio::spawn(writer.run(drain.clone(), CancellationToken::new()));
+    writer_handle.write(request.clone()).await.expect("queued");
+    // Nothing projected yet: the record waits (a bounded look, not a timing threshold: the
+    // row must not appear however long this takes).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        row(&pool, "gated").await.is_none(),
+        "written before its projections"
+    );
+    assert!(is_open(&pool, "gated").await);
+
+    // The projector writes the batch and raises its mark: the row and the close follow.
+    assert!(
+        project::write_with_retry(
+            &pool,
+            ProjectionRows::of_logged(&logged),
+            &settings.backoff,
+            &CancellationToken::new()
+        )
+        .await
+    );
+    handle.cover(request.max_event_id);
+    wait_for_row(&pool, "gated", request.event_count).await;
+    wait_until(Duration::from_secs(30), "the call closed", || {
+        let pool = pool.clone();
+        async move { !is_open(&pool, "gated").await }
+    })
+    .await;
+    assert_projected(&pool, "gated").await;
+
+    // A late event reopens the call; then the projector stops without covering it.
+    let late = json!({"eventType": "call.recording.available", "callId": "gated",
+                      "timestamp": at(20), "recordingUrl": "s3://r/gated.wav"});
+    let batch = vec![event::decode(late.to_string().as_bytes(), t0(), LIMITS).expect("event")];
+    let appended = EventLog::new(pool.clone())
+        .append(&batch)
+        .await
+        .expect("append");
+    let mut all = logged.clone();
+    all.extend(appended.into_logged(batch));
+    drop(handle);
+    drop(projector);
+    writer_handle
+        .write(record_of("gated", &all))
+        .await
+        .expect("queued");
+    wait_for_row(&pool, "gated", all.len() as i32).await;
+    drain.cancel();
+    writer_task.await.expect("writer");
+    assert!(
+        is_open(&pool, "gated").await,
+        "the row is written but the call stays open: its projections are not known to be written"
+    );
+
+    pool.close().await;
+    env.cleanup(&settings).await;
+}
+
+/// A projection row the database refuses on its own (here through a constraint the test
+/// adds) is left out; the other rows of the same statement are written and the write ends.
+#[tokio::test]
+async fn a_projection_row_the_database_refuses_is_left_out_and_the_rest_written() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let (pool, mut logged) = logged_call(&env, "refused").await;
+    sqlx::query(
+        "ALTER TABLE call_dialog_events ADD CONSTRAINT test_refuses \
+         CHECK (ai_text IS DISTINCT FROM 'refuse me')",
+    )
+    .execute(&pool)
+    .await
+    .expect("add the constraint");
+    let bad = json!({"eventType": "dialog.turn.completed", "callId": "refused", "timestamp": at(7),
+                     "turnIndex": 2, "aiText": "refuse me"});
+    let batch = vec![event::decode(bad.to_string().as_bytes(), t0(), LIMITS).expect("event")];
+    let appended = EventLog::new(pool.clone())
+        .append(&batch)
+        .await
+        .expect("append");
+    logged.extend(appended.into_logged(batch));
+
+    let rows = ProjectionRows::of_logged(&logged);
+    assert_eq!(rows.len(), 5, "three turns, two usage lines");
+    assert!(
+        project::write(&pool, &rows).await.is_err(),
+        "the statement as a whole is refused"
+    );
+    assert!(
+        project::write_with_retry(&pool, rows, &settings.backoff, &CancellationToken::new()).await
+    );
+    assert_projected(&pool, "refused").await;
+
+    pool.close().await;
+    env.cleanup(&settings).await;
 }
