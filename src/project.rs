@@ -262,6 +262,9 @@ pub async fn write_with_retry(
     settings: &BackoffSettings,
     abort: &CancellationToken,
 ) -> bool {
+    if rows.is_empty() {
+        return true;
+    }
     let mut backoff = Backoff::new(settings);
     loop {
         let started = std::time::Instant::now();

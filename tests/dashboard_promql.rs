@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cdr_service::simulate::SyntheticCall;
 use common::service::free_port;
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -354,6 +354,15 @@ async fn every_dashboard_expression_has_data_in_a_real_prometheus() {
         }
     }
     app.publisher.publish(&complete[0].started()).await.unwrap();
+    // A dialog turn and a usage report: the projection panels.
+    for e in [
+        json!({"eventType": "dialog.turn.completed", "callId": complete[2].call_id,
+               "turnIndex": 0, "userText": "hello", "aiText": "hi there"}),
+        json!({"eventType": "cost.usage.reported", "callId": complete[2].call_id,
+               "usageId": "u-1", "resourceType": "LLM_TOKENS", "quantity": "42"}),
+    ] {
+        app.publisher.publish(&e).await.unwrap();
+    }
     // Garbage: dead-lettered.
     app.publisher
         .publish_raw("call.started", b"not json")
@@ -390,8 +399,9 @@ async fn every_dashboard_expression_has_data_in_a_real_prometheus() {
     app.publisher.publish(&late.recording()).await.unwrap();
     let r = wait_for_row(&app.pool, &late.call_id, 5).await;
     assert!(r.recording_url.is_some());
-    for c in &complete {
-        let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    for (i, c) in complete.iter().enumerate() {
+        let events = if i == 2 { 7 } else { 5 };
+        let r = wait_for_row(&app.pool, &c.call_id, events).await;
         assert_eq!(r.status.as_deref(), Some("COMPLETED"));
     }
     let r = wait_for_row(&app.pool, &open.call_id, 2).await;
