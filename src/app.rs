@@ -246,16 +246,9 @@ async fn recover(
     let count = calls.len();
     let mut events = 0;
     for chunk in calls.chunks(1000) {
-        let Some(loaded) = retry(settings, shutdown, "load open calls", || {
-            log.load_calls(chunk)
-        })
-        .await
-        else {
+        let Some(loaded) = load_reprojected(log, chunk, projector, settings, shutdown).await else {
             return;
         };
-        if !reproject(&loaded, projector, settings, shutdown).await {
-            return;
-        }
         match tracker.resume(loaded).await {
             Ok(n) => events += n,
             Err(e) => {
@@ -271,14 +264,10 @@ async fn recover(
         return;
     };
     for chunk in quarantined.chunks(1000) {
-        let Some(loaded) = retry(settings, shutdown, "load quarantined calls", || {
-            log.load_calls(chunk)
-        })
-        .await
-        else {
-            return;
-        };
-        if !reproject(&loaded, projector, settings, shutdown).await {
+        if load_reprojected(log, chunk, projector, settings, shutdown)
+            .await
+            .is_none()
+        {
             return;
         }
     }
@@ -287,18 +276,27 @@ async fn recover(
     info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
 }
 
-/// Writes the projections of calls loaded from the log. False if shut down first.
-async fn reproject(
-    calls: &[(String, Vec<LoggedEvent>)],
+/// Loads calls with all their logged events and writes their projections again. None if the
+/// service is shut down first.
+async fn load_reprojected(
+    log: &EventLog,
+    call_ids: &[String],
     projector: &ProjectorHandle,
     settings: &Settings,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Vec<(String, Vec<LoggedEvent>)>> {
+    let loaded = retry(settings, shutdown, "load calls", || {
+        log.load_calls(call_ids)
+    })
+    .await?;
     let rows =
-        ProjectionRows::of(calls.iter().flat_map(|(call_id, events)| {
+        ProjectionRows::of(loaded.iter().flat_map(|(call_id, events)| {
             events.iter().map(move |e| (call_id.as_str(), &e.event))
         }));
-    projector.write_now(rows, &settings.backoff, shutdown).await
+    projector
+        .write_now(rows, &settings.backoff, shutdown)
+        .await
+        .then_some(loaded)
 }
 
 /// Runs a recovery query until it succeeds (backing off while the database is away); None if
