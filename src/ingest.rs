@@ -20,7 +20,9 @@
 //!
 //! The tracker takes committed batches from a short FIFO queue served by one dispatcher task,
 //! so starting actors for new calls never holds up the next commit, and batches reach the
-//! tracker in log order (each call's events only grow in id).
+//! tracker in log order (each call's events only grow in id). The dispatcher hands each batch
+//! to the projector first (`project`), in the same order: the dialog-turn and usage rows are
+//! written after the commit, not inside it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
