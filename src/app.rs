@@ -271,7 +271,7 @@ async fn recover(
             return;
         }
     }
-    projector.cover(logged_before);
+    projector.cover(logged_before).await;
     counter!("cdr_calls_recovered_total").increment(count as u64);
     info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
 }

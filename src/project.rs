@@ -348,12 +348,14 @@ struct Committed {
     upto: i64,
 }
 
-/// Queues committed batches for the projector (held by the ingest dispatcher).
+/// Queues committed batches for the projector (held by the ingest dispatcher). It holds no
+/// sender of the projected-through mark: only the projector task raises it, so once that task
+/// has ended, for whatever reason, whoever waits on the mark learns it will not rise again.
 #[derive(Clone)]
 pub struct ProjectorHandle {
     pool: PgPool,
     tx: mpsc::Sender<Committed>,
-    done: watch::Sender<i64>,
+    projected: watch::Receiver<i64>,
 }
 
 impl ProjectorHandle {
@@ -362,10 +364,14 @@ impl ProjectorHandle {
         let Some(upto) = events.iter().map(|e| e.event_id).max() else {
             return;
         };
-        let batch = Committed {
+        self.send(Committed {
             rows: ProjectionRows::of_logged(events),
             upto,
-        };
+        })
+        .await;
+    }
+
+    async fn send(&self, batch: Committed) {
         if self.tx.send(batch).await.is_err() {
             // Only if the projector has stopped: the calls stay open, and the next start
             // re-projects them.
@@ -385,14 +391,19 @@ impl ProjectorHandle {
     }
 
     /// Declares every event up to `upto` projected: recovery calls it once it has re-projected
-    /// the open calls, for the events logged before this process started.
-    pub fn cover(&self, upto: i64) {
-        raise(&self.done, upto);
+    /// the open calls, for the events logged before this process started. It goes through the
+    /// queue like a batch without rows, so it takes effect in order.
+    pub async fn cover(&self, upto: i64) {
+        self.send(Committed {
+            rows: ProjectionRows::default(),
+            upto,
+        })
+        .await;
     }
 
     /// How far projections are committed, for the record writer.
     pub fn projected(&self) -> Projected {
-        Projected(self.done.subscribe())
+        Projected(self.projected.clone())
     }
 }
 
@@ -432,11 +443,11 @@ pub struct Projector {
 impl Projector {
     pub fn new(pool: PgPool, backoff: BackoffSettings) -> (Self, ProjectorHandle) {
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-        let (done, _) = watch::channel(0);
+        let (done, projected) = watch::channel(0);
         let handle = ProjectorHandle {
             pool: pool.clone(),
             tx,
-            done: done.clone(),
+            projected,
         };
         (
             Projector {
@@ -481,19 +492,15 @@ impl Projector {
                 );
                 return;
             }
-            raise(&self.done, upto);
+            // Raised only after the rows are committed; it never goes down.
+            self.done.send_if_modified(|v| {
+                let higher = upto > *v;
+                *v = (*v).max(upto);
+                higher
+            });
         }
         info!("projector drained");
     }
-}
-
-/// Raises the projected-through id to `upto` (it never goes down).
-fn raise(done: &watch::Sender<i64>, upto: i64) {
-    done.send_if_modified(|v| {
-        let higher = upto > *v;
-        *v = (*v).max(upto);
-        higher
-    });
 }
 
 #[cfg(test)]

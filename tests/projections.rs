@@ -211,6 +211,7 @@ async fn the_writer_closes_a_call_only_once_its_projections_are_covered() {
     let request = record_of("gated", &logged);
 
     let (projector, handle) = Projector::new(pool.clone(), settings.backoff.clone());
+    let projector_task = tokio::spawn(projector.run(CancellationToken::new()));
     let (writer, writer_handle) = RecordWriter::new(
         pool.clone(),
         settings.writer.clone(),
@@ -230,17 +231,9 @@ async fn the_writer_closes_a_call_only_once_its_projections_are_covered() {
     );
     assert!(is_open(&pool, "gated").await);
 
-    // The projector writes the batch and raises its mark: the row and the close follow.
-    assert!(
-        project::write_with_retry(
-            &pool,
-            ProjectionRows::of_logged(&logged),
-            &settings.backoff,
-            &CancellationToken::new()
-        )
-        .await
-    );
-    handle.cover(request.max_event_id);
+    // The projector takes the committed batch, writes its rows, then raises its mark: the row
+    // and the close follow.
+    handle.project(&logged).await;
     wait_for_row(&pool, "gated", request.event_count).await;
     wait_until(Duration::from_secs(30), "the call closed", || {
         let pool = pool.clone();
@@ -259,8 +252,9 @@ async fn the_writer_closes_a_call_only_once_its_projections_are_covered() {
         .expect("append");
     let mut all = logged.clone();
     all.extend(appended.into_logged(batch));
+    // Its last handle gone, the projector ends with the mark where it is.
     drop(handle);
-    drop(projector);
+    projector_task.await.expect("projector");
     writer_handle
         .write(record_of("gated", &all))
         .await
