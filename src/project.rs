@@ -265,61 +265,18 @@ pub async fn write_with_retry(
     if rows.is_empty() {
         return true;
     }
-    let mut backoff = Backoff::new(settings);
-    loop {
-        let started = std::time::Instant::now();
-        match write(pool, &rows).await {
-            Ok(()) => {
-                histogram!("cdr_projection_write_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                count_written(&rows);
-                return true;
-            }
-            Err(e) if crate::db::is_transient(&e) => {
-                counter!("cdr_projection_write_retries_total").increment(1);
-                let delay = backoff.next_delay();
-                warn!(error = %e, rows = rows.len(), retry_in = ?delay, "projection write failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = abort.cancelled() => return false,
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, rows = rows.len(), "projection rows refused; writing them one by one");
-                for row in rows.split() {
-                    // The same retry for each: only a refusal of the row itself drops it.
-                    if !write_single(pool, row, settings, abort).await {
-                        return false;
-                    }
-                }
-                return true;
-            }
-        }
-    }
-}
-
-/// One row of a refused set: written, retried while the database is away, or left out.
-async fn write_single(
-    pool: &PgPool,
-    row: ProjectionRows,
-    settings: &BackoffSettings,
-    abort: &CancellationToken,
-) -> bool {
-    let mut backoff = Backoff::new(settings);
-    loop {
-        match write(pool, &row).await {
-            Ok(()) => {
-                count_written(&row);
-                return true;
-            }
-            Err(e) if crate::db::is_transient(&e) => {
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = abort.cancelled() => return false,
-                }
-            }
-            Err(e) => {
+    let e = match retrying(pool, &rows, settings, abort).await {
+        None => return false,
+        Some(Ok(())) => return true,
+        Some(Err(e)) => e,
+    };
+    warn!(error = %e, rows = rows.len(), "projection rows refused; writing them one by one");
+    for row in rows.split() {
+        // The same retry for each: only a refusal of the row itself drops it.
+        match retrying(pool, &row, settings, abort).await {
+            None => return false,
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
                 for t in row.turns.values() {
                     error!(call_id = %t.call_id, turn_index = t.turn.turn_index, error = %e,
                         "dialog turn refused by the database; its event stays in call_events");
@@ -329,8 +286,40 @@ async fn write_single(
                         "usage line refused by the database; its event stays in call_events");
                 }
                 counter!("cdr_projection_rows_refused_total").increment(row.len() as u64);
-                return true;
             }
+        }
+    }
+    true
+}
+
+/// Writes the rows, retrying while the database is away: `Some(Ok)` once written, `Some(Err)`
+/// with the database's refusal of the data itself, `None` if `abort` fired first.
+async fn retrying(
+    pool: &PgPool,
+    rows: &ProjectionRows,
+    settings: &BackoffSettings,
+    abort: &CancellationToken,
+) -> Option<Result<(), sqlx::Error>> {
+    let mut backoff = Backoff::new(settings);
+    loop {
+        let started = std::time::Instant::now();
+        match write(pool, rows).await {
+            Ok(()) => {
+                histogram!("cdr_projection_write_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                count_written(rows);
+                return Some(Ok(()));
+            }
+            Err(e) if crate::db::is_transient(&e) => {
+                counter!("cdr_projection_write_retries_total").increment(1);
+                let delay = backoff.next_delay();
+                warn!(error = %e, rows = rows.len(), retry_in = ?delay, "projection write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abort.cancelled() => return None,
+                }
+            }
+            Err(e) => return Some(Err(e)),
         }
     }
 }
