@@ -217,7 +217,8 @@ impl Env {
         format!("cdr_bench.{}.{what}", self.id)
     }
 
-    /// Declares a durable topic exchange and a durable queue bound to it with `#`.
+    /// Declares a durable topic exchange and a durable queue bound to it with `#`, with the
+    /// arguments the service declares its own queue with.
     async fn declare(&mut self, exchange: &str, queue: &str) -> anyhow::Result<()> {
         let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
@@ -231,13 +232,14 @@ impl Env {
             FieldTable::default(),
         )
         .await?;
+        // The service's own queue arguments, so that every drain reads the same kind of queue.
         ch.queue_declare(
             queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            cdr_service::ingest::queue_arguments(&self.settings.amqp),
         )
         .await?;
         ch.queue_bind(

@@ -65,6 +65,9 @@ pub struct AmqpSettings {
     pub binding_key: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Classic-queue storage version (`x-queue-version`) the service declares its queues with;
+    /// 0 declares them without it (the broker's default or a policy decides).
+    pub queue_version: u8,
     pub prefetch: u16,
     pub consumer_tag: String,
 }
@@ -237,6 +240,13 @@ impl Settings {
                 "amqp.dead_letter_exchange",
                 &self.amqp.dead_letter_exchange,
                 "must differ from amqp.exchange, or dead letters would be consumed again",
+            ));
+        }
+        if self.amqp.queue_version > 2 {
+            return Err(invalid(
+                "amqp.queue_version",
+                self.amqp.queue_version,
+                "must be 1 or 2 (RabbitMQ's classic-queue versions), or 0 to leave it to the broker",
             ));
         }
         if self.amqp.prefetch == 0 {
@@ -501,6 +511,12 @@ mod tests {
         // (variable, value, the key and the value the error must name)
         for (var, value, key, shown) in [
             ("CDR__AMQP__PREFETCH", "0", "amqp.prefetch", "\"0\""),
+            (
+                "CDR__AMQP__QUEUE_VERSION",
+                "3",
+                "amqp.queue_version",
+                "\"3\"",
+            ),
             ("POSTGRES_URL", "mysql://x", "database.url", "mysql://x"),
             (
                 "CDR__TRACKER__IDLE_TIMEOUT",

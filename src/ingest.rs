@@ -668,16 +668,16 @@ async fn declare_topology(conn: &Connection, amqp: &AmqpSettings) -> Result<(), 
             )
             .await?;
         warn!(exchange = %amqp.exchange, "exchange exists with another type than topic; binding to it as it is");
-        return declare_queues(&passive, amqp).await;
+        return declare_queues(conn, &passive, amqp).await;
     }
-    declare_queues(&channel, amqp).await
+    declare_queues(conn, &channel, amqp).await
 }
 
-async fn declare_queues(channel: &Channel, amqp: &AmqpSettings) -> Result<(), IngestError> {
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+async fn declare_queues(
+    conn: &Connection,
+    channel: &Channel,
+    amqp: &AmqpSettings,
+) -> Result<(), IngestError> {
     channel
         .exchange_declare(
             amqp.dead_letter_exchange.as_str().into(),
@@ -689,40 +689,84 @@ async fn declare_queues(channel: &Channel, amqp: &AmqpSettings) -> Result<(), In
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(
-            amqp.queue.as_str().into(),
-            durable_queue,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            amqp.queue.as_str().into(),
-            amqp.exchange.as_str().into(),
-            amqp.binding_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            amqp.dead_letter_queue.as_str().into(),
-            durable_queue,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            amqp.dead_letter_queue.as_str().into(),
-            amqp.dead_letter_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let arguments = queue_arguments(amqp);
+    for (queue, exchange, binding_key) in [
+        (&amqp.queue, &amqp.exchange, amqp.binding_key.as_str()),
+        (&amqp.dead_letter_queue, &amqp.dead_letter_exchange, "#"),
+    ] {
+        declare_queue(conn, queue, &arguments).await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
+}
+
+/// The arguments the service declares its queues with (`amqp.queue_version`). Public so that
+/// the storm benchmark's reference consumers drain the same kind of queue as the service.
+pub fn queue_arguments(amqp: &AmqpSettings) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if amqp.queue_version > 0 {
+        arguments.insert(
+            "x-queue-version".into(),
+            AMQPValue::LongLongInt(amqp.queue_version.into()),
+        );
+    }
+    arguments
+}
+
+/// Declares a durable queue with `arguments`, on a channel of its own. A queue that exists
+/// with other arguments (declared by an earlier deployment, or by hand) is consumed as it is:
+/// RabbitMQ refuses to redeclare it, and refusing to start would stop the records for what is
+/// only a storage setting.
+async fn declare_queue(
+    conn: &Connection,
+    queue: &str,
+    arguments: &FieldTable,
+) -> Result<(), IngestError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = conn.create_channel().await?;
+    match channel
+        .queue_declare(queue.into(), durable, arguments.clone())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "queue declared".into()).await;
+            Ok(())
+        }
+        Err(e) if is_precondition_failed(&e) => {
+            // The refused declare closed that channel; check on a new one that the queue exists.
+            let passive = conn.create_channel().await?;
+            passive
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = passive.close(200, "queue checked".into()).await;
+            warn!(
+                queue,
+                error = %e,
+                "queue exists with other arguments; consuming it as it is (a `queue-version` policy converts it in place)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn is_precondition_failed(e: &lapin::Error) -> bool {

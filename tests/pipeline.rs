@@ -329,6 +329,130 @@ async fn fanout_exchange_is_reported_and_used_when_allowed() {
     app.finish().await;
 }
 
+/// Redeclares `queue` (durable) with `x-queue-version` = `version` on a channel of its own: the
+/// broker accepts it only if the queue already has that version.
+async fn queue_has_version(queue: &str, version: i64) -> bool {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-version".into(),
+        lapin::types::AMQPValue::LongLongInt(version),
+    );
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await;
+    let _ = conn.close(200, "ok".into()).await;
+    match declared {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                e.to_string().contains("inequivalent arg 'x-queue-version'"),
+                "unexpected refusal: {e}"
+            );
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_are_declared_with_the_configured_version() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.settings.amqp.queue_version, 2, "the default");
+    for queue in [
+        &app.settings.amqp.queue,
+        &app.settings.amqp.dead_letter_queue,
+    ] {
+        assert!(queue_has_version(queue, 2).await, "{queue} is version 2");
+        assert!(
+            !queue_has_version(queue, 1).await,
+            "{queue} is not version 1"
+        );
+    }
+    let c = call("queue-v2");
+    publish_all(&app, &c.events(true)).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    // An earlier deployment declared the queue without a version, and left a call in it.
+    let c = call("old-queue");
+    {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_declare(
+            settings.amqp.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            settings.amqp.queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            settings.amqp.queue.as_str().into(),
+            settings.amqp.exchange.as_str().into(),
+            "#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        for e in c.events(true) {
+            ch.basic_publish(
+                settings.amqp.exchange.as_str().into(),
+                "call.event".into(),
+                Default::default(),
+                e.to_string().as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        }
+        conn.close(200, "ok".into()).await.unwrap();
+    }
+    let queue = settings.amqp.queue.clone();
+    let app = TestApp::start(env, settings).await;
+    // Consumed as it is: still without a version, and its call recorded.
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    assert!(!queue_has_version(&queue, 2).await);
+    // New events keep flowing through it.
+    let c2 = call("old-queue-next");
+    publish_all(&app, &c2.events(true)).await;
+    let r2 = wait_for_row(&app.pool, &c2.call_id, 5).await;
+    assert_full_record(&r2, &c2);
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_exchange_without_permission_keeps_the_service_up_and_not_ready() {
     let env = TestEnv::new().await;
