@@ -723,9 +723,9 @@ pub fn queue_arguments(amqp: &AmqpSettings) -> FieldTable {
 }
 
 /// Declares a durable queue with `arguments`, on a channel of its own. A queue that exists
-/// with other arguments (declared by an earlier deployment, or by hand) is consumed as it is:
-/// RabbitMQ refuses to redeclare it, and refusing to start would stop the records for what is
-/// only a storage setting.
+/// with other arguments (another version, a quorum queue, a length limit: declared by an
+/// earlier deployment or by an operator) is consumed as it is: RabbitMQ refuses to redeclare
+/// it, those arguments are the operator's to choose, and refusing them would stop every record.
 async fn declare_queue(
     conn: &Connection,
     queue: &str,

@@ -329,18 +329,15 @@ async fn fanout_exchange_is_reported_and_used_when_allowed() {
     app.finish().await;
 }
 
-/// Redeclares `queue` (durable) with `x-queue-version` = `version` on a channel of its own: the
-/// broker accepts it only if the queue already has that version.
-async fn queue_has_version(queue: &str, version: i64) -> bool {
+/// Redeclares `queue` (durable) with `argument` = `value` on a channel of its own: the broker
+/// accepts it only if the queue already has that argument with that value.
+async fn queue_has(queue: &str, argument: &str, value: lapin::types::AMQPValue) -> bool {
     let conn = lapin::Connection::connect(&amqp_url(), Default::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut arguments = lapin::types::FieldTable::default();
-    arguments.insert(
-        "x-queue-version".into(),
-        lapin::types::AMQPValue::LongLongInt(version),
-    );
+    arguments.insert(argument.into(), value);
     let declared = ch
         .queue_declare(
             queue.into(),
@@ -356,7 +353,8 @@ async fn queue_has_version(queue: &str, version: i64) -> bool {
         Ok(_) => true,
         Err(e) => {
             assert!(
-                e.to_string().contains("inequivalent arg 'x-queue-version'"),
+                e.to_string()
+                    .contains(&format!("inequivalent arg '{argument}'")),
                 "unexpected refusal: {e}"
             );
             false
@@ -364,17 +362,23 @@ async fn queue_has_version(queue: &str, version: i64) -> bool {
     }
 }
 
+fn long(n: i64) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongLongInt(n)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_are_declared_with_the_configured_version() {
-    let app = TestApp::spawn().await;
-    assert_eq!(app.settings.amqp.queue_version, 2, "the default");
+    let app = TestApp::spawn_with(|s| s.amqp.queue_version = 2).await;
     for queue in [
         &app.settings.amqp.queue,
         &app.settings.amqp.dead_letter_queue,
     ] {
-        assert!(queue_has_version(queue, 2).await, "{queue} is version 2");
         assert!(
-            !queue_has_version(queue, 1).await,
+            queue_has(queue, "x-queue-version", long(2)).await,
+            "{queue} is version 2"
+        );
+        assert!(
+            !queue_has(queue, "x-queue-version", long(1)).await,
             "{queue} is not version 1"
         );
     }
@@ -389,8 +393,8 @@ async fn queues_are_declared_with_the_configured_version() {
 async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
     let env = TestEnv::new().await;
     let settings = env.settings();
-    // An earlier deployment declared the queue without a version, and left a call in it.
-    let c = call("old-queue");
+    // An operator declared the queue as a quorum queue, and producers left a call in it.
+    let c = call("quorum-queue");
     {
         let conn = lapin::Connection::connect(&amqp_url(), Default::default())
             .await
@@ -407,13 +411,18 @@ async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
         )
         .await
         .unwrap();
+        let mut quorum = lapin::types::FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
         ch.queue_declare(
             settings.amqp.queue.as_str().into(),
             lapin::options::QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             },
-            Default::default(),
+            quorum,
         )
         .await
         .unwrap();
@@ -435,18 +444,21 @@ async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
                 lapin::BasicProperties::default().with_delivery_mode(2),
             )
             .await
+            .unwrap()
+            .await
             .unwrap();
         }
         conn.close(200, "ok".into()).await.unwrap();
     }
     let queue = settings.amqp.queue.clone();
     let app = TestApp::start(env, settings).await;
-    // Consumed as it is: still without a version, and its call recorded.
+    // Consumed as it is: still a quorum queue, and its call recorded.
     let r = wait_for_row(&app.pool, &c.call_id, 5).await;
     assert_full_record(&r, &c);
-    assert!(!queue_has_version(&queue, 2).await);
+    let quorum = lapin::types::AMQPValue::LongString("quorum".into());
+    assert!(queue_has(&queue, "x-queue-type", quorum).await);
     // New events keep flowing through it.
-    let c2 = call("old-queue-next");
+    let c2 = call("quorum-queue-next");
     publish_all(&app, &c2.events(true)).await;
     let r2 = wait_for_row(&app.pool, &c2.call_id, 5).await;
     assert_full_record(&r2, &c2);
