@@ -291,27 +291,49 @@ async fn unknown_call_scoped_events_are_kept_raw() {
     app.finish().await;
 }
 
+/// A connection and a channel of the test's own, to leave on the broker what an earlier
+/// deployment or an operator would have declared.
+async fn by_hand() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+async fn declare_exchange(
+    ch: &lapin::Channel,
+    name: &str,
+    kind: lapin::ExchangeKind,
+    durable: bool,
+) {
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        lapin::options::ExchangeDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_exchange_is_reported_and_used_when_allowed() {
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     // An old deployment declared the exchange as fanout.
     {
-        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            settings.amqp.exchange.as_str().into(),
+        let (conn, ch) = by_hand().await;
+        declare_exchange(
+            &ch,
+            &settings.amqp.exchange,
             lapin::ExchangeKind::Fanout,
-            lapin::options::ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            Default::default(),
+            true,
         )
-        .await
-        .unwrap();
+        .await;
         conn.close(200, "ok".into()).await.unwrap();
     }
     settings.amqp.accept_existing_exchange_type = true;
@@ -332,10 +354,7 @@ async fn fanout_exchange_is_reported_and_used_when_allowed() {
 /// Redeclares `queue` (durable) with `argument` = `value` on a channel of its own: the broker
 /// accepts it only if the queue already has that argument with that value.
 async fn queue_has(queue: &str, argument: &str, value: lapin::types::AMQPValue) -> bool {
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
+    let (conn, ch) = by_hand().await;
     let mut arguments = lapin::types::FieldTable::default();
     arguments.insert(argument.into(), value);
     let declared = ch
@@ -396,21 +415,14 @@ async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
     // An operator declared the queue as a quorum queue, and producers left a call in it.
     let c = call("quorum-queue");
     {
-        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            settings.amqp.exchange.as_str().into(),
+        let (conn, ch) = by_hand().await;
+        declare_exchange(
+            &ch,
+            &settings.amqp.exchange,
             lapin::ExchangeKind::Topic,
-            lapin::options::ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            Default::default(),
+            true,
         )
-        .await
-        .unwrap();
+        .await;
         let mut quorum = lapin::types::FieldTable::default();
         quorum.insert(
             "x-queue-type".into(),
@@ -470,18 +482,14 @@ async fn fanout_exchange_without_permission_keeps_the_service_up_and_not_ready()
     let env = TestEnv::new().await;
     let settings = env.settings();
     {
-        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            settings.amqp.exchange.as_str().into(),
+        let (conn, ch) = by_hand().await;
+        declare_exchange(
+            &ch,
+            &settings.amqp.exchange,
             lapin::ExchangeKind::Fanout,
-            Default::default(),
-            Default::default(),
+            false,
         )
-        .await
-        .unwrap();
+        .await;
         conn.close(200, "ok".into()).await.unwrap();
     }
     let app = cdr_service::app::Application::build(settings.clone())
