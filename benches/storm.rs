@@ -4,6 +4,9 @@
 //! cargo bench --bench storm                # default sizes (a few minutes on 2 cores)
 //! cargo bench --bench storm -- --quick     # everything small, about a minute
 //! cargo bench --bench storm -- --full      # default, with 1,000,000 open calls for memory
+//!                                          # and three drain rounds
+//! # drains only, in practice: five rounds, the other phases tiny (to compare two builds)
+//! cargo bench --bench storm -- --rounds 5 --seed-messages 2000 --steady-secs 3 --open-calls 2000
 //! ```
 //!
 //! Needs PostgreSQL and RabbitMQ (`TEST_POSTGRES_URL`, default
@@ -15,7 +18,9 @@
 //!    that does nothing (manual acks, the service's default prefetch): the broker's limit;
 //! 2. service drain: the same backlog in the service's queue, then the release binary started
 //!    as a child, timed from its start until every record is in `calls`; every record is then
-//!    verified against the storm's ground truth;
+//!    verified against the storm's ground truth. With `--rounds N`, N service drains, each on a
+//!    fresh database and queue and each followed by a broker drain; the ratio reported is the
+//!    median round's, with every round's beside it;
 //! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
@@ -85,6 +90,9 @@ struct Sizes {
     steady_secs: f64,
     /// Open calls for the memory measurement.
     open_calls: usize,
+    /// Service drains, each between two broker drains (broker, service, broker, service, ...,
+    /// broker): the drain ratio is the median of the rounds' ratios.
+    rounds: usize,
 }
 
 impl Sizes {
@@ -99,6 +107,7 @@ impl Sizes {
                 steady_rate: 5_000.0,
                 steady_secs: 5.0,
                 open_calls: 20_000,
+                rounds: 1,
             }
         } else {
             Sizes {
@@ -109,6 +118,7 @@ impl Sizes {
                 steady_rate: 20_000.0,
                 steady_secs: 30.0,
                 open_calls: 100_000,
+                rounds: 1,
             }
         };
         if args.iter().any(|a| a == "--full") {
@@ -118,6 +128,7 @@ impl Sizes {
                 "full"
             };
             sizes.open_calls = 1_000_000;
+            sizes.rounds = 3;
         }
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -134,11 +145,16 @@ impl Sizes {
                 "--steady-rate" => sizes.steady_rate = value(a)?,
                 "--steady-secs" => sizes.steady_secs = value(a)?,
                 "--open-calls" => sizes.open_calls = value(a)? as usize,
+                "--rounds" => sizes.rounds = value(a)? as usize,
                 other => eprintln!("storm bench: ignoring argument {other:?}"),
             }
         }
-        if sizes.calls == 0 || sizes.open_calls == 0 || sizes.steady_rate <= 0.0 {
-            bail!("--calls, --open-calls and --steady-rate must be above 0");
+        if sizes.calls == 0
+            || sizes.open_calls == 0
+            || sizes.rounds == 0
+            || sizes.steady_rate <= 0.0
+        {
+            bail!("--calls, --open-calls, --rounds and --steady-rate must be above 0");
         }
         Ok(sizes)
     }
@@ -171,7 +187,9 @@ fn amqp_url() -> String {
 
 struct Env {
     id: String,
+    /// The current database, and every one the bench created (removed at the end).
     db_name: String,
+    db_names: Vec<String>,
     db_url: String,
     settings: Settings,
     /// Exchange/queue pairs the bench declared (removed at the end).
@@ -183,18 +201,7 @@ impl Env {
     async fn create() -> anyhow::Result<Env> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let db_name = format!("cdr_bench_{id}");
-        let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .context("PostgreSQL must be running (scripts/test.sh starts it)")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-            .execute(&mut conn)
-            .await?;
-        let _ = conn.close().await;
-        let db_url = match admin.rfind('/') {
-            Some(i) => format!("{}/{db_name}", &admin[..i]),
-            None => bail!("bad TEST_POSTGRES_URL {admin:?}"),
-        };
+        let db_url = create_database(&db_name).await?;
         // The `CDR__*` variables the service inherits count for the bench's own side too (the
         // queue arguments of its drains, say).
         let mut s = Settings::load_from(
@@ -212,10 +219,25 @@ impl Env {
             exchanges: vec![s.amqp.exchange.clone(), s.amqp.dead_letter_exchange.clone()],
             queues: vec![s.amqp.queue.clone(), s.amqp.dead_letter_queue.clone()],
             id,
+            db_names: vec![db_name.clone()],
             db_name,
             db_url,
             settings: s,
         })
+    }
+
+    /// A fresh database and fresh exchange and queue names for the service's next drain round,
+    /// so that every round starts as the first did: empty tables, an empty queue.
+    async fn next_round(&mut self, round: usize) -> anyhow::Result<()> {
+        let db_name = format!("cdr_bench_{}_r{round}", self.id);
+        self.db_url = create_database(&db_name).await?;
+        self.db_names.push(db_name.clone());
+        self.db_name = db_name;
+        let s = &mut self.settings;
+        s.database.url = self.db_url.clone();
+        s.amqp.exchange = format!("cdr_bench.{}.events.r{round}", self.id);
+        s.amqp.queue = format!("cdr_bench.{}.queue.r{round}", self.id);
+        Ok(())
     }
 
     fn name(&self, what: &str) -> String {
@@ -292,17 +314,34 @@ impl Env {
             let _ = conn.close(200, "bye".into()).await;
         }
         if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(&mut admin)
-            .await;
+            for db in &self.db_names {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
         }
         progress!(
-            "removed database {} and the bench's exchanges and queues",
-            self.db_name
+            "removed database(s) {} and the bench's exchanges and queues",
+            self.db_names.join(", ")
         );
+    }
+}
+
+/// Creates a database on the server of `TEST_POSTGRES_URL`; returns its URL.
+async fn create_database(db_name: &str) -> anyhow::Result<String> {
+    let admin = admin_url();
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .context("PostgreSQL must be running (scripts/test.sh starts it)")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    match admin.rfind('/') {
+        Some(i) => Ok(format!("{}/{db_name}", &admin[..i])),
+        None => bail!("bad TEST_POSTGRES_URL {admin:?}"),
     }
 }
 
@@ -1807,17 +1846,33 @@ fn markdown(r: &Value) -> String {
         )
     };
     let w = &r["service_drain_writes"];
+    let rounds = r["drain_rounds"].as_array().map_or(&[][..], Vec::as_slice);
+    let rounds_note = if rounds.len() > 1 {
+        format!(
+            " (median of {} rounds, each against the broker drains on either side of it: {})",
+            rounds.len(),
+            rounds
+                .iter()
+                .map(|x| x["ratio"]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.2}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
     let mut md = String::new();
     let _ = writeln!(
         md,
         "| measure | value |\n| --- | --- |\n\
          | broker drain (do-nothing consumer, prefetch {}, multiple acks): mean of a run before and one after the service drain | {} events/s ({} and {}) |\n\
          | service drain (release binary, from process start to every record written) | {} events/s |\n\
-         | service drain / broker drain | {} |\n\
+         | service drain / broker drain{} | {} |\n\
          | service ingest rate (first to last event logged) | {} events/s |\n\
          | seed baseline (per event: insert + upsert, autocommit, ack each) | {} events/s |\n\
          | speedup vs seed | {}x |\n\
-         | records verified / mismatched / missing | {} / {} / {} |\n\
+         | records verified / mismatched / missing (every round) | {} / {} / {} |\n\
          | steady state: target / achieved publish rate | {} / {} events/s |\n\
          | steady state: max queue depth while publishing | {} |\n\
          | flush latency p50 / p99 (call.ended published -> row committed, incl. {} ms linger) | {} / {} ms |\n\
@@ -1835,6 +1890,7 @@ fn markdown(r: &Value) -> String {
         n(&r["broker_drain_runs_events_per_s"][0]),
         n(&r["broker_drain_runs_events_per_s"][1]),
         f("service_drain_events_per_s", 0),
+        rounds_note,
         f("drain_ratio_vs_broker", 2),
         f("service_ingest_events_per_s", 0),
         f("seed_baseline_events_per_s", 0),
@@ -1964,12 +2020,44 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     );
     let events_per_call = storm.main.len() as f64 / storm.calls.len().max(1) as f64;
 
-    // The broker is drained before and after the service, and the ratio is taken against the
-    // mean: on a shared host the machine's speed drifts over minutes, and one broker run on one
-    // side of the service drain would carry that drift into the ratio.
-    let broker = broker_drain(env, &storm, 1).await?;
-    let service = service_drain(env, &storm, &o).await?;
-    let broker_after = broker_drain(env, &storm, 2).await?;
+    // The broker is drained before and after each service drain, and each round's ratio is
+    // taken against the mean of the two: on a shared host the machine's speed drifts over
+    // minutes, and one broker run on one side of the service drain would carry that drift into
+    // the ratio. With several rounds the report gives the median round's figures (the lower of
+    // the two middle ones for an even count) and every round's ratio beside them: one round
+    // moves by 10 to 20% from run to run on a shared 2-core machine.
+    let mut brokers = vec![broker_drain(env, &storm, 1).await?];
+    let mut services = Vec::with_capacity(sizes.rounds);
+    for round in 1..=sizes.rounds {
+        if round > 1 {
+            env.next_round(round).await?;
+            progress!("drain round {round} of {}", sizes.rounds);
+        }
+        services.push(service_drain(env, &storm, &o).await?);
+        brokers.push(broker_drain(env, &storm, round as u32 + 1).await?);
+    }
+    let round_ratio = |i: usize| {
+        services[i].drain.rate() / ((brokers[i].drain.rate() + brokers[i + 1].drain.rate()) / 2.0)
+    };
+    let mut order: Vec<usize> = (0..services.len()).collect();
+    order.sort_by(|&a, &b| round_ratio(a).total_cmp(&round_ratio(b)));
+    let median = order[(order.len() - 1) / 2];
+    let (broker, service, broker_after) =
+        (&brokers[median], &services[median], &brokers[median + 1]);
+    let drain_rounds: Vec<Value> = (0..services.len())
+        .map(|i| {
+            json!({
+                "broker_before_events_per_s": json_f(brokers[i].drain.rate(), 0),
+                "service_events_per_s": json_f(services[i].drain.rate(), 0),
+                "broker_after_events_per_s": json_f(brokers[i + 1].drain.rate(), 0),
+                "ratio": json_f(round_ratio(i), 3),
+                "records_verified": services[i].records_verified,
+                "records_mismatched": services[i].records_mismatched,
+                "records_missing": services[i].records_missing,
+            })
+        })
+        .collect();
+    let ratios: Vec<f64> = order.iter().map(|&i| round_ratio(i)).collect();
     let seed = seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
     let (steady, steady_o) =
         steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
@@ -2094,12 +2182,17 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "service_ingest_events_per_s": json_f(service.drain.events as f64 / service.ingest_seconds, 0),
         "service_ingest_seconds": json_f(service.ingest_seconds, 3),
         "drain_ratio_vs_broker": json_f(service_rate / broker_rate, 3),
+        "drain_rounds": drain_rounds,
+        "drain_median_round": median + 1,
+        "drain_ratio_min": json_f(ratios[0], 3),
+        "drain_ratio_max": json_f(ratios[ratios.len() - 1], 3),
         "service_drain_cpu": service.cpu,
         "service_drain_cpu_from_start": service.cpu_whole,
         "service_drain_writes": service.writes,
-        "records_verified": service.records_verified,
-        "records_mismatched": service.records_mismatched,
-        "records_missing": service.records_missing,
+        // Every round's records, each against the storm's ground truth.
+        "records_verified": services.iter().map(|s| s.records_verified).sum::<usize>(),
+        "records_mismatched": services.iter().map(|s| s.records_mismatched).sum::<usize>(),
+        "records_missing": services.iter().map(|s| s.records_missing).sum::<usize>(),
         "seed_baseline_events": seed.events,
         "seed_baseline_seconds": json_f(seed.seconds, 3),
         "seed_baseline_events_per_s": json_f(seed_rate, 0),
