@@ -746,18 +746,7 @@ async fn declare_queue(
         }
         Err(e) if is_precondition_failed(&e) => {
             // The refused declare closed that channel; check on a new one that the queue exists.
-            let passive = conn.create_channel().await?;
-            passive
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            let _ = passive.close(200, "queue checked".into()).await;
+            declare_passive(conn, queue).await?;
             warn!(
                 queue,
                 error = %e,
@@ -767,6 +756,24 @@ async fn declare_queue(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The queue as it is on the broker (its message count, say), declared passively on a channel
+/// of its own: a missing queue closes that channel, not the caller's.
+pub async fn declare_passive(conn: &Connection, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    let channel = conn.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "queue checked".into()).await;
+    Ok(declared)
 }
 
 fn is_precondition_failed(e: &lapin::Error) -> bool {

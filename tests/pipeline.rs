@@ -351,22 +351,31 @@ async fn fanout_exchange_is_reported_and_used_when_allowed() {
     app.finish().await;
 }
 
+/// Declares a durable queue with one argument.
+async fn declare_durable(
+    ch: &lapin::Channel,
+    queue: &str,
+    argument: &str,
+    value: lapin::types::AMQPValue,
+) -> lapin::Result<lapin::Queue> {
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(argument.into(), value);
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        arguments,
+    )
+    .await
+}
+
 /// Redeclares `queue` (durable) with `argument` = `value` on a channel of its own: the broker
 /// accepts it only if the queue already has that argument with that value.
 async fn queue_has(queue: &str, argument: &str, value: lapin::types::AMQPValue) -> bool {
     let (conn, ch) = by_hand().await;
-    let mut arguments = lapin::types::FieldTable::default();
-    arguments.insert(argument.into(), value);
-    let declared = ch
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await;
+    let declared = declare_durable(&ch, queue, argument, value).await;
     let _ = conn.close(200, "ok".into()).await;
     match declared {
         Ok(_) => true,
@@ -423,18 +432,11 @@ async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
             true,
         )
         .await;
-        let mut quorum = lapin::types::FieldTable::default();
-        quorum.insert(
-            "x-queue-type".into(),
+        declare_durable(
+            &ch,
+            &settings.amqp.queue,
+            "x-queue-type",
             lapin::types::AMQPValue::LongString("quorum".into()),
-        );
-        ch.queue_declare(
-            settings.amqp.queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum,
         )
         .await
         .unwrap();

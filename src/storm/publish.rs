@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
@@ -191,21 +190,10 @@ impl StormPublisher {
     }
 }
 
-/// Ready messages in a queue (declared passively on a channel of its own: a missing queue
-/// closes that channel, not the publisher's).
+/// Ready messages in a queue (`None` if it cannot be read, e.g. it does not exist).
 pub async fn queue_depth(conn: &Connection, queue: &str) -> Option<u32> {
-    let channel = conn.create_channel().await.ok()?;
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    crate::ingest::declare_passive(conn, queue)
         .await
-        .ok()?;
-    let _ = channel.close(200, "bye".into()).await;
-    Some(q.message_count())
+        .ok()
+        .map(|q| q.message_count())
 }
