@@ -622,6 +622,45 @@ fn cpu_shares(
     })
 }
 
+/// CPU seconds one group spent over a `cpu_shares` window.
+fn cpu_seconds(cpu: &Value, group: &str) -> f64 {
+    cpu["cores_used"][group].as_f64().unwrap_or(0.0) * cpu["wall_seconds"].as_f64().unwrap_or(0.0)
+}
+
+/// The CPU budget of one round: what the service, PostgreSQL and RabbitMQ spent in the service
+/// drain (from process start to the last record), per event, and what RabbitMQ spent per event
+/// in the broker drains around it.
+///
+/// `cpu_bound_ratio` is the ratio this machine would allow if its cores had been busy all
+/// through the service drain with exactly that work, in any order and with no start-up or
+/// linger: the broker drains' mean time against (CPU of the three) / cores. The measured ratio
+/// can only come close to it; when it is below a target, no scheduling or overlap reaches the
+/// target, only less CPU per event.
+fn cpu_budget(service: &ServiceDrain, before: &BrokerDrain, after: &BrokerDrain) -> Value {
+    let events = service.drain.events.max(1) as f64;
+    let per_event_us = |seconds: f64| round(seconds * 1e6 / events, 1);
+    let whole = &service.cpu_whole;
+    let (svc, pg, rmq) = (
+        cpu_seconds(whole, "service"),
+        cpu_seconds(whole, "postgres"),
+        cpu_seconds(whole, "rabbitmq"),
+    );
+    let broker_rmq =
+        (cpu_seconds(&before.cpu, "rabbitmq") + cpu_seconds(&after.cpu, "rabbitmq")) / 2.0;
+    let broker_seconds = (before.drain.seconds + after.drain.seconds) / 2.0;
+    let busiest = (svc + pg + rmq) / nproc() as f64;
+    json!({
+        "service_cpu_seconds": round(svc, 2),
+        "postgres_cpu_seconds": round(pg, 2),
+        "rabbitmq_cpu_seconds": round(rmq, 2),
+        "service_cpu_us_per_event": per_event_us(svc),
+        "postgres_cpu_us_per_event": per_event_us(pg),
+        "rabbitmq_cpu_us_per_event": per_event_us(rmq),
+        "broker_drain_rabbitmq_cpu_us_per_event": per_event_us(broker_rmq),
+        "cpu_bound_ratio": json_f(broker_seconds / busiest.max(1e-9), 3),
+    })
+}
+
 fn nproc() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -1846,6 +1885,7 @@ fn markdown(r: &Value) -> String {
         )
     };
     let w = &r["service_drain_writes"];
+    let b = &r["drain_cpu_budget"];
     let rounds = r["drain_rounds"].as_array().map_or(&[][..], Vec::as_slice);
     let rounds_note = if rounds.len() > 1 {
         format!(
@@ -1884,6 +1924,8 @@ fn markdown(r: &Value) -> String {
          | CPU in the broker drains (service / postgres / rabbitmq / bench) | {}; {} |\n\
          | CPU while the service ingests (service / postgres / rabbitmq / bench) | {} |\n\
          | CPU in steady state (service / postgres / rabbitmq / bench) | {} |\n\
+         | CPU per event in the service drain, from process start: service / postgres / rabbitmq (rabbitmq in the broker drains) | {} / {} / {} µs ({} µs) |\n\
+         | drain ratio this CPU allows on {} cores (broker drain time / (CPU of the three / cores)) | {} |\n\
          | service drain: log batches, mean size, mean commit, share of the ingest window in commits | {}, {} events, {} ms, {:.0}% |",
         PREFETCH,
         f("broker_drain_events_per_s", 0),
@@ -1916,6 +1958,12 @@ fn markdown(r: &Value) -> String {
         cores(&r["broker_drain_cpu"][1]),
         cores(&r["service_drain_cpu"]),
         cores(&r["steady_cpu"]),
+        b["service_cpu_us_per_event"],
+        b["postgres_cpu_us_per_event"],
+        b["rabbitmq_cpu_us_per_event"],
+        b["broker_drain_rabbitmq_cpu_us_per_event"],
+        r["machine"]["nproc"],
+        b["cpu_bound_ratio"],
         n(&w["log_batches"]),
         w["log_batch_mean_events"],
         w["log_write_mean_ms"],
@@ -2051,6 +2099,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
                 "service_events_per_s": json_f(services[i].drain.rate(), 0),
                 "broker_after_events_per_s": json_f(brokers[i + 1].drain.rate(), 0),
                 "ratio": json_f(round_ratio(i), 3),
+                "cpu": cpu_budget(&services[i], &brokers[i], &brokers[i + 1]),
                 "records_verified": services[i].records_verified,
                 "records_mismatched": services[i].records_mismatched,
                 "records_missing": services[i].records_missing,
@@ -2188,6 +2237,8 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "drain_ratio_max": json_f(ratios[ratios.len() - 1], 3),
         "service_drain_cpu": service.cpu,
         "service_drain_cpu_from_start": service.cpu_whole,
+        // The median round's CPU per event and the ratio that CPU allows (`cpu_budget`).
+        "drain_cpu_budget": cpu_budget(service, broker, broker_after),
         "service_drain_writes": service.writes,
         // Every round's records, each against the storm's ground truth.
         "records_verified": services.iter().map(|s| s.records_verified).sum::<usize>(),
