@@ -77,6 +77,7 @@ async fn on_signal(shutdown: CancellationToken) {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    info!(signal = name, "shutdown requested");
+    // Cancel first: nothing that happens to the log line may keep the service from stopping.
     shutdown.cancel();
+    info!(signal = name, "shutdown requested");
 }

@@ -17,11 +17,16 @@ pub const SERVICE_NAME: &str = "cdr-service";
 /// Installs the global tracing subscriber: JSON lines for production, readable lines for
 /// people. Both carry a UTC RFC 3339 timestamp, the level, the service and the span fields
 /// (`call_id`, `trace_id`). Safe to call more than once (later calls are no-ops).
+///
+/// A line that cannot be written (the log collector's end of the pipe closed) is dropped in
+/// silence: tracing's fallback would report it on stderr, which is usually the same closed
+/// pipe, and a failed report panics whichever task was logging, the signal handler included.
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let result = match settings.format {
         LogFormat::Json => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .log_internal_errors(false)
             .event_format(WithService(
                 tracing_subscriber::fmt::format()
                     .json()
@@ -33,6 +38,7 @@ pub fn init_logging(settings: &LogSettings) {
             .try_init(),
         LogFormat::Console => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .log_internal_errors(false)
             .event_format(WithService(
                 tracing_subscriber::fmt::format()
                     .with_timer(ChronoUtc::rfc_3339())

@@ -113,3 +113,48 @@ async fn the_binary_sizes_its_runtime_from_runtime_worker_threads() {
     assert_eq!(code, Some(0));
     env.cleanup(&settings).await;
 }
+
+/// A container's log collector can go away and leave the service writing into a closed pipe.
+/// Logs are then lost, but nothing else may be: a failed log line must not panic the task that
+/// wrote it (tracing's fallback reports such a failure on stderr, the same closed pipe, and a
+/// failed `eprintln!` panics), nor leave SIGTERM unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_pipe_loses_logs_only() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    // Chatty, so that every part of the pipeline writes log lines into the closed pipe.
+    settings.log.level = "debug".into();
+    let pool = env.pool().await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let stderr = writer.try_clone().expect("pipe writer");
+    let service = Service::start_logging_to(&env, &settings, writer.into(), stderr.into()).await;
+
+    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+        .await
+        .unwrap();
+    let t0: chrono::DateTime<chrono::Utc> = "2025-09-24T10:00:00Z".parse().unwrap();
+    let calls: Vec<SyntheticCall> = (0..20)
+        .map(|i| SyntheticCall::new(format!("mute-{i}@198.51.100.7"), t0))
+        .collect();
+    for c in &calls {
+        for event in [c.started(), c.answered(), c.identified(), c.ended()] {
+            publisher.publish(&event).await.unwrap();
+        }
+    }
+    for c in &calls {
+        let r = wait_for_row(&pool, &c.call_id, 4).await;
+        assert_eq!(r.status.as_deref(), Some("COMPLETED"), "{}", c.call_id);
+        assert_eq!(r.duration_seconds, Some(42), "{}", c.call_id);
+        assert_eq!(r.user_id.map(|u| u.to_string()), Some(c.user_id.clone()));
+    }
+    assert_eq!(
+        metric_at(service.port, "cdr_actor_restarts_total").await,
+        0.0,
+        "no call actor failed"
+    );
+    let (code, _) = service.terminate();
+    assert_eq!(code, Some(0), "clean exit on SIGTERM");
+    pool.close().await;
+    env.cleanup(&settings).await;
+}

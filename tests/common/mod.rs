@@ -119,7 +119,7 @@ impl TestEnv {
                 "CDR__RUNTIME__WORKER_THREADS".into(),
                 s.runtime.worker_threads.to_string(),
             ),
-            ("CDR__LOG__LEVEL".into(), "info".into()),
+            ("CDR__LOG__LEVEL".into(), s.log.level.clone()),
         ]
     }
 

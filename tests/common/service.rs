@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{TestEnv, wait_until};
+use super::TestEnv;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -24,6 +24,16 @@ pub struct Service {
 
 impl Service {
     pub async fn start(env: &TestEnv, settings: &cdr_service::config::Settings) -> Service {
+        Self::start_logging_to(env, settings, Stdio::null(), Stdio::inherit()).await
+    }
+
+    /// As `start`, with the child's standard output and error where the caller says.
+    pub async fn start_logging_to(
+        env: &TestEnv,
+        settings: &cdr_service::config::Settings,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Service {
         let port = free_port();
         let mut vars = env.env_vars(settings);
         vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
@@ -31,17 +41,26 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
             .arg("run")
             .envs(vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start cdr-service");
-        let service = Service { child, port };
+        let mut service = Service { child, port };
         let url = format!("http://127.0.0.1:{port}/health/ready");
-        wait_until(Duration::from_secs(60), "child service ready", || {
-            let url = url.clone();
-            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) }
-        })
-        .await;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = service.child.try_wait().expect("wait") {
+                panic!("the service exited before it was ready: {status}");
+            }
+            if matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the service was not ready within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         service
     }
 
