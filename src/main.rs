@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +13,9 @@ fn main() -> ExitCode {
     match cdr_service::cli::main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cdr-service: {e:#}");
+            // Not `eprintln!`: it panics when stderr is closed, which would turn this exit
+            // code into a panic's.
+            let _ = writeln!(std::io::stderr(), "cdr-service: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -158,3 +158,21 @@ async fn a_closed_log_pipe_loses_logs_only() {
     pool.close().await;
     env.cleanup(&settings).await;
 }
+
+/// A configuration error with both output pipes closed still ends the process with the failure
+/// code, not with a panic's: the message cannot be read, but a supervisor still sees a
+/// configuration failure rather than a crash.
+#[test]
+fn a_config_error_with_closed_pipes_exits_with_the_failure_code() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let stderr = writer.try_clone().expect("pipe writer");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cdr-service"))
+        .arg("run")
+        .env("CDR__TRACKER__LINGER", "soon")
+        .stdout(writer)
+        .stderr(stderr)
+        .status()
+        .expect("run cdr-service");
+    assert_eq!(status.code(), Some(1), "{status}");
+}
