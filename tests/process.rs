@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use cdr_service::simulate::{Publisher, SyntheticCall};
-use common::service::Service;
+use common::service::{Service, closed_pipe};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,18 +125,13 @@ async fn a_closed_log_pipe_loses_logs_only() {
     // Chatty, so that every part of the pipeline writes log lines into the closed pipe.
     settings.log.level = "debug".into();
     let pool = env.pool().await;
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let stderr = writer.try_clone().expect("pipe writer");
-    let service = Service::start_logging_to(&env, &settings, writer.into(), stderr.into()).await;
+    let (stdout, stderr) = closed_pipe();
+    let service = Service::start_logging_to(&env, &settings, stdout, stderr).await;
 
     let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
         .await
         .unwrap();
-    let t0: chrono::DateTime<chrono::Utc> = "2025-09-24T10:00:00Z".parse().unwrap();
-    let calls: Vec<SyntheticCall> = (0..20)
-        .map(|i| SyntheticCall::new(format!("mute-{i}@198.51.100.7"), t0))
-        .collect();
+    let calls: Vec<SyntheticCall> = (0..20).map(|i| call(&format!("mute-{i}"))).collect();
     for c in &calls {
         for event in [c.started(), c.answered(), c.identified(), c.ended()] {
             publisher.publish(&event).await.unwrap();
@@ -164,13 +159,11 @@ async fn a_closed_log_pipe_loses_logs_only() {
 /// configuration failure rather than a crash.
 #[test]
 fn a_config_error_with_closed_pipes_exits_with_the_failure_code() {
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let stderr = writer.try_clone().expect("pipe writer");
+    let (stdout, stderr) = closed_pipe();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_cdr-service"))
         .arg("run")
         .env("CDR__TRACKER__LINGER", "soon")
-        .stdout(writer)
+        .stdout(stdout)
         .stderr(stderr)
         .status()
         .expect("run cdr-service");

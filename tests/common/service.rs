@@ -16,6 +16,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Standard output and error for a child, both the writing end of a pipe nobody reads: every
+/// write fails with a broken pipe, as when a container's log collector went away.
+pub fn closed_pipe() -> (Stdio, Stdio) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let stderr = writer.try_clone().expect("pipe writer");
+    (writer.into(), stderr.into())
+}
+
 /// The real binary as a child process on a test's settings.
 pub struct Service {
     pub child: Child,
