@@ -20,7 +20,11 @@
 //!    as a child, timed from its start until every record is in `calls`; every record is then
 //!    verified against the storm's ground truth. With `--rounds N`, N service drains, each on a
 //!    fresh database and queue and each followed by a broker drain; the ratio reported is the
-//!    median round's, with every round's beside it;
+//!    median round's, with every round's beside it. The drain ends with the last record's
+//!    transaction (`updated_at`), as the flush latency does.
+//!    Then, once, the log floor: the same backlog decoded, appended with the service's event log
+//!    and acked after each commit by a consumer in the bench that does nothing after the log,
+//!    timed like the broker drains: the most any service that keeps the log could reach here;
 //! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
@@ -895,6 +899,121 @@ struct BrokerDrain {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 1b. Log floor
+
+/// The least a consumer that keeps the first guarantee (nothing acked before its raw event is
+/// committed) does, timed as the broker drains are: decode each delivery, append the raw events
+/// in batches with the service's own event log (the same statement, `open_calls` included, the
+/// same batch size and age), ack `multiple` after each commit, the next batch filling while one
+/// commits. No actors, no records, no linger. Its rate is the most a service built on this log
+/// could reach on this machine, whatever it did after the log.
+async fn log_floor(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, Value)> {
+    let label = "log floor";
+    let db_name = format!("cdr_bench_{}_floor", env.id);
+    let db_url = create_database(&db_name).await?;
+    env.db_names.push(db_name);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db_url)
+        .await?;
+    cdr_service::db::migrate(&pool).await?;
+    let (exchange, queue) = (env.name("floor"), env.name("floor.queue"));
+    env.declare(&exchange, &queue).await?;
+    progress!(
+        "{label}: publishing the backlog ({} messages) into {queue}",
+        storm.main.len()
+    );
+    publish_backlog(&exchange, &storm.main, &format!("{label} backlog")).await?;
+
+    let ingest = &env.settings.ingest;
+    let (batch_size, max_age) = (ingest.batch_size.max(1), ingest.batch_max_age);
+    let log = cdr_service::log::EventLog::remembering(pool.clone(), ingest.remembered_messages);
+    let limits = limits(&env.settings);
+    let total = storm.main.len() as u64;
+    let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-floor").await?;
+    // Events committed and acked.
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cpu_before = (cpu_snapshot(), machine_ticks());
+    let started = Instant::now();
+    let sampler = sample_counter(counter.clone(), started, stop.clone());
+    let (batches, mut to_commit) =
+        tokio::sync::mpsc::channel::<(Vec<event::Envelope>, lapin::Acker)>(1);
+    let committer = tokio::spawn({
+        let counter = counter.clone();
+        async move {
+            let mut done = 0u64;
+            while let Some((batch, acker)) = to_commit.recv().await {
+                log.append(&batch).await?;
+                acker.ack(BasicAckOptions { multiple: true }).await?;
+                done += batch.len() as u64;
+                counter.store(done, Ordering::Relaxed);
+            }
+            anyhow::Ok(done)
+        }
+    });
+    let mut received = 0u64;
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut last: Option<lapin::Acker> = None;
+    let mut due: Option<tokio::time::Instant> = None;
+    while received < total {
+        let next = match due {
+            Some(at) => tokio::time::timeout_at(at, consumer.next()).await.ok(),
+            None => Some(consumer.next().await),
+        };
+        if let Some(delivery) = next {
+            let delivery = delivery.context("the consumer ended early")??;
+            received += 1;
+            let envelope = event::decode(&delivery.data, Utc::now(), limits)
+                .map_err(|r| anyhow::anyhow!("{label}: a storm message was rejected: {r}"))?;
+            batch.push(envelope);
+            last = Some(delivery.acker);
+            due.get_or_insert_with(|| tokio::time::Instant::now() + max_age);
+            if batch.len() < batch_size && received < total {
+                continue;
+            }
+        }
+        if let Some(acker) = last.take() {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            batches
+                .send((full, acker))
+                .await
+                .map_err(|_| anyhow::anyhow!("{label}: the committer stopped"))?;
+        }
+        due = None;
+    }
+    drop(batches);
+    let committed = committer.await??;
+    let elapsed = started.elapsed();
+    // The consumer is the bench itself: its CPU is the "bench" group's.
+    let cpu = cpu_shares(
+        &cpu_before.0,
+        &cpu_snapshot(),
+        (cpu_before.1, machine_ticks()),
+        elapsed,
+        0,
+    );
+    stop.cancel();
+    let samples = sampler.await?;
+    let _ = conn.close(200, "bye".into()).await;
+    pool.close().await;
+    env.delete_queue(&queue).await;
+    let drain = Drain {
+        events: committed as usize,
+        seconds: elapsed.as_secs_f64(),
+        samples,
+    };
+    progress!(
+        "{label}: {} messages logged and acked in {:.2}s: {:.0} events/s; cpu {}",
+        drain.events,
+        drain.seconds,
+        drain.rate(),
+        cpu["cores_used"]
+    );
+    Ok((drain, cpu))
+}
+
+// ---------------------------------------------------------------------------------------------
 // 2. Service drain
 
 struct ServiceDrain {
@@ -946,6 +1065,17 @@ async fn db_progress(pool: &PgPool) -> anyhow::Result<(u64, u64, u64)> {
     Ok((seq as u64, rows as u64, events as u64))
 }
 
+/// Seconds from `started_at` to the transaction of the last record written, if any.
+async fn last_record_seconds(
+    pool: &PgPool,
+    started_at: DateTime<Utc>,
+) -> anyhow::Result<Option<f64>> {
+    let last: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT max(updated_at) FROM calls")
+        .fetch_one(pool)
+        .await?;
+    Ok(last.map(|t| (t - started_at).as_seconds_f64()))
+}
+
 async fn service_drain(
     env: &mut Env,
     storm: &Storm,
@@ -972,6 +1102,7 @@ async fn service_drain(
     let cpu_before = cpu_snapshot();
     let machine_before = machine_ticks();
     let started = Instant::now();
+    let started_at = Utc::now();
     progress!("service drain: starting the release binary");
     let service = Service::start(env).await?;
     progress!(
@@ -984,7 +1115,7 @@ async fn service_drain(
     let deadline = started + Duration::from_secs(600);
     // CPU of every process at each sample, to tell what the ingest window was bound by.
     let mut cpu_samples = vec![(0.0, cpu_before, machine_before)];
-    let seconds = loop {
+    let polled = loop {
         // Cheap while draining (the log's sequence, the service's record counter), so that
         // measuring does not slow the database down; `calls` is read once the counter says
         // every record may be there.
@@ -1010,6 +1141,12 @@ async fn service_drain(
         }
         tokio::time::sleep(SAMPLE).await;
     };
+    // The drain ends with the last record's transaction (`updated_at`, as the flush latency
+    // counts it), not at the poll that saw it: the poll comes up to `SAMPLE` later, and the
+    // broker drains are timed to their last ack, not to a poll.
+    let seconds = last_record_seconds(&pool, started_at)
+        .await?
+        .map_or(polled, |s| s.clamp(0.0, polled));
     let final_seq = events_samples.last().map_or(0, |p| p.1);
     // The ingest window: from the last sample before any event was logged to the first one
     // with every event logged.
@@ -1037,7 +1174,7 @@ async fn service_drain(
     let cpu = shares(i_first, i_last);
     let cpu_whole = shares(0, cpu_samples.len() - 1);
     progress!(
-        "service drain: every record present {seconds:.2}s after the process started; verifying"
+        "service drain: every record present {seconds:.2}s after the process started (seen by the poll at {polled:.2}s); verifying"
     );
     let outcome = verifier
         .run(&s, storm, o, publish_started_at, published_at)
@@ -1907,7 +2044,9 @@ fn markdown(r: &Value) -> String {
          | broker drain (do-nothing consumer, prefetch {}, multiple acks): mean of a run before and one after the service drain | {} events/s ({} and {}) |\n\
          | service drain (release binary, from process start to every record written) | {} events/s |\n\
          | service drain / broker drain{} | {} |\n\
-         | service ingest rate (first to last event logged) | {} events/s |\n\
+         | service ingest rate (first to last event logged), of the broker drain | {} events/s, {} |\n\
+         | log floor (decode, append to the event log, ack after each commit; nothing after the log), of the broker drains | {} events/s, {} |\n\
+         | drain ratio a service ingesting at the log floor would reach with its start-up and the {} ms linger | {} |\n\
          | seed baseline (per event: insert + upsert, autocommit, ack each) | {} events/s |\n\
          | speedup vs seed | {}x |\n\
          | records verified / mismatched / missing (every round) | {} / {} / {} |\n\
@@ -1920,6 +2059,7 @@ fn markdown(r: &Value) -> String {
          | RSS per open call, resting | {} bytes |\n\
          | RSS per open call with its actor (before it rests; {} calls) | {} bytes |\n\
          | CPU in the broker drains (service / postgres / rabbitmq / bench) | {}; {} |\n\
+         | CPU in the log floor (service / postgres / rabbitmq / bench, the consumer) | {} |\n\
          | CPU while the service ingests (service / postgres / rabbitmq / bench) | {} |\n\
          | CPU in steady state (service / postgres / rabbitmq / bench) | {} |\n\
          | CPU per event in the service drain, from process start: service / postgres / rabbitmq (rabbitmq in the broker drains) | {} / {} / {} µs ({} µs) |\n\
@@ -1933,6 +2073,11 @@ fn markdown(r: &Value) -> String {
         rounds_note,
         f("drain_ratio_vs_broker", 2),
         f("service_ingest_events_per_s", 0),
+        f("service_ingest_ratio_vs_broker", 2),
+        f("log_floor_events_per_s", 0),
+        f("log_floor_ratio_vs_broker", 2),
+        f("linger_ms", 0),
+        f("drain_ratio_log_floor_bound", 2),
         f("seed_baseline_events_per_s", 0),
         f("speedup_vs_seed", 1),
         f("records_verified", 0),
@@ -1954,6 +2099,7 @@ fn markdown(r: &Value) -> String {
         f("rss_bytes_per_open_call_with_actor", 0),
         cores(&r["broker_drain_cpu"][0]),
         cores(&r["broker_drain_cpu"][1]),
+        cores(&r["log_floor_cpu"]),
         cores(&r["service_drain_cpu"]),
         cores(&r["steady_cpu"]),
         b["service_cpu_us_per_event"],
@@ -2109,6 +2255,23 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         .collect();
     let ratios: Vec<f64> = order.iter().map(|&i| round_ratios[i]).collect();
     let median_budget = drain_rounds[median]["cpu"].clone();
+    let (floor, floor_cpu) = log_floor(env, &storm).await?;
+    // Against every broker drain of the run: the floor runs once, after the rounds.
+    let broker_mean_seconds =
+        brokers.iter().map(|b| b.drain.seconds).sum::<f64>() / brokers.len() as f64;
+    let floor_json = json!({
+        "log_floor_events_per_s": json_f(floor.rate(), 0),
+        "log_floor_seconds": json_f(floor.seconds, 3),
+        "log_floor_cpu": floor_cpu,
+        "log_floor_ratio_vs_broker": json_f(broker_mean_seconds / floor.seconds.max(1e-9), 3),
+        // The drain ratio of a service that ingested at the floor's rate, started as fast as
+        // the median round's service did and wrote its last records a linger after its last
+        // event: the most this machine allows a service that keeps the log and the linger.
+        "drain_ratio_log_floor_bound": json_f(
+            broker_mean_seconds / (floor.seconds + service.startup + LINGER.as_secs_f64()),
+            3
+        ),
+    });
     let seed = seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
     let (steady, steady_o) =
         steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
@@ -2134,6 +2297,11 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
                 "broker: do-nothing consumer (after the service)".into(),
                 rates(&broker_after.drain.samples),
                 plotters::style::RGBColor(170, 170, 170),
+            ),
+            (
+                "log floor: decode, append, ack (nothing after the log)".into(),
+                rates(&floor.samples),
+                plotters::style::RGBColor(60, 160, 90),
             ),
             (
                 "service: events logged (from process start)".into(),
@@ -2189,7 +2357,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     let steady_rate = steady.messages as f64 / steady.publish_seconds.max(1e-9);
     let lat = &steady.latencies;
     let linger_ms = LINGER.as_secs_f64() * 1000.0;
-    Ok(json!({
+    let mut report = json!({
         "mode": sizes.mode,
         "generated_at": Utc::now().to_rfc3339(),
         "machine": {
@@ -2233,6 +2401,10 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "service_ingest_events_per_s": json_f(service.drain.events as f64 / service.ingest_seconds, 0),
         "service_ingest_seconds": json_f(service.ingest_seconds, 3),
         "drain_ratio_vs_broker": json_f(service_rate / broker_rate, 3),
+        "service_ingest_ratio_vs_broker": json_f(
+            service.drain.events as f64 / service.ingest_seconds / broker_rate,
+            3
+        ),
         "drain_rounds": drain_rounds,
         "drain_median_round": median + 1,
         "drain_ratio_min": json_f(ratios[0], 3),
@@ -2279,5 +2451,9 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "rss_bytes_per_open_call_with_actor": json_f(mem.actors.per_call(), 0),
         "memory_resting": mem.resting.json(),
         "memory_actors": mem.actors.json(),
-    }))
+    });
+    if let (Some(report), Value::Object(floor)) = (report.as_object_mut(), floor_json) {
+        report.extend(floor);
+    }
+    Ok(report)
 }
