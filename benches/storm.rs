@@ -22,9 +22,10 @@
 //!    fresh database and queue and each followed by a broker drain; the ratio reported is the
 //!    median round's, with every round's beside it. The drain ends with the last record's
 //!    transaction (`updated_at`), as the flush latency does.
-//!    Then, once, the log floor: the same backlog decoded, appended with the service's event log
-//!    and acked after each commit by a consumer in the bench that does nothing after the log,
-//!    timed like the broker drains: the most any service that keeps the log could reach here;
+//!    After each service drain, the log floor: the same backlog decoded, appended with the
+//!    service's event log and acked after each commit by a consumer in the bench that does
+//!    nothing after the log, timed like the broker drains: about the most any service that
+//!    keeps the log could reach here;
 //! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
@@ -907,47 +908,102 @@ struct BrokerDrain {
 /// same batch size and age), ack `multiple` after each commit, the next batch filling while one
 /// commits. No actors, no records, no linger. Its rate is the most a service built on this log
 /// could reach on this machine, whatever it did after the log.
-async fn log_floor(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, Value)> {
-    let label = "log floor";
-    let db_name = format!("cdr_bench_{}_floor", env.id);
+///
+/// It runs on a runtime of its own with one worker, as the service does by default on two
+/// cores (`runtime.worker_threads`), rather than on the bench's.
+async fn log_floor(env: &mut Env, storm: &Storm, round: usize) -> anyhow::Result<(Drain, Value)> {
+    const LABEL: &str = "log floor";
+    let db_name = format!("cdr_bench_{}_floor{round}", env.id);
     let db_url = create_database(&db_name).await?;
     env.db_names.push(db_name);
+    let (exchange, queue) = (
+        env.name(&format!("floor{round}")),
+        env.name(&format!("floor{round}.queue")),
+    );
+    env.declare(&exchange, &queue).await?;
+    progress!(
+        "{LABEL}: publishing the backlog ({} messages) into {queue}",
+        storm.main.len()
+    );
+    publish_backlog(&exchange, &storm.main, &format!("{LABEL} backlog")).await?;
+
+    let (settings, total) = (env.settings.clone(), storm.main.len() as u64);
+    let (done, result) = tokio::sync::oneshot::channel();
+    let consumer_queue = queue.clone();
+    std::thread::spawn(move || {
+        let drained = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async move {
+                    tokio::spawn(floor_drain(LABEL, db_url, consumer_queue, settings, total))
+                        .await?
+                })
+            });
+        let _ = done.send(drained);
+    });
+    let drained = result.await.context("the log floor's thread ended")?;
+    env.delete_queue(&queue).await;
+    let (drain, cpu) = drained?;
+    progress!(
+        "{LABEL}: {} messages logged and acked in {:.2}s: {:.0} events/s; cpu {}",
+        drain.events,
+        drain.seconds,
+        drain.rate(),
+        cpu["cores_used"]
+    );
+    Ok((drain, cpu))
+}
+
+/// The log floor's consumer (see `log_floor`), on the floor's own runtime.
+async fn floor_drain(
+    label: &'static str,
+    db_url: String,
+    queue: String,
+    settings: Settings,
+    total: u64,
+) -> anyhow::Result<(Drain, Value)> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&db_url)
         .await?;
     cdr_service::db::migrate(&pool).await?;
-    let (exchange, queue) = (env.name("floor"), env.name("floor.queue"));
-    env.declare(&exchange, &queue).await?;
-    progress!(
-        "{label}: publishing the backlog ({} messages) into {queue}",
-        storm.main.len()
-    );
-    publish_backlog(&exchange, &storm.main, &format!("{label} backlog")).await?;
-
-    let ingest = &env.settings.ingest;
+    let ingest = &settings.ingest;
     let (batch_size, max_age) = (ingest.batch_size.max(1), ingest.batch_max_age);
     let log = cdr_service::log::EventLog::remembering(pool.clone(), ingest.remembered_messages);
-    let limits = limits(&env.settings);
-    let total = storm.main.len() as u64;
+    let limits = limits(&settings);
     let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-floor").await?;
-    // Events committed and acked.
+    // Events committed (their acks on the way).
     let counter = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let cpu_before = (cpu_snapshot(), machine_ticks());
     let started = Instant::now();
     let sampler = sample_counter(counter.clone(), started, stop.clone());
-    let (batches, mut to_commit) =
-        tokio::sync::mpsc::channel::<(Vec<event::Envelope>, lapin::Acker)>(1);
+    // As in the service (`ingest`): a one-slot hand-off. The open batch is due once full or
+    // `batch_max_age` old, and goes to the committer when the slot is free; until then it keeps
+    // growing. The committer acks `multiple`, in order, while it commits the next batch.
+    type Batch = (Vec<event::Envelope>, lapin::Acker);
+    let (handoff, mut batches) = tokio::sync::mpsc::channel::<Batch>(1);
     let committer = tokio::spawn({
         let counter = counter.clone();
         async move {
             let mut done = 0u64;
-            while let Some((batch, acker)) = to_commit.recv().await {
+            let mut acking: Option<tokio::task::JoinHandle<Result<bool, lapin::Error>>> = None;
+            while let Some((batch, acker)) = batches.recv().await {
                 log.append(&batch).await?;
-                acker.ack(BasicAckOptions { multiple: true }).await?;
+                if let Some(previous) = acking.take() {
+                    previous.await??;
+                }
+                acking = Some(tokio::spawn(async move {
+                    acker.ack(BasicAckOptions { multiple: true }).await
+                }));
                 done += batch.len() as u64;
                 counter.store(done, Ordering::Relaxed);
+            }
+            if let Some(last) = acking.take() {
+                last.await??;
             }
             anyhow::Ok(done)
         }
@@ -955,36 +1011,39 @@ async fn log_floor(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, Value
     let mut received = 0u64;
     let mut batch = Vec::with_capacity(batch_size);
     let mut last: Option<lapin::Acker> = None;
-    let mut due: Option<tokio::time::Instant> = None;
-    while received < total {
-        let next = match due {
-            Some(at) => tokio::time::timeout_at(at, consumer.next()).await.ok(),
-            None => Some(consumer.next().await),
-        };
-        if let Some(delivery) = next {
-            let delivery = delivery.context("the consumer ended early")??;
-            received += 1;
-            let envelope = event::decode(&delivery.data, Utc::now(), limits)
-                .map_err(|r| anyhow::anyhow!("{label}: a storm message was rejected: {r}"))?;
-            batch.push(envelope);
-            last = Some(delivery.acker);
-            due.get_or_insert_with(|| tokio::time::Instant::now() + max_age);
-            if batch.len() < batch_size && received < total {
-                continue;
+    let mut due = false;
+    let batch_timer = tokio::time::sleep(max_age);
+    tokio::pin!(batch_timer);
+    while received < total || !batch.is_empty() {
+        tokio::select! {
+            permit = handoff.reserve(), if due => {
+                // Closed: the committer failed, and says why below.
+                let Ok(permit) = permit else { break };
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                permit.send((full, last.take().context("a batch without its last delivery")?));
+                due = false;
+            }
+            () = &mut batch_timer, if !batch.is_empty() && !due => due = true,
+            delivery = consumer.next(), if received < total && batch.len() < batch_size => {
+                let delivery = delivery.context("the consumer ended early")??;
+                received += 1;
+                let envelope = event::decode(&delivery.data, Utc::now(), limits)
+                    .map_err(|r| anyhow::anyhow!("{label}: a storm message was rejected: {r}"))?;
+                if batch.is_empty() {
+                    batch_timer.as_mut().reset(tokio::time::Instant::now() + max_age);
+                }
+                batch.push(envelope);
+                last = Some(delivery.acker);
+                due |= batch.len() >= batch_size || received == total;
             }
         }
-        if let Some(acker) = last.take() {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-            batches
-                .send((full, acker))
-                .await
-                .map_err(|_| anyhow::anyhow!("{label}: the committer stopped"))?;
-        }
-        due = None;
     }
-    drop(batches);
+    drop(handoff);
     let committed = committer.await??;
     let elapsed = started.elapsed();
+    if committed != total {
+        bail!("{label}: {committed} of {total} events committed");
+    }
     // The consumer is the bench itself: its CPU is the "bench" group's.
     let cpu = cpu_shares(
         &cpu_before.0,
@@ -997,19 +1056,11 @@ async fn log_floor(env: &mut Env, storm: &Storm) -> anyhow::Result<(Drain, Value
     let samples = sampler.await?;
     let _ = conn.close(200, "bye".into()).await;
     pool.close().await;
-    env.delete_queue(&queue).await;
     let drain = Drain {
         events: committed as usize,
         seconds: elapsed.as_secs_f64(),
         samples,
     };
-    progress!(
-        "{label}: {} messages logged and acked in {:.2}s: {:.0} events/s; cpu {}",
-        drain.events,
-        drain.seconds,
-        drain.rate(),
-        cpu["cores_used"]
-    );
     Ok((drain, cpu))
 }
 
@@ -2037,6 +2088,22 @@ fn markdown(r: &Value) -> String {
     } else {
         String::new()
     };
+    let floor_rounds = r["log_floor_round_ratios"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let floor_rounds_note = if floor_rounds.len() > 1 {
+        format!(
+            " (median of {} rounds: {})",
+            floor_rounds.len(),
+            floor_rounds
+                .iter()
+                .map(|x| x.as_f64().map_or("n/a".into(), |v| format!("{v:.2}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -2045,7 +2112,7 @@ fn markdown(r: &Value) -> String {
          | service drain (release binary, from process start to every record written) | {} events/s |\n\
          | service drain / broker drain{} | {} |\n\
          | service ingest rate (first to last event logged), of the broker drain | {} events/s, {} |\n\
-         | log floor (decode, append to the event log, ack after each commit; nothing after the log), of the broker drains | {} events/s, {} |\n\
+         | log floor (decode, append to the event log, ack after each commit; nothing after the log), of the broker drains{} | {} events/s, {} |\n\
          | drain ratio a service ingesting at the log floor would reach with its start-up and the {} ms linger | {} |\n\
          | seed baseline (per event: insert + upsert, autocommit, ack each) | {} events/s |\n\
          | speedup vs seed | {}x |\n\
@@ -2074,6 +2141,7 @@ fn markdown(r: &Value) -> String {
         f("drain_ratio_vs_broker", 2),
         f("service_ingest_events_per_s", 0),
         f("service_ingest_ratio_vs_broker", 2),
+        floor_rounds_note,
         f("log_floor_events_per_s", 0),
         f("log_floor_ratio_vs_broker", 2),
         f("linger_ms", 0),
@@ -2220,12 +2288,14 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     // moves by 10 to 20% from run to run on a shared 2-core machine.
     let mut brokers = vec![broker_drain(env, &storm, 1).await?];
     let mut services = Vec::with_capacity(sizes.rounds);
+    let mut floors = Vec::with_capacity(sizes.rounds);
     for round in 1..=sizes.rounds {
         if round > 1 {
             env.next_round(round).await?;
             progress!("drain round {round} of {}", sizes.rounds);
         }
         services.push(service_drain(env, &storm, &o).await?);
+        floors.push(log_floor(env, &storm, round).await?);
         brokers.push(broker_drain(env, &storm, round as u32 + 1).await?);
     }
     let round_ratios: Vec<f64> = (0..services.len())
@@ -2255,20 +2325,28 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         .collect();
     let ratios: Vec<f64> = order.iter().map(|&i| round_ratios[i]).collect();
     let median_budget = drain_rounds[median]["cpu"].clone();
-    let (floor, floor_cpu) = log_floor(env, &storm).await?;
-    // Against every broker drain of the run: the floor runs once, after the rounds.
-    let broker_mean_seconds =
-        brokers.iter().map(|b| b.drain.seconds).sum::<f64>() / brokers.len() as f64;
+    // The log floor of each round, against the broker drains on either side of it, as the
+    // service's; the report gives the median round's.
+    let broker_seconds = |i: usize| (brokers[i].drain.seconds + brokers[i + 1].drain.seconds) / 2.0;
+    let floor_ratios: Vec<f64> = (0..floors.len())
+        .map(|i| broker_seconds(i) / floors[i].0.seconds.max(1e-9))
+        .collect();
+    let mut floor_order: Vec<usize> = (0..floors.len()).collect();
+    floor_order.sort_by(|&a, &b| floor_ratios[a].total_cmp(&floor_ratios[b]));
+    let floor_median = floor_order[(floor_order.len() - 1) / 2];
+    let (floor, floor_cpu) = &floors[floor_median];
     let floor_json = json!({
         "log_floor_events_per_s": json_f(floor.rate(), 0),
         "log_floor_seconds": json_f(floor.seconds, 3),
         "log_floor_cpu": floor_cpu,
-        "log_floor_ratio_vs_broker": json_f(broker_mean_seconds / floor.seconds.max(1e-9), 3),
+        "log_floor_ratio_vs_broker": json_f(floor_ratios[floor_median], 3),
+        "log_floor_round_ratios": floor_ratios.iter().map(|r| json_f(*r, 3)).collect::<Vec<_>>(),
         // The drain ratio of a service that ingested at the floor's rate, started as fast as
         // the median round's service did and wrote its last records a linger after its last
         // event: the most this machine allows a service that keeps the log and the linger.
         "drain_ratio_log_floor_bound": json_f(
-            broker_mean_seconds / (floor.seconds + service.startup + LINGER.as_secs_f64()),
+            broker_seconds(floor_median)
+                / (floor.seconds + services[floor_median].startup + LINGER.as_secs_f64()),
             3
         ),
     });
