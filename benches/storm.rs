@@ -24,8 +24,9 @@
 //!    transaction (`updated_at`), as the flush latency does.
 //!    After each service drain, the log floor: the same backlog decoded, appended with the
 //!    service's event log and acked after each commit by a consumer in the bench that does
-//!    nothing after the log, timed like the broker drains: about the most any service that
-//!    keeps the log could reach here;
+//!    nothing after the log (no records, dialog turns or usage lines), timed like the broker
+//!    drains: the ack path alone, above what any service that keeps the log and writes the
+//!    records could reach here;
 //! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
@@ -906,8 +907,9 @@ struct BrokerDrain {
 /// committed) does, timed as the broker drains are: decode each delivery, append the raw events
 /// in batches with the service's own event log (the same statement, `open_calls` included, the
 /// same batch size and age), ack `multiple` after each commit, the next batch filling while one
-/// commits. No actors, no records, no linger. Its rate is the most a service built on this log
-/// could reach on this machine, whatever it did after the log.
+/// commits. No actors, no records, dialog turns or usage lines, no linger: the service's ack
+/// path alone. Whatever a service does after the log only adds to it, so the floor's rate is
+/// above what any service built on this log could reach on this machine.
 ///
 /// It runs on a runtime of its own with one worker, as the service does by default on two
 /// cores (`runtime.worker_threads`), rather than on the bench's.
@@ -2113,7 +2115,7 @@ fn markdown(r: &Value) -> String {
          | service drain / broker drain{} | {} |\n\
          | service ingest rate (first to last event logged), of the broker drain | {} events/s, {} |\n\
          | log floor (decode, append to the event log, ack after each commit; nothing after the log), of the broker drains{} | {} events/s, {} |\n\
-         | drain ratio a service ingesting at the log floor would reach with its start-up and the {} ms linger | {} |\n\
+         | drain ratio a service ingesting at the log floor would reach with its start-up and the {} ms linger, its other writes free (an upper bound) | {} |\n\
          | seed baseline (per event: insert + upsert, autocommit, ack each) | {} events/s |\n\
          | speedup vs seed | {}x |\n\
          | records verified / mismatched / missing (every round) | {} / {} / {} |\n\
@@ -2342,8 +2344,9 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "log_floor_ratio_vs_broker": json_f(floor_ratios[floor_median], 3),
         "log_floor_round_ratios": floor_ratios.iter().map(|r| json_f(*r, 3)).collect::<Vec<_>>(),
         // The drain ratio of a service that ingested at the floor's rate, started as fast as
-        // the median round's service did and wrote its last records a linger after its last
-        // event: the most this machine allows a service that keeps the log and the linger.
+        // that round's service did and wrote its last records a linger after its last event,
+        // its other writes free: above what this machine allows a service that keeps the log
+        // and the linger.
         "drain_ratio_log_floor_bound": json_f(
             broker_seconds(floor_median)
                 / (floor.seconds + services[floor_median].startup + LINGER.as_secs_f64()),
