@@ -733,6 +733,58 @@ fn sample_counter(
     })
 }
 
+/// Times a drain by one of the bench's own consumers: the wall time, the CPU of every process
+/// over it, and the consumer's progress counter every `SAMPLE`.
+struct DrainClock {
+    counter: Arc<AtomicU64>,
+    cpu_before: (HashMap<u32, (String, u64)>, MachineTicks),
+    started: Instant,
+    stop: tokio_util::sync::CancellationToken,
+    sampler: tokio::task::JoinHandle<Samples>,
+}
+
+impl DrainClock {
+    fn start() -> DrainClock {
+        let counter = Arc::new(AtomicU64::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let cpu_before = (cpu_snapshot(), machine_ticks());
+        let started = Instant::now();
+        let sampler = sample_counter(counter.clone(), started, stop.clone());
+        DrainClock {
+            counter,
+            cpu_before,
+            started,
+            stop,
+            sampler,
+        }
+    }
+
+    /// The consumer's progress, in events.
+    fn counter(&self) -> Arc<AtomicU64> {
+        self.counter.clone()
+    }
+
+    /// Stops the clock now: the drain of `events`, and the CPU shares over it.
+    async fn stop(self, events: usize) -> anyhow::Result<(Drain, Value)> {
+        let elapsed = self.started.elapsed();
+        let cpu = cpu_shares(
+            &self.cpu_before.0,
+            &cpu_snapshot(),
+            (self.cpu_before.1, machine_ticks()),
+            elapsed,
+            0,
+        );
+        self.stop.cancel();
+        let samples = self.sampler.await?;
+        let drain = Drain {
+            events,
+            seconds: elapsed.as_secs_f64(),
+            samples,
+        };
+        Ok((drain, cpu))
+    }
+}
+
 /// Rates (per second) over a trailing window of `window` seconds.
 fn rate_series(points: &[(f64, u64)], window: f64) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(points.len());
@@ -832,11 +884,8 @@ async fn broker_drain(env: &mut Env, storm: &Storm, run: u32) -> anyhow::Result<
 
     let total = storm.main.len() as u64;
     let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-drain").await?;
-    let counter = Arc::new(AtomicU64::new(0));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let cpu_before = (cpu_snapshot(), machine_ticks());
-    let started = Instant::now();
-    let sampler = sample_counter(counter.clone(), started, stop.clone());
+    let clock = DrainClock::start();
+    let counter = clock.counter();
     let mut n = 0u64;
     let mut pending_ack: Option<tokio::task::JoinHandle<Result<bool, lapin::Error>>> = None;
     while n < total {
@@ -862,23 +911,9 @@ async fn broker_drain(env: &mut Env, storm: &Storm, run: u32) -> anyhow::Result<
     if let Some(last) = pending_ack.take() {
         last.await??;
     }
-    let elapsed = started.elapsed();
-    let cpu = cpu_shares(
-        &cpu_before.0,
-        &cpu_snapshot(),
-        (cpu_before.1, machine_ticks()),
-        elapsed,
-        0,
-    );
-    stop.cancel();
-    let samples = sampler.await?;
+    let (drain, cpu) = clock.stop(total as usize).await?;
     let _ = conn.close(200, "bye".into()).await;
     env.delete_queue(&queue).await;
-    let drain = Drain {
-        events: total as usize,
-        seconds: elapsed.as_secs_f64(),
-        samples,
-    };
     progress!(
         "{label}: {} messages consumed and acked in {:.2}s: {:.0} events/s; cpu {}, {:.0}% stolen",
         drain.events,
@@ -977,19 +1012,15 @@ async fn floor_drain(
     let log = cdr_service::log::EventLog::remembering(pool.clone(), ingest.remembered_messages);
     let limits = limits(&settings);
     let (conn, mut consumer) = bench_consumer(&queue, "cdr-bench-floor").await?;
-    // Events committed (their acks on the way).
-    let counter = Arc::new(AtomicU64::new(0));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let cpu_before = (cpu_snapshot(), machine_ticks());
-    let started = Instant::now();
-    let sampler = sample_counter(counter.clone(), started, stop.clone());
+    // Counts events committed (their acks on the way).
+    let clock = DrainClock::start();
     // As in the service (`ingest`): a one-slot hand-off. The open batch is due once full or
     // `batch_max_age` old, and goes to the committer when the slot is free; until then it keeps
     // growing. The committer acks `multiple`, in order, while it commits the next batch.
     type Batch = (Vec<event::Envelope>, lapin::Acker);
     let (handoff, mut batches) = tokio::sync::mpsc::channel::<Batch>(1);
     let committer = tokio::spawn({
-        let counter = counter.clone();
+        let counter = clock.counter();
         async move {
             let mut done = 0u64;
             let mut acking: Option<tokio::task::JoinHandle<Result<bool, lapin::Error>>> = None;
@@ -1042,28 +1073,14 @@ async fn floor_drain(
     }
     drop(handoff);
     let committed = committer.await??;
-    let elapsed = started.elapsed();
+    // The consumer is the bench itself: its CPU is the "bench" group's.
+    let timed = clock.stop(committed as usize).await?;
     if committed != total {
         bail!("{label}: {committed} of {total} events committed");
     }
-    // The consumer is the bench itself: its CPU is the "bench" group's.
-    let cpu = cpu_shares(
-        &cpu_before.0,
-        &cpu_snapshot(),
-        (cpu_before.1, machine_ticks()),
-        elapsed,
-        0,
-    );
-    stop.cancel();
-    let samples = sampler.await?;
     let _ = conn.close(200, "bye".into()).await;
     pool.close().await;
-    let drain = Drain {
-        events: committed as usize,
-        seconds: elapsed.as_secs_f64(),
-        samples,
-    };
-    Ok((drain, cpu))
+    Ok(timed)
 }
 
 // ---------------------------------------------------------------------------------------------
