@@ -2057,6 +2057,22 @@ async fn server_versions(env: &Env) -> (String, String) {
     (pg, rabbit)
 }
 
+/// " (median of N rounds{how}: r1, r2, ...)" for more than one round's ratio, else nothing.
+fn rounds_note(ratios: &[&Value], how: &str) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let listed: Vec<String> = ratios
+        .iter()
+        .map(|x| x.as_f64().map_or("n/a".into(), |v| format!("{v:.2}")))
+        .collect();
+    format!(
+        " (median of {} rounds{how}: {})",
+        ratios.len(),
+        listed.join(", ")
+    )
+}
+
 fn markdown(r: &Value) -> String {
     let f = |k: &str, digits: usize| -> String {
         match &r[k] {
@@ -2091,38 +2107,22 @@ fn markdown(r: &Value) -> String {
     };
     let w = &r["service_drain_writes"];
     let b = &r["drain_cpu_budget"];
-    let rounds = r["drain_rounds"].as_array().map_or(&[][..], Vec::as_slice);
-    let rounds_note = if rounds.len() > 1 {
-        format!(
-            " (median of {} rounds, each against the broker drains on either side of it: {})",
-            rounds.len(),
-            rounds
-                .iter()
-                .map(|x| x["ratio"]
-                    .as_f64()
-                    .map_or("n/a".into(), |v| format!("{v:.2}")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        String::new()
-    };
-    let floor_rounds = r["log_floor_round_ratios"]
+    let service_rounds: Vec<&Value> = r["drain_rounds"]
         .as_array()
-        .map_or(&[][..], Vec::as_slice);
-    let floor_rounds_note = if floor_rounds.len() > 1 {
-        format!(
-            " (median of {} rounds: {})",
-            floor_rounds.len(),
-            floor_rounds
-                .iter()
-                .map(|x| x.as_f64().map_or("n/a".into(), |v| format!("{v:.2}")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        String::new()
-    };
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|x| &x["ratio"])
+        .collect();
+    let service_note = rounds_note(
+        &service_rounds,
+        ", each against the broker drains on either side of it",
+    );
+    let floor_rounds: Vec<&Value> = r["log_floor_round_ratios"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .collect();
+    let floor_note = rounds_note(&floor_rounds, "");
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -2156,11 +2156,11 @@ fn markdown(r: &Value) -> String {
         n(&r["broker_drain_runs_events_per_s"][0]),
         n(&r["broker_drain_runs_events_per_s"][1]),
         f("service_drain_events_per_s", 0),
-        rounds_note,
+        service_note,
         f("drain_ratio_vs_broker", 2),
         f("service_ingest_events_per_s", 0),
         f("service_ingest_ratio_vs_broker", 2),
-        floor_rounds_note,
+        floor_note,
         f("log_floor_events_per_s", 0),
         f("log_floor_ratio_vs_broker", 2),
         f("linger_ms", 0),
@@ -2282,6 +2282,13 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The index of the median of `values` (the lower of the two middle ones for an even count).
+fn median_index(values: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order[(order.len() - 1) / 2]
+}
+
 async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     let dir = out_dir();
     std::fs::create_dir_all(&dir)?;
@@ -2323,9 +2330,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
                 / ((brokers[i].drain.rate() + brokers[i + 1].drain.rate()) / 2.0)
         })
         .collect();
-    let mut order: Vec<usize> = (0..services.len()).collect();
-    order.sort_by(|&a, &b| round_ratios[a].total_cmp(&round_ratios[b]));
-    let median = order[(order.len() - 1) / 2];
+    let median = median_index(&round_ratios);
     let (broker, service, broker_after) =
         (&brokers[median], &services[median], &brokers[median + 1]);
     let drain_rounds: Vec<Value> = (0..services.len())
@@ -2342,7 +2347,8 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
             })
         })
         .collect();
-    let ratios: Vec<f64> = order.iter().map(|&i| round_ratios[i]).collect();
+    let mut ratios = round_ratios.clone();
+    ratios.sort_by(f64::total_cmp);
     let median_budget = drain_rounds[median]["cpu"].clone();
     // The log floor of each round, against the broker drains on either side of it, as the
     // service's; the report gives the median round's.
@@ -2350,26 +2356,8 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     let floor_ratios: Vec<f64> = (0..floors.len())
         .map(|i| broker_seconds(i) / floors[i].0.seconds.max(1e-9))
         .collect();
-    let mut floor_order: Vec<usize> = (0..floors.len()).collect();
-    floor_order.sort_by(|&a, &b| floor_ratios[a].total_cmp(&floor_ratios[b]));
-    let floor_median = floor_order[(floor_order.len() - 1) / 2];
+    let floor_median = median_index(&floor_ratios);
     let (floor, floor_cpu) = &floors[floor_median];
-    let floor_json = json!({
-        "log_floor_events_per_s": json_f(floor.rate(), 0),
-        "log_floor_seconds": json_f(floor.seconds, 3),
-        "log_floor_cpu": floor_cpu,
-        "log_floor_ratio_vs_broker": json_f(floor_ratios[floor_median], 3),
-        "log_floor_round_ratios": floor_ratios.iter().map(|r| json_f(*r, 3)).collect::<Vec<_>>(),
-        // The drain ratio of a service that ingested at the floor's rate, started as fast as
-        // that round's service did and wrote its last records a linger after its last event,
-        // its other writes free: above what this machine allows a service that keeps the log
-        // and the linger.
-        "drain_ratio_log_floor_bound": json_f(
-            broker_seconds(floor_median)
-                / (floor.seconds + services[floor_median].startup + LINGER.as_secs_f64()),
-            3
-        ),
-    });
     let seed = seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
     let (steady, steady_o) =
         steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
@@ -2455,7 +2443,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
     let steady_rate = steady.messages as f64 / steady.publish_seconds.max(1e-9);
     let lat = &steady.latencies;
     let linger_ms = LINGER.as_secs_f64() * 1000.0;
-    let mut report = json!({
+    Ok(json!({
         "mode": sizes.mode,
         "generated_at": Utc::now().to_rfc3339(),
         "machine": {
@@ -2501,6 +2489,20 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "drain_ratio_vs_broker": json_f(service_rate / broker_rate, 3),
         "service_ingest_ratio_vs_broker": json_f(
             service.drain.events as f64 / service.ingest_seconds / broker_rate,
+            3
+        ),
+        "log_floor_events_per_s": json_f(floor.rate(), 0),
+        "log_floor_seconds": json_f(floor.seconds, 3),
+        "log_floor_cpu": floor_cpu,
+        "log_floor_ratio_vs_broker": json_f(floor_ratios[floor_median], 3),
+        "log_floor_round_ratios": floor_ratios.iter().map(|r| json_f(*r, 3)).collect::<Vec<_>>(),
+        // The drain ratio of a service that ingested at the floor's rate, started as fast as
+        // that round's service did and wrote its last records a linger after its last event,
+        // its other writes free: above what this machine allows a service that keeps the log
+        // and the linger.
+        "drain_ratio_log_floor_bound": json_f(
+            broker_seconds(floor_median)
+                / (floor.seconds + services[floor_median].startup + LINGER.as_secs_f64()),
             3
         ),
         "drain_rounds": drain_rounds,
@@ -2549,9 +2551,5 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
         "rss_bytes_per_open_call_with_actor": json_f(mem.actors.per_call(), 0),
         "memory_resting": mem.resting.json(),
         "memory_actors": mem.actors.json(),
-    });
-    if let (Some(report), Value::Object(floor)) = (report.as_object_mut(), floor_json) {
-        report.extend(floor);
-    }
-    Ok(report)
+    }))
 }
