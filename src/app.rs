@@ -1,32 +1,37 @@
-//! The application: builds every component from the settings, runs them, and stops them in
-//! order. Data flows one way: ingest -> event log -> tracker (actors) -> record writer.
+//! The application: built from the settings (`build`), started in flow order (`start`), stopped
+//! in flow order under one deadline (`Running::stop`).
+//!
+//! Data flows one way: ingest -> event log -> dispatcher -> projector and tracker (actors) ->
+//! record writer. Every task the application spawns is owned by it and joined when it stops.
 
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use metrics::{counter, gauge};
+use metrics::gauge;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::Health;
 use crate::ingest::Ingest;
-use crate::log::{EventLog, LogError, LoggedEvent};
-use crate::merge::PriceBook;
-use crate::project::{ProjectionRows, Projector, ProjectorHandle};
+use crate::log::EventLog;
+use crate::project::{Projector, ProjectorHandle};
+use crate::recovery::{Recovery, RecoveryError};
+use crate::retry::{Retry, Stop};
 use crate::tracker::{CallContext, Tracker};
 use crate::writer::RecordWriter;
-use crate::{db, http, telemetry};
+use crate::{db, dispatch, http, prices, telemetry};
 
-/// How often unit prices are re-read from `cost_models`.
-const PRICE_REFRESH: Duration = Duration::from_secs(60);
 /// How often the database is checked for readiness.
 const DB_PING: Duration = Duration::from_secs(1);
 
+/// Built, not started: the HTTP port is bound and the pool made (it connects lazily, so a
+/// database that is down does not stop the service from starting and reporting it).
 pub struct Application {
     settings: Settings,
     pool: PgPool,
@@ -35,8 +40,6 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the HTTP port and prepares the database pool (connections are made lazily, so a
-    /// database that is down does not stop the service from starting and reporting it).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.http.listen)
             .await
@@ -58,281 +61,296 @@ impl Application {
         self.health.clone()
     }
 
-    /// Runs until `shutdown` fires, then stops within `shutdown.timeout`.
+    /// Starts, runs until `shutdown` fires (or ingest ends on its own), then stops within
+    /// `shutdown.timeout`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Some(mut running) = self.start(&shutdown).await? else {
+            return Ok(());
+        };
+        running.until_stopped(&shutdown).await;
+        running.stop().await;
+        Ok(())
+    }
+
+    /// Starts every component in flow order: HTTP (so that health is reported from the
+    /// first moment), the schema, prices, projector, writer, tracker, recovery, dispatcher,
+    /// ingest. None if `shutdown` fired before the schema was ready.
+    pub async fn start(self, shutdown: &CancellationToken) -> anyhow::Result<Option<Running>> {
         let Application {
             settings,
             pool,
             listener,
             health,
         } = self;
-        let metrics = telemetry::metrics();
-        gauge!("cdr_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("CDR_GIT_COMMIT").unwrap_or("unknown")).set(1.0);
-        // The runtime this runs on, whoever built it (the binary sizes it from
-        // `runtime.worker_threads`).
-        gauge!("cdr_runtime_worker_threads")
-            .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
+        publish_process_info();
         health.set_database_up(false);
         health.set_broker_up(false);
-
-        let http_stop = CancellationToken::new();
-        let tracker_slot: http::TrackerSlot = Arc::default();
-        let http_task = tokio::spawn(http::serve(
+        let tasks = TaskTracker::new();
+        let background = CancellationToken::new();
+        let tracker_slot: http::TrackerSlot = std::sync::Arc::default();
+        tasks.spawn(http::serve(
             listener,
             health.clone(),
-            metrics,
+            telemetry::metrics(),
             tracker_slot.clone(),
-            http_stop.clone(),
+            background.clone(),
         ));
-
-        // Schema first: nothing else can run without it.
-        if settings.database.migrate {
-            let mut backoff = Backoff::new(&settings.backoff);
-            loop {
-                match db::migrate(&pool).await {
-                    Ok(()) => break,
-                    Err(db::DbError::Sqlx(e))
-                    | Err(db::DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
-                        if db::is_transient(&e) =>
-                    {
-                        let delay = backoff.next_delay();
-                        warn!(error = %e, retry_in = ?delay, "database not reachable for migrations; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.cancelled() => { http_stop.cancel(); return Ok(()); }
-                        }
-                    }
-                    Err(e) => return Err(e).context("database migrations"),
-                }
-            }
-            info!("schema up to date");
+        if !migrate(&settings, &pool, shutdown).await? {
+            background.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Ok(None);
         }
         health.set_database_up(true);
-
-        let ping_task = tokio::spawn(watch_database(pool.clone(), health.clone()));
-        let prices = Arc::new(RwLock::new(Arc::new(
-            load_prices(&pool).await.unwrap_or_default(),
-        )));
-        let price_task = tokio::spawn(refresh_prices(pool.clone(), prices.clone()));
-
-        let (projector, projector_handle) = Projector::new(pool.clone(), settings.backoff.clone());
-        let projector_abort = CancellationToken::new();
-        let mut projector_task = tokio::spawn(projector.run(projector_abort.clone()));
-
-        let (writer, writer_handle) = RecordWriter::new(
-            pool.clone(),
-            settings.writer.clone(),
-            settings.backoff.clone(),
-            health.clone(),
-            projector_handle.projected(),
-        );
-        let writer_drain = CancellationToken::new();
-        let writer_abort = CancellationToken::new();
-        let writer_task = tokio::spawn(writer.run(writer_drain.clone(), writer_abort.clone()));
-
-        let log = EventLog::remembering(pool.clone(), settings.ingest.remembered_messages);
-        let quarantined = log.quarantined_calls().await.unwrap_or_else(|e| {
-            warn!(error = %e, "could not read quarantined calls; none are held back");
-            Vec::new()
-        });
-        let (tracker, _supervisor) = Tracker::start(
-            CallContext {
-                log: log.clone(),
-                writer: writer_handle,
-                prices,
-                calls: Arc::default(),
-                linger: settings.tracker.linger,
-                idle_timeout: settings.tracker.idle_timeout,
-                rest_after: settings.tracker.rest_after,
-                backoff: settings.backoff.clone(),
-            },
-            &settings.tracker,
-            quarantined,
-        )
-        .await?;
+        let (mut running, log, projector_handle) =
+            start_downstream(&settings, &pool, &health, tasks, background).await?;
+        let tracker = running.tracker.clone();
         let _ = tracker_slot.set(tracker.clone());
 
-        recover(&log, &tracker, &projector_handle, &settings, &shutdown).await;
-        health.set_recovered();
+        let recovered = Recovery {
+            log: &log,
+            tracker: &tracker,
+            projector: &projector_handle,
+            backoff: &settings.backoff,
+            shutdown,
+        }
+        .run()
+        .await;
+        match recovered {
+            Ok(()) | Err(RecoveryError::Cancelled) => health.set_recovered(),
+            Err(e) => {
+                running.stop().await;
+                return Err(e.into());
+            }
+        }
 
-        let ingest_stop = CancellationToken::new();
+        let (committed, dispatcher) = dispatch::channel(projector_handle, tracker);
+        running.dispatcher = Some(running.tasks.spawn(dispatcher.run()));
         let ingest = Ingest::new(
             settings.amqp.clone(),
             settings.ingest.clone(),
             settings.backoff.clone(),
             log,
-            projector_handle,
-            tracker.clone(),
-            health.clone(),
+            health,
+            committed,
         );
-        let mut ingest_task = tokio::spawn(ingest.run(ingest_stop.clone()));
+        running.ingest = Some(running.tasks.spawn(ingest.run(shutdown.clone())));
         info!(http = %settings.http.listen, "cdr-service running");
+        Ok(Some(running))
+    }
+}
 
+/// Starts what follows the log, in flow order: the database watch and the price refresh, the
+/// projector, the writer and the tracker.
+async fn start_downstream(
+    settings: &Settings,
+    pool: &PgPool,
+    health: &Health,
+    tasks: TaskTracker,
+    background: CancellationToken,
+) -> anyhow::Result<(Running, EventLog, ProjectorHandle)> {
+    tasks.spawn(watch_database(
+        pool.clone(),
+        health.clone(),
+        background.clone(),
+    ));
+    let prices = prices::initial(pool).await;
+    tasks.spawn(prices::refresh(
+        pool.clone(),
+        prices.clone(),
+        background.clone(),
+    ));
+
+    let (projector, projector_handle) = Projector::new(pool.clone(), settings.backoff.clone());
+    let expired = CancellationToken::new();
+    let projector_task = tasks.spawn(projector.run(expired.clone()));
+    let (writer, writer_handle) = RecordWriter::new(
+        pool.clone(),
+        settings.writer.clone(),
+        settings.backoff.clone(),
+        health.clone(),
+        projector_handle.projected(),
+    );
+    let writer_drain = CancellationToken::new();
+    let writer_task = tasks.spawn(writer.run(writer_drain.clone(), expired.clone()));
+
+    let log = EventLog::remembering(pool.clone(), settings.ingest.remembered_messages);
+    let quarantined = log.quarantined_calls().await.unwrap_or_else(|e| {
+        warn!(error = %e, "could not read quarantined calls; none are held back");
+        Vec::new()
+    });
+    let context = CallContext {
+        log: log.clone(),
+        writer: writer_handle,
+        prices,
+        calls: Default::default(),
+        linger: settings.tracker.linger,
+        idle_timeout: settings.tracker.idle_timeout,
+        rest_after: settings.tracker.rest_after,
+        backoff: settings.backoff.clone(),
+    };
+    let (tracker, supervisor) = Tracker::start(context, &settings.tracker, quarantined).await?;
+    let running = Running {
+        bound: settings.shutdown.timeout,
+        pool: pool.clone(),
+        tasks,
+        background,
+        expired,
+        ingest: None,
+        dispatcher: None,
+        projector: Some(projector_task),
+        tracker,
+        supervisor: Some(supervisor),
+        writer: Some(writer_task),
+        writer_drain,
+    };
+    Ok((running, log, projector_handle))
+}
+
+/// Applies the migrations (unless `database.migrate = false`), retrying while the database is
+/// away. False if `shutdown` fired first.
+async fn migrate(
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    if !settings.database.migrate {
+        return Ok(true);
+    }
+    let migrated = Retry::new(&settings.backoff, shutdown)
+        .run(
+            || db::migrate(pool),
+            |e, delay| warn!(error = %e, retry_in = ?delay, "database not reachable for migrations; retrying"),
+        )
+        .await;
+    match migrated {
+        Ok(()) => {
+            info!("schema up to date");
+            Ok(true)
+        }
+        Err(Stop::Cancelled) => Ok(false),
+        Err(Stop::Refused(e)) => Err(e).context("database migrations"),
+    }
+}
+
+/// The build and the runtime this process runs on, as gauges.
+fn publish_process_info() {
+    gauge!("cdr_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("CDR_GIT_COMMIT").unwrap_or("unknown")).set(1.0);
+    // The runtime this runs on, whoever built it (the binary sizes it from
+    // `runtime.worker_threads`).
+    gauge!("cdr_runtime_worker_threads")
+        .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
+}
+
+/// A started service: its components' tasks, and the signals that stop them in order.
+pub struct Running {
+    bound: Duration,
+    pool: PgPool,
+    /// Every task the application spawned.
+    tasks: TaskTracker,
+    /// Stops the tasks that serve the others: HTTP, the database watch, the price refresh.
+    background: CancellationToken,
+    /// Fires when the shutdown deadline has passed: the projector and the writer return at
+    /// once, leaving what they hold to the log.
+    expired: CancellationToken,
+    ingest: Option<JoinHandle<()>>,
+    dispatcher: Option<JoinHandle<()>>,
+    projector: Option<JoinHandle<()>>,
+    tracker: Tracker,
+    supervisor: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    /// Tells the writer that no record will come any more: write what is queued and return.
+    writer_drain: CancellationToken,
+}
+
+impl Running {
+    /// Waits until `shutdown` fires, or ingest ends on its own (it should not).
+    pub async fn until_stopped(&mut self, shutdown: &CancellationToken) {
+        let Some(ingest) = self.ingest.as_mut() else {
+            return shutdown.cancelled().await;
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            r = &mut ingest_task => {
+            r = ingest => {
                 error!(result = ?r, "ingest ended unexpectedly");
+                self.ingest = None;
             }
         }
+    }
 
-        // Stop in flow order: no new deliveries (commit and ack what is held), then the
-        // projections of what was committed, then the actors (ended calls write their
-        // records), then the writer drains.
-        let bound = settings.shutdown.timeout;
+    /// Stops in flow order within the shutdown bound: no new deliveries (ingest commits and
+    /// acks what it holds; its stop is the `shutdown` token it runs with), then the dispatcher
+    /// hands on what was committed, the projector writes it, the actors stop (ended calls
+    /// write their records, open ones are left to recovery), the writer drains, and the
+    /// background tasks end. Past the deadline each stage is cut short: whatever it leaves is
+    /// rebuilt from the log at the next start.
+    pub async fn stop(mut self) {
         let started = Instant::now();
-        info!(bound = ?bound, "shutting down");
-        ingest_stop.cancel();
-        if tokio::time::timeout(bound, &mut ingest_task).await.is_err() {
-            warn!("ingest did not stop within the bound; unacked deliveries will be redelivered");
-            ingest_task.abort();
-        }
-        // Ingest held the last handle: the projector ends once its queue is written.
-        let remaining = bound.saturating_sub(started.elapsed());
-        if tokio::time::timeout(remaining, &mut projector_task)
-            .await
-            .is_err()
-        {
-            projector_abort.cancel();
-            let _ = projector_task.await;
-        }
-        tracker
-            .shutdown(bound.saturating_sub(started.elapsed()))
+        let deadline = started + self.bound;
+        info!(bound = ?self.bound, "shutting down");
+        join_by(self.ingest.take(), deadline, &self.expired, "ingest").await;
+        join_by(
+            self.dispatcher.take(),
+            deadline,
+            &self.expired,
+            "dispatcher",
+        )
+        .await;
+        join_by(self.projector.take(), deadline, &self.expired, "projector").await;
+        self.tracker
+            .shutdown(deadline.saturating_duration_since(Instant::now()))
             .await;
-        writer_drain.cancel();
-        let remaining = bound.saturating_sub(started.elapsed());
-        let mut writer_task = writer_task;
-        if tokio::time::timeout(remaining, &mut writer_task)
+        join_by(
+            self.supervisor.take(),
+            deadline,
+            &self.expired,
+            "supervisor",
+        )
+        .await;
+        self.writer_drain.cancel();
+        join_by(self.writer.take(), deadline, &self.expired, "writer").await;
+        self.background.cancel();
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
             .is_err()
         {
-            writer_abort.cancel();
-            let _ = writer_task.await;
+            warn!("background tasks did not stop within the bound");
         }
-        price_task.abort();
-        ping_task.abort();
-        http_stop.cancel();
-        let _ = http_task.await;
-        pool.close().await;
+        self.pool.close().await;
         info!(took = ?started.elapsed(), "stopped");
-        Ok(())
     }
 }
 
-/// Rebuilds every open call (logged events not yet all in its row): the calls that were active,
-/// or waiting to be written, when the service last stopped, however it stopped. Their
-/// projections, and those of quarantined calls, are written again first: a crash may have come
-/// between a commit and its projections, and only these calls can be missing some (a call
-/// leaves `open_calls` only with its projections written). Then every event logged before this
-/// start counts as projected.
-async fn recover(
-    log: &EventLog,
-    tracker: &Tracker,
-    projector: &ProjectorHandle,
-    settings: &Settings,
-    shutdown: &CancellationToken,
+/// Waits for one stage's task until the deadline; past it, fires `expired` and aborts the task
+/// (unacked deliveries are redelivered, unwritten rows rebuilt from the log).
+async fn join_by(
+    task: Option<JoinHandle<()>>,
+    deadline: Instant,
+    expired: &CancellationToken,
+    stage: &'static str,
 ) {
-    let started = Instant::now();
-    let Some(logged_before) = retry(settings, shutdown, "read the log's last event id", || {
-        log.max_event_id()
-    })
-    .await
-    else {
-        return;
-    };
-    let Some(calls) = retry(settings, shutdown, "list open calls", || log.open_calls()).await
-    else {
-        return;
-    };
-    let count = calls.len();
-    let mut events = 0;
-    for chunk in calls.chunks(1000) {
-        let Some(loaded) = load_reprojected(log, chunk, projector, settings, shutdown).await else {
-            return;
-        };
-        match tracker.resume(loaded).await {
-            Ok(n) => events += n,
-            Err(e) => {
-                error!(error = %e, "could not resume calls; they resume with their next event")
-            }
-        }
-    }
-    let Some(quarantined) = retry(settings, shutdown, "list quarantined calls", || {
-        log.quarantined_calls()
-    })
-    .await
-    else {
-        return;
-    };
-    for chunk in quarantined.chunks(1000) {
-        if load_reprojected(log, chunk, projector, settings, shutdown)
-            .await
-            .is_none()
-        {
-            return;
-        }
-    }
-    projector.cover(logged_before).await;
-    counter!("cdr_calls_recovered_total").increment(count as u64);
-    info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
-}
-
-/// Loads calls with all their logged events and writes their projections again. None if the
-/// service is shut down first.
-async fn load_reprojected(
-    log: &EventLog,
-    call_ids: &[String],
-    projector: &ProjectorHandle,
-    settings: &Settings,
-    shutdown: &CancellationToken,
-) -> Option<Vec<(String, Vec<LoggedEvent>)>> {
-    let loaded = retry(settings, shutdown, "load calls", || {
-        log.load_calls(call_ids)
-    })
-    .await?;
-    let rows =
-        ProjectionRows::of(loaded.iter().flat_map(|(call_id, events)| {
-            events.iter().map(move |e| (call_id.as_str(), &e.event))
-        }));
-    projector
-        .write_now(rows, &settings.backoff, shutdown)
-        .await
-        .then_some(loaded)
-}
-
-/// Runs a recovery query until it succeeds (backing off while the database is away); None if
-/// the service is shut down first.
-async fn retry<T, F, Fut>(
-    settings: &Settings,
-    shutdown: &CancellationToken,
-    what: &str,
-    mut query: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, LogError>>,
-{
-    let mut backoff = Backoff::new(&settings.backoff);
-    loop {
-        match query().await {
-            Ok(value) => return Some(value),
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, retry_in = ?delay, "recovery: could not {what}; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-            }
-        }
+    let Some(mut task) = task else { return };
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        warn!(
+            stage,
+            "did not stop within the shutdown bound; the next start rebuilds what it left from the log"
+        );
+        expired.cancel();
+        task.abort();
+        let _ = task.await;
     }
 }
 
 /// Keeps readiness honest while no traffic flows: a database that went away is noticed within
 /// `DB_PING` even if no write has failed yet.
-async fn watch_database(pool: PgPool, health: Health) {
+async fn watch_database(pool: PgPool, health: Health, stop: CancellationToken) {
     let mut tick = tokio::time::interval(DB_PING);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         let ok = matches!(
             tokio::time::timeout(DB_PING, sqlx::query("SELECT 1").execute(&pool)).await,
             Ok(Ok(_))
@@ -345,31 +363,5 @@ async fn watch_database(pool: PgPool, health: Health) {
             }
         }
         health.set_database_up(ok);
-    }
-}
-
-async fn load_prices(pool: &PgPool) -> Result<PriceBook, sqlx::Error> {
-    let rows: Vec<(String, chrono::DateTime<chrono::Utc>, rust_decimal::Decimal)> =
-        sqlx::query_as("SELECT resource_type, start_date, cost_per_unit::numeric FROM cost_models")
-            .fetch_all(pool)
-            .await?;
-    Ok(PriceBook::new(rows))
-}
-
-async fn refresh_prices(pool: PgPool, prices: Arc<RwLock<Arc<PriceBook>>>) {
-    let mut tick = tokio::time::interval(PRICE_REFRESH);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match load_prices(&pool).await {
-            Ok(book) => {
-                if let Ok(mut slot) = prices.write() {
-                    *slot = Arc::new(book);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "could not refresh cost_models; keeping the previous prices")
-            }
-        }
     }
 }

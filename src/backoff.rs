@@ -1,4 +1,5 @@
-//! Capped exponential backoff with full jitter, for database retries and broker reconnects.
+//! Capped exponential backoff with half jitter, for database retries and broker reconnects
+//! (used through `retry::Retry`).
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
+use crate::retry::Transient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -58,25 +59,40 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// True for errors that mean "the database is not reachable right now" rather than
-/// "this statement is wrong for this data": the former are retried, the latter isolated.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            // Class 08: connection exception; 53: insufficient resources; 57: operator
-            // intervention (admin shutdown, cannot connect now); 40: serialization/deadlock.
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            ["08", "53", "57", "40", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
+/// "The database is not reachable right now" rather than "this statement is wrong for this
+/// data": the former are retried, the latter isolated.
+impl Transient for sqlx::Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            sqlx::Error::Database(db) => {
+                // Class 08: connection exception; 53: insufficient resources; 57: operator
+                // intervention (admin shutdown, cannot connect now); 40: serialization/deadlock;
+                // 58: system error (an I/O error on the server).
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                ["08", "53", "57", "40", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            _ => false,
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        _ => false,
+    }
+}
+
+/// Migrations are retried while the database is away; any other failure stops the start.
+impl Transient for DbError {
+    fn is_transient(&self) -> bool {
+        match self {
+            DbError::Sqlx(e) | DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                e.is_transient()
+            }
+            _ => false,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::event::{Envelope, EventKind};
 use crate::merge::CallEvent;
+use crate::retry::Transient;
 use recent::RecentMessages;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +33,17 @@ pub enum LogError {
 
 impl From<sqlx::Error> for LogError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::db::is_transient(&e) {
+        if e.is_transient() {
             LogError::Unavailable(e)
         } else {
             LogError::Refused(e)
         }
+    }
+}
+
+impl Transient for LogError {
+    fn is_transient(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
     }
 }
 

@@ -27,12 +27,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::BackoffSettings;
 use crate::db::fit;
 use crate::event::{DialogTurn, EventKind, Usage};
 use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
+use crate::retry::{Retry, Stop};
 
 /// Committed batches waiting for the projector. When it falls behind (a slow database), the
 /// dispatcher waits, then the committer, and the broker holds the rest.
@@ -265,63 +265,55 @@ pub async fn write_with_retry(
     if rows.is_empty() {
         return true;
     }
-    let e = match retrying(pool, &rows, settings, abort).await {
-        None => return false,
-        Some(Ok(())) => return true,
-        Some(Err(e)) => e,
+    let retry = Retry::new(settings, abort);
+    let e = match retry.run(|| write_timed(pool, &rows), retrying).await {
+        Ok(()) => return true,
+        Err(Stop::Cancelled) => return false,
+        Err(Stop::Refused(e)) => e,
     };
     warn!(error = %e, rows = rows.len(), "projection rows refused; writing them one by one");
-    for row in rows.split() {
-        // The same retry for each: only a refusal of the row itself drops it.
-        match retrying(pool, &row, settings, abort).await {
-            None => return false,
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                for t in row.turns.values() {
-                    error!(call_id = %t.call_id, turn_index = t.turn.turn_index, error = %e,
-                        "dialog turn refused by the database; its event stays in call_events");
+    let parts: Vec<ProjectionRows> = rows.split().collect();
+    let isolated = retry
+        .isolate(
+            parts.len(),
+            |i| write_timed(pool, &parts[i]),
+            |i, outcome| {
+                if let Err(e) = outcome {
+                    report_refused(&parts[i], &e);
                 }
-                for u in row.usage.values() {
-                    error!(call_id = %u.call_id, usage_key = %u.key, error = %e,
-                        "usage line refused by the database; its event stays in call_events");
-                }
-                counter!("cdr_projection_rows_refused_total").increment(row.len() as u64);
-            }
-        }
-    }
-    true
+                async { Ok::<(), std::convert::Infallible>(()) }
+            },
+            retrying,
+        )
+        .await;
+    isolated.is_ok()
 }
 
-/// Writes the rows, retrying while the database is away: `Some(Ok)` once written, `Some(Err)`
-/// with the database's refusal of the data itself, `None` if `abort` fired first.
-async fn retrying(
-    pool: &PgPool,
-    rows: &ProjectionRows,
-    settings: &BackoffSettings,
-    abort: &CancellationToken,
-) -> Option<Result<(), sqlx::Error>> {
-    let mut backoff = Backoff::new(settings);
-    loop {
-        let started = std::time::Instant::now();
-        match write(pool, rows).await {
-            Ok(()) => {
-                histogram!("cdr_projection_write_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                count_written(rows);
-                return Some(Ok(()));
-            }
-            Err(e) if crate::db::is_transient(&e) => {
-                counter!("cdr_projection_write_retries_total").increment(1);
-                let delay = backoff.next_delay();
-                warn!(error = %e, rows = rows.len(), retry_in = ?delay, "projection write failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = abort.cancelled() => return None,
-                }
-            }
-            Err(e) => return Some(Err(e)),
-        }
+/// Upserts the rows and measures it.
+async fn write_timed(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    write(pool, rows).await?;
+    histogram!("cdr_projection_write_duration_seconds").record(started.elapsed().as_secs_f64());
+    count_written(rows);
+    Ok(())
+}
+
+fn retrying(e: &sqlx::Error, delay: std::time::Duration) {
+    counter!("cdr_projection_write_retries_total").increment(1);
+    warn!(error = %e, retry_in = ?delay, "projection write failed; retrying");
+}
+
+/// A row the database refused alone: left out, its event stays in the log.
+fn report_refused(row: &ProjectionRows, e: &sqlx::Error) {
+    for t in row.turns.values() {
+        error!(call_id = %t.call_id, turn_index = t.turn.turn_index, error = %e,
+            "dialog turn refused by the database; its event stays in call_events");
     }
+    for u in row.usage.values() {
+        error!(call_id = %u.call_id, usage_key = %u.key, error = %e,
+            "usage line refused by the database; its event stays in call_events");
+    }
+    counter!("cdr_projection_rows_refused_total").increment(row.len() as u64);
 }
 
 fn count_written(rows: &ProjectionRows) {

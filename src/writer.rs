@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::{BackoffSettings, WriterSettings};
 use crate::db::fit;
 use crate::health::Health;
 use crate::merge::CallRecord;
 use crate::project::Projected;
+use crate::retry::{Retry, Stop};
 
 /// A record to write, with what the writer needs beyond the row itself.
 #[derive(Debug, Clone)]
@@ -128,7 +128,9 @@ impl RecordWriter {
         info!("record writer drained");
     }
 
-    /// Writes one batch, retrying while the database is unavailable. False if aborted.
+    /// Writes one batch, retrying while the database is unavailable. A batch the database
+    /// refuses is written row by row, and a row refused alone is logged and counted (its events
+    /// stay in the log and the call in `open_calls`). False if aborted.
     async fn write_with_retry(
         &mut self,
         batch: &[WriteRequest],
@@ -137,32 +139,41 @@ impl RecordWriter {
         let Some(close) = self.projections_cover(batch, abort).await else {
             return false;
         };
-        let mut backoff = Backoff::new(&self.backoff);
-        loop {
-            let started = Instant::now();
-            match upsert(&self.pool, batch, close).await {
-                Ok(written) => {
-                    self.health.set_database_up(true);
-                    self.observe(batch, written, started.elapsed());
-                    return true;
-                }
-                Err(e) if crate::db::is_transient(&e) => {
-                    self.health.set_database_up(false);
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?delay, records = batch.len(), "record write failed; retrying");
-                    counter!("cdr_record_write_retries_total").increment(1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = abort.cancelled() => return false,
-                    }
-                }
-                Err(e) => {
-                    // The data itself was refused: find the rows at fault, write the rest.
-                    warn!(error = %e, records = batch.len(), "record batch refused; writing rows one by one");
-                    for request in batch {
-                        if let Err(e) =
-                            upsert(&self.pool, std::slice::from_ref(request), close).await
-                        {
+        let retry = Retry::new(&self.backoff, abort);
+        let health = &self.health;
+        let retrying = |e: &sqlx::Error, delay: Duration| {
+            health.set_database_up(false);
+            warn!(error = %e, retry_in = ?delay, "record write failed; retrying");
+            counter!("cdr_record_write_retries_total").increment(1);
+        };
+        let pool = &self.pool;
+        let mut started = Instant::now();
+        let attempt = || {
+            started = Instant::now();
+            upsert(pool, batch, close)
+        };
+        let e = match retry.run(attempt, retrying).await {
+            Ok(written) => {
+                health.set_database_up(true);
+                observe(batch, written, started.elapsed());
+                return true;
+            }
+            Err(Stop::Cancelled) => return false,
+            Err(Stop::Refused(e)) => e,
+        };
+        // The data itself was refused: find the rows at fault, write the rest.
+        warn!(error = %e, records = batch.len(), "record batch refused; writing rows one by one");
+        retry
+            .isolate(
+                batch.len(),
+                |i| upsert(pool, &batch[i..=i], close),
+                |i, outcome| {
+                    let request = &batch[i];
+                    match outcome {
+                        Ok(written) => {
+                            observe(std::slice::from_ref(request), written, Duration::ZERO)
+                        }
+                        Err(e) => {
                             error!(
                                 call_id = %request.record.call_id,
                                 trace_id = request.record.trace_id.as_deref().unwrap_or(""),
@@ -170,14 +181,14 @@ impl RecordWriter {
                                 "record refused by the database; its events stay in call_events"
                             );
                             counter!("cdr_records_refused_total").increment(1);
-                        } else {
-                            self.observe(std::slice::from_ref(request), 1, Duration::ZERO);
                         }
                     }
-                    return true;
-                }
-            }
-        }
+                    async { Ok::<(), std::convert::Infallible>(()) }
+                },
+                retrying,
+            )
+            .await
+            .is_ok()
     }
 
     /// Waits until the projections cover every event the batch's records folded, so that the
@@ -208,25 +219,26 @@ impl RecordWriter {
             }
         }
     }
+}
 
-    fn observe(&self, batch: &[WriteRequest], written: u64, took: Duration) {
-        histogram!("cdr_record_batch_size").record(batch.len() as f64);
-        if !took.is_zero() {
-            histogram!("cdr_record_write_duration_seconds").record(took.as_secs_f64());
-        }
-        counter!("cdr_records_stale_skipped_total")
-            .increment((batch.len() as u64).saturating_sub(written));
-        for r in batch {
-            counter!(
-                "cdr_records_written_total",
-                "status" => r.record.status.as_str(),
-                "disposition" => r.record.disposition.as_str(),
-                "cause" => r.cause,
-            )
-            .increment(1);
-            if let Some(end) = r.end_received {
-                histogram!("cdr_record_flush_latency_seconds").record(end.elapsed().as_secs_f64());
-            }
+/// Counts a written batch: its size, its time, and each record by status, disposition and cause.
+fn observe(batch: &[WriteRequest], written: u64, took: Duration) {
+    histogram!("cdr_record_batch_size").record(batch.len() as f64);
+    if !took.is_zero() {
+        histogram!("cdr_record_write_duration_seconds").record(took.as_secs_f64());
+    }
+    counter!("cdr_records_stale_skipped_total")
+        .increment((batch.len() as u64).saturating_sub(written));
+    for r in batch {
+        counter!(
+            "cdr_records_written_total",
+            "status" => r.record.status.as_str(),
+            "disposition" => r.record.disposition.as_str(),
+            "cause" => r.cause,
+        )
+        .increment(1);
+        if let Some(end) = r.end_received {
+            histogram!("cdr_record_flush_latency_seconds").record(end.elapsed().as_secs_f64());
         }
     }
 }

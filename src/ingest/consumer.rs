@@ -1,0 +1,153 @@
+//! The consume side of a broker session: decodes deliveries into the open batch, dead-letters
+//! bad input inline, and hands a batch to the committer once it is due (full, or
+//! `ingest.batch_max_age` old) and the committer is free.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use metrics::{counter, histogram};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::{DeadLetters, Rejected};
+use super::{Batch, InFlight, IngestError};
+use crate::config::IngestSettings;
+use crate::event::{self, Limits};
+
+/// How the consume loop ended.
+pub(super) enum Ended {
+    /// Shutdown was requested: the open batch is handed over for a last commit.
+    Shutdown,
+    /// The broker failed or cancelled the consumer.
+    Failed(IngestError),
+    /// The committer ended first (always a failure while the hand-off is open), with its
+    /// result.
+    Committer(Result<(), IngestError>),
+}
+
+pub(super) struct Consumer<'a> {
+    pub settings: &'a IngestSettings,
+    pub dead_letters: DeadLetters,
+    pub in_flight: InFlight,
+    /// The batch being filled.
+    pub batch: Batch,
+    /// `cdr_events_received_total` by event type, resolved once per type.
+    received: HashMap<&'static str, metrics::Counter>,
+    /// The open batch is due (old or full enough) and goes to the committer when it is free.
+    due: Option<Instant>,
+}
+
+impl<'a> Consumer<'a> {
+    pub fn new(
+        settings: &'a IngestSettings,
+        dead_letters: DeadLetters,
+        in_flight: InFlight,
+    ) -> Self {
+        Consumer {
+            settings,
+            dead_letters,
+            in_flight,
+            batch: Batch::with_capacity(settings.batch_size),
+            received: HashMap::new(),
+            due: None,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.settings.max_body_bytes,
+            max_json_depth: self.settings.max_json_depth,
+        }
+    }
+
+    /// Consumes until shutdown, a broker failure or the committer's end.
+    pub async fn run(
+        &mut self,
+        consumer: &mut lapin::Consumer,
+        handoff: &mpsc::Sender<Batch>,
+        committer: &mut JoinHandle<Result<(), IngestError>>,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let batch_size = self.settings.batch_size;
+        // One timer for the whole session, reset when a batch gets its first event: a fresh
+        // `sleep_until` in the select below would register and drop a timer per delivery.
+        let batch_timer = tokio::time::sleep(self.settings.batch_max_age);
+        tokio::pin!(batch_timer);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                ended = &mut *committer => return Ended::Committer(flatten_join(ended)),
+                permit = handoff.reserve(), if self.due.is_some() => {
+                    let Ok(permit) = permit else {
+                        return Ended::Failed(IngestError::CommitterStopped("the hand-off closed".into()));
+                    };
+                    if let Some(since) = self.due.take() {
+                        histogram!("cdr_ingest_handoff_wait_seconds").record(since.elapsed().as_secs_f64());
+                    }
+                    permit.send(std::mem::replace(&mut self.batch, Batch::with_capacity(batch_size)));
+                }
+                () = &mut batch_timer, if !self.batch.is_empty() && self.due.is_none() => {
+                    self.due = Some(Instant::now());
+                }
+                delivery = consumer.next(), if self.batch.len() < batch_size => {
+                    let delivery = match delivery {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Ended::Failed(e.into()),
+                        None => return Ended::Failed(IngestError::ConsumerCancelled),
+                    };
+                    if self.batch.is_empty() {
+                        batch_timer.as_mut().reset(tokio::time::Instant::now() + self.settings.batch_max_age);
+                    }
+                    if let Err(e) = self.take(delivery).await {
+                        return Ended::Failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes one delivery into the open batch, or dead-letters and acks it. A bad message is
+    /// acked before any later delivery reaches the committer, so the committer's `multiple`
+    /// acks never run ahead of it.
+    async fn take(&mut self, delivery: Delivery) -> Result<(), IngestError> {
+        self.in_flight.add(1);
+        match event::decode(&delivery.data, Utc::now(), self.limits()) {
+            Ok(envelope) => {
+                let kind = envelope.kind.name();
+                self.received
+                    .entry(kind)
+                    .or_insert_with(|| counter!("cdr_events_received_total", "event_type" => kind))
+                    .increment(1);
+                self.batch.envelopes.push(envelope);
+                self.batch.deliveries.push(delivery);
+                if self.batch.len() >= self.settings.batch_size && self.due.is_none() {
+                    self.due = Some(Instant::now());
+                }
+            }
+            Err(reject) => {
+                self.dead_letters
+                    .publish(&delivery, &Rejected::from(&reject))
+                    .await?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                self.in_flight.settled(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The committer task's result, a panic or cancellation counted as its failure.
+pub(super) fn flatten_join(
+    ended: Result<Result<(), IngestError>, tokio::task::JoinError>,
+) -> Result<(), IngestError> {
+    match ended {
+        Ok(result) => result,
+        Err(e) => Err(IngestError::CommitterStopped(e.to_string())),
+    }
+}
