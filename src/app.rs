@@ -82,6 +82,8 @@ impl Application {
             listener,
             health,
         } = self;
+        // The recorder first: everything after reports to it.
+        let metrics = telemetry::metrics();
         publish_process_info();
         health.set_database_up(false);
         health.set_broker_up(false);
@@ -91,7 +93,7 @@ impl Application {
         tasks.spawn(http::serve(
             listener,
             health.clone(),
-            telemetry::metrics(),
+            metrics,
             tracker_slot.clone(),
             background.clone(),
         ));

@@ -194,14 +194,16 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Checks every value, in the order of the sections; the first bad one is the error.
     fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                value: value.to_string(),
-                reason: reason.to_string(),
-            }
-        }
+        self.validate_database()?;
+        self.validate_amqp()?;
+        self.validate_ingest()?;
+        self.validate_the_rest()
+    }
+
+    /// `database.*`.
+    fn validate_database(&self) -> Result<(), ConfigError> {
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {
@@ -218,6 +220,11 @@ impl Settings {
                 "must be at least 2 (the event log and the record writer each hold one)",
             ));
         }
+        Ok(())
+    }
+
+    /// `amqp.*`.
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
         if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
             return Err(invalid(
                 "amqp.url",
@@ -256,6 +263,11 @@ impl Settings {
                 "must be at least 1 (0 would mean unlimited)",
             ));
         }
+        Ok(())
+    }
+
+    /// `ingest.*`, and the prefetch that must hold a whole batch.
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
         if self.ingest.batch_size == 0 || self.ingest.batch_size > 10_000 {
             return Err(invalid(
                 "ingest.batch_size",
@@ -291,6 +303,11 @@ impl Settings {
                 "must be at most 100000000 (16 bytes each)",
             ));
         }
+        Ok(())
+    }
+
+    /// `writer`, `tracker`, `backoff`, `runtime` and `log`.
+    fn validate_the_rest(&self) -> Result<(), ConfigError> {
         if self.writer.batch_size == 0 || self.writer.batch_size > 10_000 {
             return Err(invalid(
                 "writer.batch_size",
@@ -344,6 +361,15 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+/// The error for `key` set to `value`.
+fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
     }
 }
 
