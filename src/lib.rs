@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod log;
 pub mod merge;
 pub mod project;
+pub mod row;
 pub mod runtime;
 pub mod simulate;
 pub mod storm;

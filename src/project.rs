@@ -29,10 +29,10 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::BackoffSettings;
-use crate::db::fit;
 use crate::event::{DialogTurn, EventKind, Usage};
 use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
+use crate::row::fit;
 
 /// Committed batches waiting for the projector. When it falls behind (a slow database), the
 /// dispatcher waits, then the committer, and the broker holds the rest.
