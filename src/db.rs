@@ -29,16 +29,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// with the `BEGIN`, as one simple query: the setting costs no round trip of its own.
 pub const BEGIN_PREFERRING_INDEXES: &str = "BEGIN; SET LOCAL enable_seqscan = off";
 
-/// Column limits of the existing tables (`calls`, `usage_records`): a value longer than its
-/// `varchar` column would make the whole statement fail, so it is cut to fit (the full value
-/// stays in the raw event).
-pub fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
-    value.map(|v| match v.char_indices().nth(max_chars) {
-        Some((cut, _)) => &v[..cut],
-        None => v,
-    })
-}
-
 /// A lazily connecting pool: the service starts (and reports not-ready) while the database is
 /// down, and every user of the pool retries on its own schedule.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {

@@ -20,6 +20,7 @@ pub mod prices;
 pub mod project;
 pub mod recovery;
 pub mod retry;
+pub mod row;
 pub mod runtime;
 pub mod simulate;
 pub mod storm;

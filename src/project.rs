@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::BackoffSettings;
-use crate::db::fit;
 use crate::event::{DialogTurn, EventKind, Usage};
 use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
 use crate::retry::{Retry, Stop};
+use crate::row::fit;
 
 /// Committed batches waiting for the projector. When it falls behind (a slow database), the
 /// dispatcher waits, then the committer, and the broker holds the rest.

@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
+use crate::row::CallRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Order {
@@ -244,7 +245,7 @@ impl Publisher {
 }
 
 /// The columns a user checks, as `simulate` prints them.
-#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct RecordView {
     pub call_id: String,
     pub status: Option<String>,
@@ -263,6 +264,28 @@ pub struct RecordView {
     pub event_count: i32,
 }
 
+impl From<CallRow> for RecordView {
+    fn from(r: CallRow) -> RecordView {
+        RecordView {
+            call_id: r.call_id,
+            status: r.status,
+            disposition: r.disposition,
+            start_time: r.start_time,
+            answer_time: r.answer_time,
+            end_time: r.end_time,
+            duration_seconds: r.duration_seconds,
+            user_id: r.user_id,
+            contact_id: r.contact_id,
+            tenant_id: r.tenant_id,
+            caller_number: r.caller_number,
+            callee_number: r.callee_number,
+            recording_url: r.recording_url,
+            trace_id: r.trace_id,
+            event_count: r.event_count,
+        }
+    }
+}
+
 /// Waits until the call's record folds at least `min_events` events.
 pub async fn wait_for_record(
     pool: &sqlx::PgPool,
@@ -272,19 +295,11 @@ pub async fn wait_for_record(
 ) -> Result<Option<RecordView>, sqlx::Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let row: Option<RecordView> = sqlx::query_as(
-            "SELECT call_id, status, disposition, start_time, answer_time, end_time, \
-                    duration_seconds, user_id, contact_id, tenant_id, caller_number, \
-                    callee_number, recording_url, trace_id, event_count \
-             FROM calls WHERE call_id = $1",
-        )
-        .bind(call_id)
-        .fetch_optional(pool)
-        .await?;
+        let row = CallRow::by_id(call_id).fetch_optional(pool).await?;
         if let Some(r) = row
             && r.event_count >= min_events
         {
-            return Ok(Some(r));
+            return Ok(Some(r.into()));
         }
         if Instant::now() >= deadline {
             return Ok(None);

@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{BackoffSettings, WriterSettings};
-use crate::db::fit;
 use crate::health::Health;
 use crate::merge::CallRecord;
 use crate::project::Projected;
 use crate::retry::{Retry, Stop};
+use crate::row::CallRow;
 
 /// A record to write, with what the writer needs beyond the row itself.
 #[derive(Debug, Clone)]
@@ -285,101 +285,22 @@ pub async fn upsert(
         }
     }
     let rows: Vec<&WriteRequest> = newest.into_values().collect();
-    let recs: Vec<&CallRecord> = rows.iter().map(|r| &r.record).collect();
+    let stored: Vec<CallRow> = rows
+        .iter()
+        .map(|r| CallRow::from_record(&r.record, r.event_count))
+        .collect();
     let mut tx = pool.begin_with(crate::db::BEGIN_PREFERRING_INDEXES).await?;
-    let result = sqlx::query(
-        "INSERT INTO calls AS c (call_id, trace_id, user_id, contact_id, tenant_id, start_time, \
-            answer_time, end_time, duration_seconds, billable_seconds, status, disposition, \
-            recording_url, total_cost, direction, caller_number, callee_number, sip_hangup_cause, \
-            hangup_source, inferred_times, event_count) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::int[], $5::text[], \
-            $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int[], $10::int[], \
-            $11::text[], $12::text[], $13::text[], $14::numeric[], $15::text[], $16::text[], \
-            $17::text[], $18::text[], $19::text[], $20::text[], $21::int[]) \
-         ON CONFLICT (call_id) DO UPDATE SET \
-            trace_id = EXCLUDED.trace_id, user_id = EXCLUDED.user_id, \
-            contact_id = EXCLUDED.contact_id, tenant_id = EXCLUDED.tenant_id, \
-            start_time = EXCLUDED.start_time, answer_time = EXCLUDED.answer_time, \
-            end_time = EXCLUDED.end_time, duration_seconds = EXCLUDED.duration_seconds, \
-            billable_seconds = EXCLUDED.billable_seconds, status = EXCLUDED.status, \
-            disposition = EXCLUDED.disposition, recording_url = EXCLUDED.recording_url, \
-            total_cost = EXCLUDED.total_cost, direction = EXCLUDED.direction, \
-            caller_number = EXCLUDED.caller_number, callee_number = EXCLUDED.callee_number, \
-            sip_hangup_cause = EXCLUDED.sip_hangup_cause, hangup_source = EXCLUDED.hangup_source, \
-            inferred_times = EXCLUDED.inferred_times, event_count = EXCLUDED.event_count, \
-            updated_at = now() \
-         WHERE c.event_count <= EXCLUDED.event_count",
-    )
-    .bind(recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
-    .bind(
-        recs.iter()
-            .map(|r| fit(r.trace_id.as_deref(), 255))
-            .collect::<Vec<_>>(),
-    )
-    .bind(recs.iter().map(|r| r.user_id).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.contact_id).collect::<Vec<_>>())
-    .bind(
-        recs.iter()
-            .map(|r| fit(r.tenant_id.as_deref(), 255))
-            .collect::<Vec<_>>(),
-    )
-    .bind(recs.iter().map(|r| r.start_time).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.answer_time).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.end_time).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.duration_seconds).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.billable_seconds).collect::<Vec<_>>())
-    .bind(recs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(
-        recs.iter()
-            .map(|r| r.disposition.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recs.iter()
-            .map(|r| r.recording_url.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(recs.iter().map(|r| r.total_cost).collect::<Vec<_>>())
-    .bind(
-        recs.iter()
-            .map(|r| r.direction.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recs.iter()
-            .map(|r| fit(r.caller_number.as_deref(), 255))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recs.iter()
-            .map(|r| fit(r.callee_number.as_deref(), 255))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recs.iter()
-            .map(|r| fit(r.sip_hangup_cause.as_deref(), 64))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recs.iter()
-            .map(|r| r.hangup_source.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recs.iter()
-            .map(|r| r.inferred_times.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    let result = CallRow::upsert(stored).execute(&mut *tx).await?;
     // Same transaction: a call leaves open_calls only with a row that covers its last logged
     // event. A concurrent log append for the call holds the open_calls row lock, and the
     // re-checked condition then keeps the row.
     if close {
         close_open_calls(
             &mut tx,
-            &recs.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>(),
+            &rows
+                .iter()
+                .map(|r| r.record.call_id.as_str())
+                .collect::<Vec<_>>(),
             &rows.iter().map(|r| r.max_event_id).collect::<Vec<_>>(),
         )
         .await?;

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use cdr_service::event::{self, Limits};
 use cdr_service::merge::{CallEvent, CallRecord, CallState, PriceBook};
 use cdr_service::project::ProjectionRows;
+use cdr_service::row::CallRow;
 use cdr_service::simulate::{Publisher, SyntheticCall};
-use cdr_service::storm::verify::StoredRecord;
+use cdr_service::storm::verify::{expected_row, load_rows};
 use chrono::{DateTime, Utc};
 use common::service::Service;
 use common::*;
@@ -286,10 +287,8 @@ fn body_hash(body: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-async fn stored_rows(pool: &PgPool, call_ids: &[&str]) -> Vec<StoredRecord> {
-    StoredRecord::load(pool, call_ids)
-        .await
-        .expect("read calls")
+async fn stored_rows(pool: &PgPool, call_ids: &[&str]) -> Vec<CallRow> {
+    load_rows(pool, call_ids).await.expect("read calls")
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
@@ -482,7 +481,7 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
 
     // Every row is what the merge rules give for the call's distinct events.
     let ids: Vec<&str> = plan.calls.iter().map(|c| c.call_id.as_str()).collect();
-    let rows: HashMap<String, StoredRecord> = stored_rows(&pool, &ids)
+    let rows: HashMap<String, CallRow> = stored_rows(&pool, &ids)
         .await
         .into_iter()
         .map(|r| (r.call_id.clone(), r))
@@ -490,7 +489,7 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
     let mut wrong = Vec::new();
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
     for call in &plan.calls {
-        let expected = StoredRecord::expected(&expected_record(call), call.bodies.len());
+        let expected = expected_row(&expected_record(call), call.bodies.len());
         let answer = if expected.answer_time.is_some() {
             ""
         } else {

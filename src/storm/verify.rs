@@ -22,133 +22,33 @@ use super::publish::queue_depth;
 use super::{Storm, StormOptions};
 use crate::config::Settings;
 use crate::merge::{CallRecord, PriceBook};
+use crate::row::{CallRow, FieldDiff};
 
 /// Ids per `ANY($1)` query.
 const CHUNK: usize = 5000;
-
-/// A `calls` row: every column the service writes.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct StoredRecord {
-    pub call_id: String,
-    pub trace_id: Option<String>,
-    pub user_id: Option<uuid::Uuid>,
-    pub contact_id: Option<i32>,
-    pub tenant_id: Option<String>,
-    pub start_time: Option<DateTime<Utc>>,
-    pub answer_time: Option<DateTime<Utc>>,
-    pub end_time: Option<DateTime<Utc>>,
-    pub duration_seconds: Option<i32>,
-    pub billable_seconds: Option<i32>,
-    pub status: Option<String>,
-    pub disposition: Option<String>,
-    pub recording_url: Option<String>,
-    pub total_cost: Option<Decimal>,
-    pub direction: Option<String>,
-    pub caller_number: Option<String>,
-    pub callee_number: Option<String>,
-    pub sip_hangup_cause: Option<String>,
-    pub hangup_source: Option<String>,
-    pub inferred_times: Option<String>,
-    pub event_count: i32,
-}
 
 /// PostgreSQL keeps microseconds.
 fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     t.and_then(|t| t.with_nanosecond(t.nanosecond() / 1000 * 1000))
 }
 
-impl StoredRecord {
-    /// The row the service must write for `r`, folded from `event_count` distinct events.
-    pub fn expected(r: &CallRecord, event_count: usize) -> StoredRecord {
-        StoredRecord {
-            call_id: r.call_id.clone(),
-            trace_id: r.trace_id.clone(),
-            user_id: r.user_id,
-            contact_id: r.contact_id,
-            tenant_id: r.tenant_id.clone(),
-            start_time: micros(r.start_time),
-            answer_time: micros(r.answer_time),
-            end_time: micros(r.end_time),
-            duration_seconds: r.duration_seconds,
-            billable_seconds: r.billable_seconds,
-            status: Some(r.status.as_str().to_owned()),
-            disposition: Some(r.disposition.as_str().to_owned()),
-            recording_url: r.recording_url.clone(),
-            total_cost: r.total_cost,
-            direction: r.direction.clone(),
-            caller_number: r.caller_number.clone(),
-            callee_number: r.callee_number.clone(),
-            sip_hangup_cause: r.sip_hangup_cause.clone(),
-            hangup_source: r.hangup_source.clone(),
-            inferred_times: r.inferred_times.clone(),
-            event_count: i32::try_from(event_count).unwrap_or(i32::MAX),
-        }
-    }
-
-    /// The rows of `call_ids` as stored (absent calls are simply missing).
-    pub async fn load(pool: &PgPool, call_ids: &[&str]) -> Result<Vec<StoredRecord>, sqlx::Error> {
-        let mut rows = Vec::with_capacity(call_ids.len());
-        for chunk in call_ids.chunks(CHUNK) {
-            let found: Vec<StoredRecord> = sqlx::query_as(
-                "SELECT call_id, trace_id, user_id, contact_id, tenant_id, start_time, answer_time, \
-                        end_time, duration_seconds, billable_seconds, status, disposition, \
-                        recording_url, total_cost, direction, caller_number, callee_number, \
-                        sip_hangup_cause, hangup_source, inferred_times, event_count \
-                 FROM calls WHERE call_id = ANY($1)",
-            )
-            .bind(chunk)
-            .fetch_all(pool)
-            .await?;
-            rows.extend(found);
-        }
-        Ok(rows)
-    }
-
-    /// (field, expected, found) for every field that differs.
-    fn diff(&self, found: &StoredRecord) -> Vec<FieldDiff> {
-        let mut out = Vec::new();
-        macro_rules! cmp {
-            ($($f:ident),*) => {$(
-                if self.$f != found.$f {
-                    out.push(FieldDiff {
-                        field: stringify!($f),
-                        expected: format!("{:?}", self.$f),
-                        found: format!("{:?}", found.$f),
-                    });
-                }
-            )*};
-        }
-        cmp!(
-            trace_id,
-            user_id,
-            contact_id,
-            tenant_id,
-            start_time,
-            answer_time,
-            end_time,
-            duration_seconds,
-            billable_seconds,
-            status,
-            disposition,
-            recording_url,
-            total_cost,
-            direction,
-            caller_number,
-            callee_number,
-            sip_hangup_cause,
-            hangup_source,
-            inferred_times,
-            event_count
-        );
-        out
-    }
+/// The row the service must write for `r`, folded from `event_count` distinct events, with its
+/// times at the microseconds the database keeps.
+pub fn expected_row(r: &CallRecord, event_count: usize) -> CallRow {
+    let mut row = CallRow::from_record(r, i32::try_from(event_count).unwrap_or(i32::MAX));
+    row.start_time = micros(row.start_time);
+    row.answer_time = micros(row.answer_time);
+    row.end_time = micros(row.end_time);
+    row
 }
 
-#[derive(Debug, Clone)]
-pub struct FieldDiff {
-    pub field: &'static str,
-    pub expected: String,
-    pub found: String,
+/// The rows of `call_ids` as stored (absent calls are simply missing).
+pub async fn load_rows(pool: &PgPool, call_ids: &[&str]) -> Result<Vec<CallRow>, sqlx::Error> {
+    let mut rows = Vec::with_capacity(call_ids.len());
+    for chunk in call_ids.chunks(CHUNK) {
+        rows.extend(CallRow::by_ids(chunk).fetch_all(pool).await?);
+    }
+    Ok(rows)
 }
 
 #[derive(Debug, Clone)]
@@ -436,7 +336,7 @@ impl Verifier {
         // Compare every row with its ground truth.
         let prices = load_prices(&self.pool).await?;
         let ids: Vec<&str> = storm.calls.iter().map(|c| c.call_id.as_str()).collect();
-        let rows: HashMap<String, StoredRecord> = StoredRecord::load(&self.pool, &ids)
+        let rows: HashMap<String, CallRow> = load_rows(&self.pool, &ids)
             .await?
             .into_iter()
             .map(|r| (r.call_id.clone(), r))
@@ -533,7 +433,7 @@ impl Verifier {
 /// The expected record of a call and the fields in which the row differs from it.
 fn compare(
     call: &ExpectedCall,
-    row: Option<&StoredRecord>,
+    row: Option<&CallRow>,
     prices: &PriceBook,
     now: DateTime<Utc>,
     window: (DateTime<Utc>, DateTime<Utc>),
@@ -543,7 +443,7 @@ fn compare(
     };
     if call.receive_dependent.is_none() {
         let expected = call.record(prices, now);
-        let diffs = StoredRecord::expected(&expected, call.distinct_events).diff(row);
+        let diffs = expected_row(&expected, call.distinct_events).diff(row);
         return (expected, diffs);
     }
     // The call's start stands on a receive time: the one the row shows, if it says so.
@@ -556,7 +456,7 @@ fn compare(
         _ => now,
     };
     let expected = call.record(prices, receive);
-    let mut want = StoredRecord::expected(&expected, call.distinct_events);
+    let mut want = expected_row(&expected, call.distinct_events);
     let mut diffs = Vec::new();
     if inferred_start
         && let Some(t) = row.start_time

@@ -273,38 +273,14 @@ where
     }
 }
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct Row {
-    pub call_id: String,
-    pub user_id: Option<uuid::Uuid>,
-    pub contact_id: Option<i32>,
-    pub tenant_id: Option<String>,
-    pub start_time: Option<chrono::DateTime<chrono::Utc>>,
-    pub answer_time: Option<chrono::DateTime<chrono::Utc>>,
-    pub end_time: Option<chrono::DateTime<chrono::Utc>>,
-    pub duration_seconds: Option<i32>,
-    pub status: Option<String>,
-    pub disposition: Option<String>,
-    pub recording_url: Option<String>,
-    pub caller_number: Option<String>,
-    pub callee_number: Option<String>,
-    pub sip_hangup_cause: Option<String>,
-    pub trace_id: Option<String>,
-    pub inferred_times: Option<String>,
-    pub event_count: i32,
-}
+/// A `calls` row as the tests read it back.
+pub type Row = cdr_service::row::CallRow;
 
 pub async fn row(pool: &PgPool, call_id: &str) -> Option<Row> {
-    sqlx::query_as(
-        "SELECT call_id, user_id, contact_id, tenant_id, start_time, answer_time, end_time, \
-                duration_seconds, status, disposition, recording_url, caller_number, \
-                callee_number, sip_hangup_cause, trace_id, inferred_times, event_count \
-         FROM calls WHERE call_id = $1",
-    )
-    .bind(call_id)
-    .fetch_optional(pool)
-    .await
-    .expect("query calls")
+    Row::by_id(call_id)
+        .fetch_optional(pool)
+        .await
+        .expect("query calls")
 }
 
 /// Waits for the call's row to fold `events` events and returns it.
