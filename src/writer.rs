@@ -30,8 +30,26 @@ pub struct WriteRequest {
     pub max_event_id: i64,
     /// When the call's end reached the service, for the flush-latency histogram.
     pub end_received: Option<Instant>,
-    /// Why the actor flushed: "ended" or "idle_timeout".
-    pub cause: &'static str,
+    /// Why the actor flushed.
+    pub cause: FlushCause,
+}
+
+/// Why a call's record is written: the `cause` label of `cdr_records_written_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushCause {
+    /// The call ended and its linger is over (or the service is stopping).
+    Ended,
+    /// No end, and nothing came for `idle_timeout`.
+    IdleTimeout,
+}
+
+impl FlushCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushCause::Ended => "ended",
+            FlushCause::IdleTimeout => "idle_timeout",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -234,7 +252,7 @@ fn observe(batch: &[WriteRequest], written: u64, took: Duration) {
             "cdr_records_written_total",
             "status" => r.record.status.as_str(),
             "disposition" => r.record.disposition.as_str(),
-            "cause" => r.cause,
+            "cause" => r.cause.as_str(),
         )
         .increment(1);
         if let Some(end) = r.end_received {

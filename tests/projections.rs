@@ -12,7 +12,7 @@ use cdr_service::health::Health;
 use cdr_service::log::{EventLog, LoggedEvent};
 use cdr_service::merge::{CallState, PriceBook};
 use cdr_service::project::{self, ProjectionRows, Projector};
-use cdr_service::writer::{RecordWriter, WriteRequest};
+use cdr_service::writer::{FlushCause, RecordWriter, WriteRequest};
 use chrono::Duration as Span;
 use common::*;
 use rust_decimal::Decimal;
@@ -196,7 +196,7 @@ fn record_of(call: &str, logged: &[LoggedEvent]) -> WriteRequest {
         event_count: logged.len() as i32,
         max_event_id: logged.iter().map(|e| e.event_id).max().unwrap(),
         end_received: None,
-        cause: "ended",
+        cause: FlushCause::Ended,
     }
 }
 

@@ -2,131 +2,23 @@
 //! has been quiet for `linger` after its end, or for `idle_timeout` without one. A call still
 //! open but quiet for `rest_after` rests: the actor leaves its folded state (`CallSnapshot`) in
 //! the routing map and stops; the supervisor starts a new actor from it when the call wakes.
+//! The actor leaves the map only through `CallMap::finish` and `CallMap::rest`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::counter;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
-use super::{CallContext, CallEntry, phase_code};
+use super::context::CallContext;
+use super::message::CallMsg;
+use super::phase::PhaseCell;
+use super::snapshot::CallSnapshot;
 use crate::backoff::Backoff;
 use crate::log::LoggedEvent;
-use crate::merge::{CallRecord, CallState, Phase, PriceBook};
-use crate::writer::WriteRequest;
-
-pub enum CallMsg {
-    /// Committed events of this call, in log order (one dispatched batch's worth).
-    Events(Vec<LoggedEvent>),
-    /// A timer fired: check the deadline.
-    Tick,
-    /// The service is stopping: write the record if the call has ended, then stop.
-    Shutdown,
-    Inspect(RpcReplyPort<LiveCall>),
-}
-
-/// The live view of an active call.
-#[derive(Debug, Clone, Serialize)]
-pub struct LiveCall {
-    pub call_id: String,
-    pub phase: Phase,
-    pub events: u32,
-    /// The call is resting: no actor, its state kept in the routing map until its next event.
-    pub resting: bool,
-    /// The record as it would be written now.
-    pub record: CallRecord,
-}
-
-/// What is known of a call: its fold, and what the actor needs to go on from it. It is all
-/// that a resting call keeps, so it stays small.
-#[derive(Debug, Clone)]
-pub struct CallSnapshot {
-    state: CallState,
-    /// Distinct logged events folded so far: the record's version.
-    event_count: u32,
-    /// Highest event id folded. Events reach a call in log order, so anything at or below it
-    /// is already folded (it came both from the log load and the mailbox).
-    max_event_id: i64,
-    /// Receive time of the newest event folded, on the monotonic clock: the idle timeout
-    /// counts from it, so a call without an end times out on schedule however often the
-    /// service restarts.
-    last_event: Instant,
-    /// Events folded since the last write.
-    dirty: bool,
-}
-
-impl Default for CallSnapshot {
-    fn default() -> Self {
-        CallSnapshot {
-            state: CallState::default(),
-            event_count: 0,
-            max_event_id: 0,
-            // Until an event is folded; the first one sets it.
-            last_event: Instant::now()
-                .checked_sub(Duration::from_secs(365 * 24 * 3600))
-                .unwrap_or_else(Instant::now),
-            dirty: false,
-        }
-    }
-}
-
-impl CallSnapshot {
-    /// Folds one logged event. When it is new and ended the call, returns when it was
-    /// received (on the monotonic clock).
-    pub fn fold(&mut self, e: &LoggedEvent) -> Option<Instant> {
-        if e.event_id <= self.max_event_id {
-            return None;
-        }
-        let was_ended = self.state.is_ended();
-        self.state.apply(&e.event);
-        self.max_event_id = e.event_id;
-        self.event_count += 1;
-        self.dirty = true;
-        let now = Instant::now();
-        let age = (chrono::Utc::now() - e.received_at)
-            .to_std()
-            .unwrap_or_default();
-        let received = now.checked_sub(age).unwrap_or(now);
-        if received > self.last_event {
-            self.last_event = received;
-        }
-        (!was_ended && self.state.is_ended()).then_some(received)
-    }
-
-    pub fn from_events(events: &[LoggedEvent]) -> Self {
-        let mut s = CallSnapshot::default();
-        for e in events {
-            s.fold(e);
-        }
-        s
-    }
-
-    pub fn is_ended(&self) -> bool {
-        self.state.is_ended()
-    }
-
-    pub fn phase(&self) -> Phase {
-        self.state.phase()
-    }
-
-    /// When the call times out if nothing more comes.
-    pub fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
-        self.last_event + idle_timeout
-    }
-
-    pub fn live(&self, call_id: &str, prices: &PriceBook, resting: bool) -> LiveCall {
-        LiveCall {
-            call_id: call_id.to_owned(),
-            phase: self.state.phase(),
-            events: self.event_count,
-            resting,
-            record: self.state.record(call_id, prices),
-        }
-    }
-}
+use crate::merge::{CallRecord, PriceBook};
+use crate::writer::{FlushCause, WriteRequest};
 
 pub struct CallArgs {
     pub call_id: String,
@@ -135,16 +27,17 @@ pub struct CallArgs {
     pub load_from_log: bool,
     pub events: Vec<LoggedEvent>,
     pub live: bool,
-    pub phase: Arc<std::sync::atomic::AtomicU8>,
+    pub phase: Arc<PhaseCell>,
     pub ctx: Arc<CallContext>,
 }
 
 pub struct CallActorState {
     call_id: String,
     ctx: Arc<CallContext>,
-    phase: Arc<std::sync::atomic::AtomicU8>,
+    phase: Arc<PhaseCell>,
     call: CallSnapshot,
-    /// Event messages handled from the mailbox (compared with `ActiveCall::routed`).
+    /// Events handled from the mailbox: the map lets the actor leave only when as many were
+    /// routed to it (see `map`).
     received: u64,
     /// When this actor started or last handled an event: it rests `rest_after` later.
     last_touch: Instant,
@@ -170,8 +63,7 @@ impl CallActorState {
                 self.ended_at = Some(Instant::now());
             }
         }
-        self.phase
-            .store(phase_code(self.call.phase()), Ordering::Relaxed);
+        self.phase.store(self.call.phase());
     }
 
     fn deadline(&self) -> Instant {
@@ -200,7 +92,7 @@ impl CallActorState {
 
     fn record(&self) -> CallRecord {
         let prices = self.prices();
-        self.call.state.record(&self.call_id, &prices)
+        self.call.record(&self.call_id, &prices)
     }
 
     fn prices(&self) -> Arc<PriceBook> {
@@ -211,29 +103,29 @@ impl CallActorState {
             .unwrap_or_default()
     }
 
-    async fn flush(&mut self, cause: &'static str) -> Result<(), ActorProcessingErr> {
+    async fn flush(&mut self, cause: FlushCause) -> Result<(), ActorProcessingErr> {
         if !self.call.dirty {
             return Ok(());
         }
         let record = self.record();
         debug!(
             call_id = %self.call_id,
-            trace_id = self.call.state.trace_id().unwrap_or(""),
+            trace_id = self.call.trace_id().unwrap_or(""),
             status = record.status.as_str(),
             disposition = record.disposition.as_str(),
-            events = self.call.event_count,
-            cause,
+            events = self.call.event_count(),
+            cause = cause.as_str(),
             "writing call record"
         );
-        if cause == "idle_timeout" {
+        if cause == FlushCause::IdleTimeout {
             counter!("cdr_calls_timed_out_total").increment(1);
         }
         // Boxed: an actor's task is as large as the largest future it awaits, and there is one
         // actor per active call.
         Box::pin(self.ctx.writer.write(WriteRequest {
             record,
-            event_count: i32::try_from(self.call.event_count).unwrap_or(i32::MAX),
-            max_event_id: self.call.max_event_id,
+            event_count: i32::try_from(self.call.event_count()).unwrap_or(i32::MAX),
+            max_event_id: self.call.max_event_id(),
             end_received: self.end_received.take(),
             cause,
         }))
@@ -242,41 +134,32 @@ impl CallActorState {
         Ok(())
     }
 
-    /// Leaves the routing map if nothing routed to this actor is still unhandled.
+    /// Leaves the routing map and stops, if nothing routed to this actor is still unhandled.
     fn try_finish(&self, myself: &ActorRef<CallMsg>) -> bool {
-        let me = myself.get_id();
-        let removed = self
+        let finished = self
             .ctx
             .calls
-            .remove_if(&self.call_id, |_, entry| self.owns(entry, me))
-            .is_some();
-        if removed {
+            .finish(&self.call_id, myself.get_id(), self.received);
+        if finished {
             myself.stop(None);
         }
-        removed
-    }
-
-    /// The entry is this actor's, and everything routed to it has been handled.
-    fn owns(&self, entry: &CallEntry, me: ractor::ActorId) -> bool {
-        matches!(entry, CallEntry::Active(a) if a.actor.get_id() == me && a.routed == self.received)
+        finished
     }
 
     /// Leaves the call's state in the routing map and stops, if nothing routed to this actor
-    /// is still unhandled (the same check as `try_finish`, under the same shard lock that
-    /// routing takes, so no event can slip in between).
+    /// is still unhandled (the same check as `try_finish`).
     fn try_rest(&mut self, myself: &ActorRef<CallMsg>) -> bool {
-        let me = myself.get_id();
-        let Some(mut entry) = self.ctx.calls.get_mut(&self.call_id) else {
-            return false;
-        };
-        if !self.owns(&entry, me) {
-            return false;
+        let rested = self.ctx.calls.rest(
+            &self.call_id,
+            myself.get_id(),
+            self.received,
+            &mut self.call,
+        );
+        if rested {
+            counter!("cdr_call_rests_total").increment(1);
+            myself.stop(None);
         }
-        *entry = CallEntry::Resting(Box::new(std::mem::take(&mut self.call)));
-        drop(entry);
-        counter!("cdr_call_rests_total").increment(1);
-        myself.stop(None);
-        true
+        rested
     }
 }
 
@@ -309,8 +192,7 @@ impl Actor for CallActor {
         args: CallArgs,
     ) -> Result<CallActorState, ActorProcessingErr> {
         let call = args.resume.map(|b| *b).unwrap_or_default();
-        args.phase
-            .store(phase_code(call.phase()), Ordering::Relaxed);
+        args.phase.store(call.phase());
         Ok(CallActorState {
             call_id: args.call_id,
             ctx: args.ctx,
@@ -389,9 +271,9 @@ impl Actor for CallActor {
                 }
                 if now >= s.deadline() {
                     let cause = if s.call.is_ended() {
-                        "ended"
+                        FlushCause::Ended
                     } else {
-                        "idle_timeout"
+                        FlushCause::IdleTimeout
                     };
                     s.flush(cause).await?;
                     if !s.try_finish(&myself) {
@@ -408,7 +290,7 @@ impl Actor for CallActor {
             }
             CallMsg::Shutdown => {
                 if s.call.is_ended() {
-                    s.flush("ended").await?;
+                    s.flush(FlushCause::Ended).await?;
                 }
                 myself.stop(Some("shutdown".into()));
             }

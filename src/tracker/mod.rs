@@ -4,95 +4,36 @@
 //! cache over the log: whatever it loses (a crash, a failure, a stop) is rebuilt from
 //! `call_events`.
 //!
-//! Routing goes through our own typed map, `CallMap`, not ractor's global registry. An entry is
-//! an actor (`ActiveCall`) or, for a call open but quiet for `rest_after`, the call's folded
-//! state (`CallSnapshot`) with no actor: a resting call costs a few hundred bytes instead of an
-//! actor's task and mailboxes, which is what lets a million open calls fit in memory.
-//!
-//! Who changes the map: the supervisor inserts and replaces entries and is the only one that
-//! takes a resting entry out (to wake it); an actor removes its own entry when it finishes, or
-//! replaces it with its snapshot when it rests, and either only if nothing was routed to it that
-//! it has not handled.
+//! Routing goes through the typed `CallMap` (`map`): an entry is a call's actor or, while the
+//! call rests, its folded state. The map's operations are the only way to change it, and they
+//! keep invariant 7 (no routed event is left behind).
 
 mod call;
+mod context;
+mod map;
+mod message;
+mod phase;
+mod snapshot;
 mod supervisor;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorRef, call_t};
-use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use call::{CallMsg, CallSnapshot, LiveCall};
+pub use context::CallContext;
+pub use map::{ActiveCounts, CallMap};
+pub use message::CallMsg;
+pub use snapshot::{CallSnapshot, LiveCall};
+
+use map::{Found, Routed};
 use supervisor::{CallSupervisor, Origin, SpawnCall, SupervisorArgs, SupervisorMsg};
 
-use crate::config::{BackoffSettings, TrackerSettings};
-use crate::log::{EventLog, LoggedEvent};
-use crate::merge::{Phase, PriceBook};
-use crate::writer::WriterHandle;
-
-/// An active call's entry in the routing map.
-pub enum CallEntry {
-    /// The call has an actor.
-    Active(ActiveCall),
-    /// The call is open but quiet: its state, no actor. Its next event, or its idle timeout,
-    /// wakes it.
-    Resting(Box<CallSnapshot>),
-}
-
-pub struct ActiveCall {
-    pub actor: ActorRef<CallMsg>,
-    /// Events sent to this actor's mailbox; the actor compares it with what it handled
-    /// before it removes itself or rests, so no routed event is ever left behind.
-    pub routed: u64,
-    pub phase: Arc<AtomicU8>,
-}
-
-impl CallEntry {
-    fn phase_code(&self) -> u8 {
-        match self {
-            CallEntry::Active(a) => a.phase.load(Ordering::Relaxed),
-            CallEntry::Resting(s) => phase_code(s.phase()),
-        }
-    }
-}
-
-pub type CallMap = Arc<DashMap<String, CallEntry>>;
-
-/// What every call actor shares.
-pub struct CallContext {
-    pub log: EventLog,
-    pub writer: WriterHandle,
-    pub prices: Arc<RwLock<Arc<PriceBook>>>,
-    pub calls: CallMap,
-    pub linger: Duration,
-    pub idle_timeout: Duration,
-    pub rest_after: Duration,
-    pub backoff: BackoffSettings,
-}
-
-pub(crate) fn phase_code(p: Phase) -> u8 {
-    match p {
-        Phase::Ringing => 0,
-        Phase::Answered => 1,
-        Phase::Ended => 2,
-    }
-}
-
-/// Active calls by phase, as the gauges report them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ActiveCounts {
-    pub ringing: u64,
-    pub answered: u64,
-    pub ending: u64,
-    /// Of the ringing and answered calls, those resting (no actor).
-    pub resting: u64,
-}
+use crate::config::TrackerSettings;
+use crate::log::LoggedEvent;
 
 #[derive(Clone)]
 pub struct Tracker {
@@ -155,22 +96,16 @@ impl Tracker {
         let mut spawns: Vec<SpawnCall> = Vec::new();
         for call_id in order {
             let evs = groups.remove(&call_id).unwrap_or_default();
-            match self.ctx.calls.get_mut(&call_id).as_deref_mut() {
-                Some(CallEntry::Active(a)) => {
-                    a.routed += evs.len() as u64;
-                    // One message for the call's events of this batch. A send fails only to
-                    // an actor that just failed: its replacement reloads the call from the
-                    // log, which holds these events.
-                    let _ = a.actor.send_message(CallMsg::Events(evs));
-                }
+            match self.ctx.calls.route(&call_id, evs) {
+                Routed::Sent => {}
                 // The supervisor wakes it with these events.
-                Some(CallEntry::Resting(_)) => spawns.push(SpawnCall {
+                Routed::Resting(events) => spawns.push(SpawnCall {
                     call_id,
                     origin: Origin::SeenBefore,
-                    events: evs,
+                    events,
                     live: true,
                 }),
-                None => unknown.push((call_id, evs)),
+                Routed::Absent(events) => unknown.push((call_id, events)),
             }
         }
         if unknown.is_empty() {
@@ -237,39 +172,23 @@ impl Tracker {
 
     /// The merged state of one active call, for the live view.
     pub async fn inspect(&self, call_id: &str) -> Option<LiveCall> {
-        let actor = match self.ctx.calls.get(call_id)?.value() {
-            CallEntry::Active(a) => a.actor.clone(),
-            CallEntry::Resting(snapshot) => {
-                let prices = self.ctx.prices.read().map(|p| p.clone()).ok()?;
-                return Some(snapshot.live(call_id, &prices, true));
-            }
-        };
-        call_t!(actor, CallMsg::Inspect, 2_000).ok()
+        let found = self.ctx.calls.find(call_id, |snapshot| {
+            let prices = self.ctx.prices.read().map(|p| p.clone()).ok()?;
+            Some(snapshot.live(call_id, &prices, true))
+        })?;
+        match found {
+            Found::Actor(actor) => call_t!(actor, CallMsg::Inspect, 2_000).ok(),
+            Found::Resting(live) => live,
+        }
     }
 
     pub fn active(&self) -> ActiveCounts {
         self.scan(None).0
     }
 
-    /// Counts the map by phase and, given a time, collects the resting calls whose idle
-    /// timeout is due by then. One pass serves both: resting calls have no timer of their own.
+    /// The active-call counts and, given a time, the resting calls due for their idle timeout.
     fn scan(&self, due_by: Option<Instant>) -> (ActiveCounts, Vec<String>) {
-        let mut counts = ActiveCounts::default();
-        let mut due = Vec::new();
-        for entry in self.ctx.calls.iter() {
-            match entry.phase_code() {
-                0 => counts.ringing += 1,
-                1 => counts.answered += 1,
-                _ => counts.ending += 1,
-            }
-            if let CallEntry::Resting(snapshot) = entry.value() {
-                counts.resting += 1;
-                if due_by.is_some_and(|t| snapshot.idle_deadline(self.ctx.idle_timeout) <= t) {
-                    due.push(entry.key().clone());
-                }
-            }
-        }
-        (counts, due)
+        self.ctx.calls.scan(self.ctx.idle_timeout, due_by)
     }
 
     /// Once a second: publishes the active-call gauges, and wakes the resting calls whose idle
@@ -306,15 +225,7 @@ impl Tracker {
     /// rebuilt from the log on the next start. Returns once every actor has stopped.
     pub async fn shutdown(&self, bound: Duration) {
         // Resting calls have not ended: like every open call, the next start rebuilds them.
-        let actors: Vec<ActorRef<CallMsg>> = self
-            .ctx
-            .calls
-            .iter()
-            .filter_map(|e| match e.value() {
-                CallEntry::Active(a) => Some(a.actor.clone()),
-                CallEntry::Resting(_) => None,
-            })
-            .collect();
+        let actors = self.ctx.calls.actors();
         info!(active_calls = actors.len(), "stopping call actors");
         for a in &actors {
             let _ = a.send_message(CallMsg::Shutdown);

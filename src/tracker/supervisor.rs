@@ -4,16 +4,19 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
 use metrics::counter;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, warn};
 
-use super::call::{CallActor, CallArgs, CallMsg, CallSnapshot};
-use super::{ActiveCall, CallContext, CallEntry};
+use super::call::{CallActor, CallArgs};
+use super::context::CallContext;
+use super::map::Routed;
+use super::phase::PhaseCell;
+use super::snapshot::CallSnapshot;
 use crate::log::LoggedEvent;
+use crate::merge::Phase;
 
 pub struct SpawnCall {
     pub call_id: String,
@@ -70,20 +73,18 @@ struct Start {
 impl SupervisorState {
     /// Hands a call's events to its actor, wakes it if it rests, or starts it by its origin.
     /// Returns the actor to start, if one is needed.
-    fn route(&mut self, call: SpawnCall) -> Option<Start> {
-        let resting = match self.ctx.calls.get_mut(&call.call_id).as_deref_mut() {
-            Some(CallEntry::Active(a)) => {
-                // Started by an earlier request in the meantime: hand the events over.
-                a.routed += call.events.len() as u64;
-                let _ = a.actor.send_message(CallMsg::Events(call.events));
-                return None;
-            }
-            Some(CallEntry::Resting(_)) => true,
-            None => false,
+    fn route(&mut self, mut call: SpawnCall) -> Option<Start> {
+        let events = std::mem::take(&mut call.events);
+        let (events, resting) = match self.ctx.calls.route(&call.call_id, events) {
+            // Started by an earlier request in the meantime: the events are handed over.
+            Routed::Sent => return None,
+            Routed::Resting(events) => (events, true),
+            Routed::Absent(events) => (events, false),
         };
+        call.events = events;
         if resting {
             // Only the supervisor takes a resting entry out, so it is still there.
-            if let Some((_, CallEntry::Resting(snapshot))) = self.ctx.calls.remove(&call.call_id) {
+            if let Some(snapshot) = self.ctx.calls.wake(&call.call_id) {
                 counter!("cdr_call_wakes_total").increment(1);
                 return Some(Start {
                     call,
@@ -101,9 +102,7 @@ impl SupervisorState {
                         resume: Some(snapshot),
                     })
                 } else {
-                    self.ctx
-                        .calls
-                        .insert(call.call_id, CallEntry::Resting(snapshot));
+                    self.ctx.calls.insert_resting(call.call_id, snapshot);
                     None
                 }
             }
@@ -116,7 +115,7 @@ impl SupervisorState {
     /// batch with hundreds of new calls took tens of milliseconds.
     async fn start_calls(&mut self, myself: &ActorRef<SupervisorMsg>, starts: Vec<Start>) {
         let spawns = starts.into_iter().map(|Start { call, resume }| {
-            let phase = Arc::new(AtomicU8::new(0));
+            let phase = Arc::new(PhaseCell::new(Phase::Ringing));
             // A woken or recovered call is already folded; events come on top of it.
             let (load_from_log, events) = match (&resume, call.origin) {
                 (Some(_), Origin::Recovered) => (false, Vec::new()),
@@ -142,14 +141,7 @@ impl SupervisorState {
             match spawned {
                 Ok((actor, _)) => {
                     self.by_actor.insert(actor.get_id(), call_id.clone());
-                    self.ctx.calls.insert(
-                        call_id,
-                        CallEntry::Active(ActiveCall {
-                            actor,
-                            routed: 0,
-                            phase,
-                        }),
-                    );
+                    self.ctx.calls.insert_actor(call_id, actor, phase);
                 }
                 Err(e) => {
                     // Never fatal for the supervisor: the call's events are in the log and
@@ -243,10 +235,7 @@ impl Actor for CallSupervisor {
                 };
                 let failed = cell.get_id();
                 // Drop the failed actor's entry; events routed meanwhile are in the log.
-                state.ctx.calls.remove_if(
-                    &call_id,
-                    |_, e| matches!(e, CallEntry::Active(a) if a.actor.get_id() == failed),
-                );
+                state.ctx.calls.remove_failed(&call_id, failed);
                 if state.over_budget(&call_id) {
                     state.quarantined.insert(call_id.clone());
                     counter!("cdr_actor_quarantines_total").increment(1);
