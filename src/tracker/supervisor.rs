@@ -1,6 +1,7 @@
 //! The call supervisor: starts call actors, and restarts one that fails with its state rebuilt
 //! from the log. A call that keeps failing is quarantined so that it cannot take the service
-//! down; its events stay in the log.
+//! down; its events stay in the log. It is the only one that puts entries in the routing map
+//! and takes resting calls out of it (see `map`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
