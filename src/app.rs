@@ -190,6 +190,8 @@ async fn start_downstream(
         idle_timeout: settings.tracker.idle_timeout,
         rest_after: settings.tracker.rest_after,
         backoff: settings.backoff.clone(),
+        stopping: CancellationToken::new(),
+        tasks: tasks.clone(),
     };
     let (tracker, supervisor) = Tracker::start(context, &settings.tracker, quarantined).await?;
     let running = Running {

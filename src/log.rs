@@ -207,12 +207,13 @@ impl EventLog {
                 .collect();
             (fresh, recent.enabled())
         };
+        let mut rechecked = false;
         let rows = match (fresh.is_empty(), remembering) {
             (true, _) => Vec::new(),
             (false, false) => self.insert(&fresh, APPEND_SQL).await?,
             (false, true) => match self.insert(&fresh, APPEND_NEW_SQL).await {
                 Err(e) if crate::db::violates_unique_index(&e, DISTINCT_INDEX) => {
-                    counter!("cdr_log_append_rechecks_total").increment(1);
+                    rechecked = true;
                     debug!(
                         events = fresh.len(),
                         "a message of the batch was logged before; appending it with the conflict check"
@@ -246,10 +247,14 @@ impl EventLog {
             }
         }
         new.sort_by_key(|&(_, id)| id);
-        Ok(Appended {
-            duplicates: n - new.len(),
-            new,
-        })
+        let duplicates = n - new.len();
+        // Counted once committed, the duplicates before the recheck that found them: whoever
+        // sees a recheck counted sees its duplicates counted too.
+        counter!("cdr_duplicates_dropped_total").increment(duplicates as u64);
+        if rechecked {
+            counter!("cdr_log_append_rechecks_total").increment(1);
+        }
+        Ok(Appended { duplicates, new })
     }
 
     /// Runs one of the append statements over distinct messages; returns the new rows' ids and

@@ -85,7 +85,6 @@ impl Committer {
                 return self.commit_one_by_one(batch).await;
             }
         };
-        counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
         debug!(
             events = n,
             new = appended.new_events(),
@@ -197,7 +196,6 @@ async fn settle_one(
 ) -> Result<(), IngestError> {
     match outcome {
         Ok(appended) => {
-            counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
             dispatch(committed, appended.into_logged(vec![envelope.clone()])).await;
         }
         Err(e) => {

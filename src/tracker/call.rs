@@ -15,9 +15,9 @@ use super::context::CallContext;
 use super::message::CallMsg;
 use super::phase::PhaseCell;
 use super::snapshot::CallSnapshot;
-use crate::backoff::Backoff;
 use crate::log::LoggedEvent;
 use crate::merge::{CallRecord, PriceBook};
+use crate::retry::{Retry, Stop};
 use crate::writer::{FlushCause, WriteRequest};
 
 pub struct CallArgs {
@@ -217,18 +217,22 @@ impl Actor for CallActor {
         if s.load_from_log {
             // A call seen before: rebuild it from everything logged. The database may be
             // away; this call waits for it rather than failing (a failure would be restarted
-            // into the same wait, and count against the call's restart budget).
-            let mut backoff = Backoff::new(&s.ctx.backoff);
-            let logged = loop {
-                // Boxed for the same reason as the write in `flush`.
-                match Box::pin(s.ctx.log.load_call(&s.call_id)).await {
-                    Ok(events) => break events,
-                    Err(e) => {
-                        let delay = backoff.next_delay();
-                        warn!(call_id = %s.call_id, error = %e, retry_in = ?delay, "cannot load call from the log; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
+            // into the same wait, and count against the call's restart budget), until the
+            // tracker stops: then the call is left to the next start.
+            let loaded = Retry::new(&s.ctx.backoff, &s.ctx.stopping)
+                .run(
+                    // Boxed for the same reason as the write in `flush`.
+                    || Box::pin(s.ctx.log.load_call(&s.call_id)),
+                    |e, delay| warn!(call_id = %s.call_id, error = %e, retry_in = ?delay, "cannot load call from the log; retrying"),
+                )
+                .await;
+            let logged = match loaded {
+                Ok(events) => events,
+                Err(Stop::Cancelled) => {
+                    myself.stop(Some("shutdown".into()));
+                    return Ok(());
                 }
+                Err(Stop::Refused(e)) => return Err(e.into()),
             };
             for e in &logged {
                 s.fold(e, false);

@@ -3,6 +3,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use super::map::CallMap;
 use crate::config::BackoffSettings;
 use crate::log::EventLog;
@@ -20,4 +23,10 @@ pub struct CallContext {
     pub idle_timeout: Duration,
     pub rest_after: Duration,
     pub backoff: BackoffSettings,
+    /// Fires when the tracker starts to stop: an actor still waiting for the database to
+    /// reload its call gives up (the next start rebuilds the call from the log).
+    pub stopping: CancellationToken,
+    /// Owns the tasks the tracker spawns besides its actors, so that the application joins
+    /// them when it stops.
+    pub tasks: TaskTracker,
 }

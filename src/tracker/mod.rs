@@ -70,7 +70,7 @@ impl Tracker {
         )
         .await?;
         let tracker = Tracker { ctx, supervisor };
-        tokio::spawn(tracker.clone().report_gauges());
+        tracker.ctx.tasks.spawn(tracker.clone().report_gauges());
         Ok((tracker, handle))
     }
 
@@ -224,6 +224,7 @@ impl Tracker {
     /// Graceful stop: ended calls write their records now; calls still open are left to be
     /// rebuilt from the log on the next start. Returns once every actor has stopped.
     pub async fn shutdown(&self, bound: Duration) {
+        self.ctx.stopping.cancel();
         // Resting calls have not ended: like every open call, the next start rebuilds them.
         let actors = self.ctx.calls.actors();
         info!(active_calls = actors.len(), "stopping call actors");

@@ -246,7 +246,7 @@ impl Actor for CallSupervisor {
                     // the next start, which is the safe side.
                     let log = state.ctx.log.clone();
                     let reason = reason.to_string();
-                    tokio::spawn(async move {
+                    state.ctx.tasks.spawn(async move {
                         let failures = i32::try_from(failures).unwrap_or(i32::MAX);
                         match log.quarantine(&call_id, failures, &reason).await {
                             Ok(trace_id) => error!(
