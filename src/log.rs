@@ -19,6 +19,7 @@ use tracing::debug;
 use crate::event::{Envelope, EventKind};
 use crate::merge::CallEvent;
 use crate::retry::Transient;
+use crate::telemetry::metric;
 use recent::RecentMessages;
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +213,7 @@ impl EventLog {
             (false, false) => self.insert(&fresh, APPEND_SQL).await?,
             (false, true) => match self.insert(&fresh, APPEND_NEW_SQL).await {
                 Err(e) if crate::db::violates_unique_index(&e, DISTINCT_INDEX) => {
-                    counter!("cdr_log_append_rechecks_total").increment(1);
+                    counter!(metric::LOG_APPEND_RECHECKS.name).increment(1);
                     debug!(
                         events = fresh.len(),
                         "a message of the batch was logged before; appending it with the conflict check"

@@ -17,6 +17,7 @@ use crate::event::Envelope;
 use crate::health::Health;
 use crate::log::{Appended, EventLog, LogError, LoggedEvent};
 use crate::retry::{Isolation, Retry, Stop};
+use crate::telemetry::metric;
 
 /// Whether a batch was settled or is held unacked because the service is stopping.
 enum Outcome {
@@ -66,7 +67,7 @@ impl Committer {
                 || append_timed(log, health, &batch.envelopes),
                 |e, delay| {
                     health.set_database_up(false);
-                    counter!("cdr_log_write_retries_total").increment(1);
+                    counter!(metric::LOG_WRITE_RETRIES.name).increment(1);
                     warn!(error = %e, events = n, retry_in = ?delay, "event log unavailable; holding the batch unacked");
                 },
             )
@@ -85,7 +86,7 @@ impl Committer {
                 return self.commit_one_by_one(batch).await;
             }
         };
-        counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
+        counter!(metric::DUPLICATES_DROPPED.name).increment(appended.duplicates as u64);
         debug!(
             events = n,
             new = appended.new_events(),
@@ -119,7 +120,7 @@ impl Committer {
         self.pending_ack = Some(tokio::spawn(async move {
             let sent = std::time::Instant::now();
             acker.ack(BasicAckOptions { multiple: true }).await?;
-            histogram!("cdr_ingest_ack_duration_seconds").record(sent.elapsed().as_secs_f64());
+            histogram!(metric::INGEST_ACK_DURATION.name).record(sent.elapsed().as_secs_f64());
             in_flight.settled(n);
             Ok(())
         }));
@@ -180,8 +181,8 @@ async fn append_timed(
 ) -> Result<Appended, LogError> {
     let started = std::time::Instant::now();
     let appended = log.append(envelopes).await?;
-    histogram!("cdr_log_batch_size").record(envelopes.len() as f64);
-    histogram!("cdr_log_write_duration_seconds").record(started.elapsed().as_secs_f64());
+    histogram!(metric::LOG_BATCH_SIZE.name).record(envelopes.len() as f64);
+    histogram!(metric::LOG_WRITE_DURATION.name).record(started.elapsed().as_secs_f64());
     health.set_database_up(true);
     Ok(appended)
 }
@@ -197,7 +198,7 @@ async fn settle_one(
 ) -> Result<(), IngestError> {
     match outcome {
         Ok(appended) => {
-            counter!("cdr_duplicates_dropped_total").increment(appended.duplicates as u64);
+            counter!(metric::DUPLICATES_DROPPED.name).increment(appended.duplicates as u64);
             dispatch(committed, appended.into_logged(vec![envelope.clone()])).await;
         }
         Err(e) => {
