@@ -23,6 +23,7 @@ use crate::log::EventLog;
 use crate::project::{Projector, ProjectorHandle};
 use crate::recovery::{Recovery, RecoveryError};
 use crate::retry::{Retry, Stop};
+use crate::telemetry::metric;
 use crate::tracker::{CallContext, Tracker};
 use crate::writer::RecordWriter;
 use crate::{db, dispatch, http, prices, telemetry};
@@ -239,10 +240,10 @@ async fn migrate(
 
 /// The build and the runtime this process runs on, as gauges.
 fn publish_process_info() {
-    gauge!("cdr_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("CDR_GIT_COMMIT").unwrap_or("unknown")).set(1.0);
+    gauge!(metric::BUILD_INFO.name, "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("CDR_GIT_COMMIT").unwrap_or("unknown")).set(1.0);
     // The runtime this runs on, whoever built it (the binary sizes it from
     // `runtime.worker_threads`).
-    gauge!("cdr_runtime_worker_threads")
+    gauge!(metric::RUNTIME_WORKER_THREADS.name)
         .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
 }
 

@@ -14,6 +14,7 @@ use tracing::error;
 
 use crate::log::LoggedEvent;
 use crate::project::ProjectorHandle;
+use crate::telemetry::metric;
 use crate::tracker::Tracker;
 
 /// Committed batches waiting for the dispatcher.
@@ -46,14 +47,14 @@ impl Dispatcher {
     /// projector handle, the last one: the projector ends once it has written what it holds.
     pub async fn run(mut self) {
         while let Some(events) = self.queue.recv().await {
-            gauge!("cdr_dispatch_queue_batches").set(self.queue.len() as f64);
+            gauge!(metric::DISPATCH_QUEUE_BATCHES.name).set(self.queue.len() as f64);
             let started = std::time::Instant::now();
             self.projector.project(&events).await;
             if let Err(e) = self.tracker.dispatch(events).await {
                 // The events are committed: the calls are rebuilt from the log on the next start.
                 error!(error = %e, "could not dispatch committed events");
             }
-            histogram!("cdr_dispatch_duration_seconds").record(started.elapsed().as_secs_f64());
+            histogram!(metric::DISPATCH_DURATION.name).record(started.elapsed().as_secs_f64());
         }
     }
 }

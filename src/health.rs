@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics::gauge;
 
+use crate::telemetry::metric;
+
 #[derive(Clone, Default)]
 pub struct Health {
     inner: Arc<Inner>,
@@ -21,12 +23,12 @@ struct Inner {
 impl Health {
     pub fn set_database_up(&self, up: bool) {
         self.inner.database_up.store(up, Ordering::Relaxed);
-        gauge!("cdr_database_up").set(f64::from(u8::from(up)));
+        gauge!(metric::DATABASE_UP.name).set(f64::from(u8::from(up)));
     }
 
     pub fn set_broker_up(&self, up: bool) {
         self.inner.broker_up.store(up, Ordering::Relaxed);
-        gauge!("cdr_broker_up").set(f64::from(u8::from(up)));
+        gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(up)));
     }
 
     pub fn set_recovered(&self) {

@@ -19,6 +19,7 @@ use tracing::debug;
 use crate::event::{Envelope, EventKind};
 use crate::merge::CallEvent;
 use crate::retry::Transient;
+use crate::telemetry::metric;
 use recent::RecentMessages;
 
 #[derive(Debug, thiserror::Error)]
@@ -250,9 +251,9 @@ impl EventLog {
         let duplicates = n - new.len();
         // Counted once committed, the duplicates before the recheck that found them: whoever
         // sees a recheck counted sees its duplicates counted too.
-        counter!("cdr_duplicates_dropped_total").increment(duplicates as u64);
+        counter!(metric::DUPLICATES_DROPPED.name).increment(duplicates as u64);
         if rechecked {
-            counter!("cdr_log_append_rechecks_total").increment(1);
+            counter!(metric::LOG_APPEND_RECHECKS.name).increment(1);
         }
         Ok(Appended { duplicates, new })
     }

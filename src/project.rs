@@ -33,6 +33,7 @@ use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
 use crate::retry::{Retry, Stop};
 use crate::row::fit;
+use crate::telemetry::metric;
 
 /// Committed batches waiting for the projector. When it falls behind (a slow database), the
 /// dispatcher waits, then the committer, and the broker holds the rest.
@@ -293,13 +294,13 @@ pub async fn write_with_retry(
 async fn write_timed(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
     let started = std::time::Instant::now();
     write(pool, rows).await?;
-    histogram!("cdr_projection_write_duration_seconds").record(started.elapsed().as_secs_f64());
+    histogram!(metric::PROJECTION_WRITE_DURATION.name).record(started.elapsed().as_secs_f64());
     count_written(rows);
     Ok(())
 }
 
 fn retrying(e: &sqlx::Error, delay: std::time::Duration) {
-    counter!("cdr_projection_write_retries_total").increment(1);
+    counter!(metric::PROJECTION_WRITE_RETRIES.name).increment(1);
     warn!(error = %e, retry_in = ?delay, "projection write failed; retrying");
 }
 
@@ -313,13 +314,13 @@ fn report_refused(row: &ProjectionRows, e: &sqlx::Error) {
         error!(call_id = %u.call_id, usage_key = %u.key, error = %e,
             "usage line refused by the database; its event stays in call_events");
     }
-    counter!("cdr_projection_rows_refused_total").increment(row.len() as u64);
+    counter!(metric::PROJECTION_ROWS_REFUSED.name).increment(row.len() as u64);
 }
 
 fn count_written(rows: &ProjectionRows) {
-    counter!("cdr_projection_rows_total", "table" => "call_dialog_events")
+    counter!(metric::PROJECTION_ROWS.name, "table" => "call_dialog_events")
         .increment(rows.turns.len() as u64);
-    counter!("cdr_projection_rows_total", "table" => "usage_records")
+    counter!(metric::PROJECTION_ROWS.name, "table" => "usage_records")
         .increment(rows.usage.len() as u64);
 }
 
@@ -465,7 +466,7 @@ impl Projector {
                     Err(_) => break,
                 }
             }
-            gauge!("cdr_projection_queue_batches").set(self.rx.len() as f64);
+            gauge!(metric::PROJECTION_QUEUE_BATCHES.name).set(self.rx.len() as f64);
             if !write_with_retry(&self.pool, rows, &self.backoff, &abort).await {
                 warn!(
                     pending = self.rx.len(),

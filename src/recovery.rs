@@ -16,6 +16,7 @@ use crate::config::BackoffSettings;
 use crate::log::{EventLog, LogError, LoggedEvent};
 use crate::project::{ProjectionRows, ProjectorHandle};
 use crate::retry::{Retry, Stop};
+use crate::telemetry::metric;
 use crate::tracker::Tracker;
 
 /// Calls loaded from the log per query.
@@ -71,7 +72,7 @@ impl Recovery<'_> {
             self.load_reprojected(chunk).await?;
         }
         self.projector.cover(logged_before).await;
-        counter!("cdr_calls_recovered_total").increment(calls.len() as u64);
+        counter!(metric::CALLS_RECOVERED.name).increment(calls.len() as u64);
         info!(calls = calls.len(), events, took = ?started.elapsed(), "recovered open calls from the event log");
         Ok(())
     }

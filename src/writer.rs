@@ -18,6 +18,7 @@ use crate::merge::CallRecord;
 use crate::project::Projected;
 use crate::retry::{Retry, Stop};
 use crate::row::CallRow;
+use crate::telemetry::metric;
 
 /// A record to write, with what the writer needs beyond the row itself.
 #[derive(Debug, Clone)]
@@ -162,7 +163,7 @@ impl RecordWriter {
         let retrying = |e: &sqlx::Error, delay: Duration| {
             health.set_database_up(false);
             warn!(error = %e, retry_in = ?delay, "record write failed; retrying");
-            counter!("cdr_record_write_retries_total").increment(1);
+            counter!(metric::RECORD_WRITE_RETRIES.name).increment(1);
         };
         let pool = &self.pool;
         let mut started = Instant::now();
@@ -198,7 +199,7 @@ impl RecordWriter {
                                 error = %e,
                                 "record refused by the database; its events stay in call_events"
                             );
-                            counter!("cdr_records_refused_total").increment(1);
+                            counter!(metric::RECORDS_REFUSED.name).increment(1);
                         }
                     }
                     async { Ok::<(), std::convert::Infallible>(()) }
@@ -228,7 +229,7 @@ impl RecordWriter {
             r = self.projected.wait_for(upto) => r,
             _ = abort.cancelled() => return None,
         };
-        histogram!("cdr_record_projection_wait_seconds").record(started.elapsed().as_secs_f64());
+        histogram!(metric::RECORD_PROJECTION_WAIT.name).record(started.elapsed().as_secs_f64());
         match covered {
             Ok(()) => Some(true),
             Err(e) => {
@@ -241,22 +242,22 @@ impl RecordWriter {
 
 /// Counts a written batch: its size, its time, and each record by status, disposition and cause.
 fn observe(batch: &[WriteRequest], written: u64, took: Duration) {
-    histogram!("cdr_record_batch_size").record(batch.len() as f64);
+    histogram!(metric::RECORD_BATCH_SIZE.name).record(batch.len() as f64);
     if !took.is_zero() {
-        histogram!("cdr_record_write_duration_seconds").record(took.as_secs_f64());
+        histogram!(metric::RECORD_WRITE_DURATION.name).record(took.as_secs_f64());
     }
-    counter!("cdr_records_stale_skipped_total")
+    counter!(metric::RECORDS_STALE_SKIPPED.name)
         .increment((batch.len() as u64).saturating_sub(written));
     for r in batch {
         counter!(
-            "cdr_records_written_total",
+            metric::RECORDS_WRITTEN.name,
             "status" => r.record.status.as_str(),
             "disposition" => r.record.disposition.as_str(),
             "cause" => r.cause.as_str(),
         )
         .increment(1);
         if let Some(end) = r.end_received {
-            histogram!("cdr_record_flush_latency_seconds").record(end.elapsed().as_secs_f64());
+            histogram!(metric::RECORD_FLUSH_LATENCY.name).record(end.elapsed().as_secs_f64());
         }
     }
 }

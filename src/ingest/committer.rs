@@ -17,6 +17,7 @@ use crate::event::Envelope;
 use crate::health::Health;
 use crate::log::{Appended, EventLog, LogError, LoggedEvent};
 use crate::retry::{Isolation, Retry, Stop};
+use crate::telemetry::metric;
 
 /// Whether a batch was settled or is held unacked because the service is stopping.
 enum Outcome {
@@ -66,7 +67,7 @@ impl Committer {
                 || append_timed(log, health, &batch.envelopes),
                 |e, delay| {
                     health.set_database_up(false);
-                    counter!("cdr_log_write_retries_total").increment(1);
+                    counter!(metric::LOG_WRITE_RETRIES.name).increment(1);
                     warn!(error = %e, events = n, retry_in = ?delay, "event log unavailable; holding the batch unacked");
                 },
             )
@@ -118,7 +119,7 @@ impl Committer {
         self.pending_ack = Some(tokio::spawn(async move {
             let sent = std::time::Instant::now();
             acker.ack(BasicAckOptions { multiple: true }).await?;
-            histogram!("cdr_ingest_ack_duration_seconds").record(sent.elapsed().as_secs_f64());
+            histogram!(metric::INGEST_ACK_DURATION.name).record(sent.elapsed().as_secs_f64());
             in_flight.settled(n);
             Ok(())
         }));
@@ -179,8 +180,8 @@ async fn append_timed(
 ) -> Result<Appended, LogError> {
     let started = std::time::Instant::now();
     let appended = log.append(envelopes).await?;
-    histogram!("cdr_log_batch_size").record(envelopes.len() as f64);
-    histogram!("cdr_log_write_duration_seconds").record(started.elapsed().as_secs_f64());
+    histogram!(metric::LOG_BATCH_SIZE.name).record(envelopes.len() as f64);
+    histogram!(metric::LOG_WRITE_DURATION.name).record(started.elapsed().as_secs_f64());
     health.set_database_up(true);
     Ok(appended)
 }

@@ -18,6 +18,7 @@ use super::dead_letter::{DeadLetters, Rejected};
 use super::{Batch, InFlight, IngestError};
 use crate::config::IngestSettings;
 use crate::event::{self, Limits};
+use crate::telemetry::metric;
 
 /// How the consume loop ended.
 pub(super) enum Ended {
@@ -88,7 +89,7 @@ impl<'a> Consumer<'a> {
                         return Ended::Failed(IngestError::CommitterStopped("the hand-off closed".into()));
                     };
                     if let Some(since) = self.due.take() {
-                        histogram!("cdr_ingest_handoff_wait_seconds").record(since.elapsed().as_secs_f64());
+                        histogram!(metric::INGEST_HANDOFF_WAIT.name).record(since.elapsed().as_secs_f64());
                     }
                     permit.send(std::mem::replace(&mut self.batch, Batch::with_capacity(batch_size)));
                 }
@@ -122,7 +123,7 @@ impl<'a> Consumer<'a> {
                 let kind = envelope.kind.name();
                 self.received
                     .entry(kind)
-                    .or_insert_with(|| counter!("cdr_events_received_total", "event_type" => kind))
+                    .or_insert_with(|| counter!(metric::EVENTS_RECEIVED.name, "event_type" => kind))
                     .increment(1);
                 self.batch.envelopes.push(envelope);
                 self.batch.deliveries.push(delivery);

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::IngestError;
 use crate::event::{self, Reject};
+use crate::telemetry::metric;
 
 /// Header that carries the machine-readable reason on a dead-lettered message.
 pub const REASON_HEADER: &str = "x-cdr-reject-reason";
@@ -59,7 +60,7 @@ impl DeadLetters {
         if confirm.is_nack() {
             return Err(IngestError::DeadLetterNacked(self.exchange.clone()));
         }
-        counter!("cdr_events_rejected_total", "reason" => reason.code).increment(1);
+        counter!(metric::EVENTS_REJECTED.name, "reason" => reason.code).increment(1);
         warn!(
             reason = reason.code,
             detail = %reason.detail,

@@ -50,6 +50,7 @@ use crate::event::Envelope;
 use crate::health::Health;
 use crate::log::{EventLog, LoggedEvent};
 use crate::retry::{Retry, Transient};
+use crate::telemetry::metric;
 use committer::Committer;
 use consumer::{Consumer, Ended, flatten_join};
 use dead_letter::DeadLetters;
@@ -124,7 +125,7 @@ struct InFlight {
 
 impl InFlight {
     fn new() -> Self {
-        let gauge = gauge!("cdr_messages_in_flight");
+        let gauge = gauge!(metric::MESSAGES_IN_FLIGHT.name);
         gauge.set(0.0);
         InFlight {
             count: Arc::default(),
@@ -179,7 +180,7 @@ impl Ingest {
         let retry = Retry::new(&self.backoff, &shutdown);
         let lost = |e: &IngestError, retry_in: Duration| {
             self.health.set_broker_up(false);
-            counter!("cdr_broker_reconnects_total").increment(1);
+            counter!(metric::BROKER_RECONNECTS.name).increment(1);
             error!(error = %e, ?retry_in, "broker session ended; reconnecting");
         };
         while !shutdown.is_cancelled() {

@@ -18,6 +18,7 @@ use super::snapshot::CallSnapshot;
 use crate::log::LoggedEvent;
 use crate::merge::{CallRecord, PriceBook};
 use crate::retry::{Retry, Stop};
+use crate::telemetry::metric;
 use crate::writer::{FlushCause, WriteRequest};
 
 pub struct CallArgs {
@@ -118,7 +119,7 @@ impl CallActorState {
             "writing call record"
         );
         if cause == FlushCause::IdleTimeout {
-            counter!("cdr_calls_timed_out_total").increment(1);
+            counter!(metric::CALLS_TIMED_OUT.name).increment(1);
         }
         // Boxed: an actor's task is as large as the largest future it awaits, and there is one
         // actor per active call.
@@ -156,7 +157,7 @@ impl CallActorState {
             &mut self.call,
         );
         if rested {
-            counter!("cdr_call_rests_total").increment(1);
+            counter!(metric::CALL_RESTS.name).increment(1);
             myself.stop(None);
         }
         rested

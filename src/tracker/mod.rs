@@ -34,6 +34,7 @@ use supervisor::{CallSupervisor, Origin, SpawnCall, SupervisorArgs, SupervisorMs
 
 use crate::config::TrackerSettings;
 use crate::log::LoggedEvent;
+use crate::telemetry::metric;
 
 #[derive(Clone)]
 pub struct Tracker {
@@ -125,7 +126,7 @@ impl Tracker {
             if load_from_log {
                 // Events for a call whose actor had finished: usually a recording or an
                 // identification after the record was written.
-                counter!("cdr_late_events_total").increment(events.len() as u64);
+                counter!(metric::LATE_EVENTS.name).increment(events.len() as u64);
             }
             SpawnCall {
                 call_id,
@@ -199,10 +200,10 @@ impl Tracker {
         loop {
             tick.tick().await;
             let (c, due) = self.scan(Some(Instant::now()));
-            gauge!("cdr_active_calls", "state" => "ringing").set(c.ringing as f64);
-            gauge!("cdr_active_calls", "state" => "answered").set(c.answered as f64);
-            gauge!("cdr_calls_lingering").set(c.ending as f64);
-            gauge!("cdr_calls_resting").set(c.resting as f64);
+            gauge!(metric::ACTIVE_CALLS.name, "state" => "ringing").set(c.ringing as f64);
+            gauge!(metric::ACTIVE_CALLS.name, "state" => "answered").set(c.answered as f64);
+            gauge!(metric::CALLS_LINGERING.name).set(c.ending as f64);
+            gauge!(metric::CALLS_RESTING.name).set(c.resting as f64);
             let wakes = due
                 .into_iter()
                 .map(|call_id| SpawnCall {

@@ -18,6 +18,7 @@ use super::phase::PhaseCell;
 use super::snapshot::CallSnapshot;
 use crate::log::LoggedEvent;
 use crate::merge::Phase;
+use crate::telemetry::metric;
 
 pub struct SpawnCall {
     pub call_id: String,
@@ -86,7 +87,7 @@ impl SupervisorState {
         if resting {
             // Only the supervisor takes a resting entry out, so it is still there.
             if let Some(snapshot) = self.ctx.calls.wake(&call.call_id) {
-                counter!("cdr_call_wakes_total").increment(1);
+                counter!(metric::CALL_WAKES.name).increment(1);
                 return Some(Start {
                     call,
                     resume: Some(snapshot),
@@ -148,7 +149,7 @@ impl SupervisorState {
                     // Never fatal for the supervisor: the call's events are in the log and
                     // its next event (or the next start) brings it back.
                     error!(call_id = %call_id, error = %e, "could not start call actor");
-                    counter!("cdr_actor_spawn_failures_total").increment(1);
+                    counter!(metric::ACTOR_SPAWN_FAILURES.name).increment(1);
                 }
             }
         }
@@ -203,7 +204,7 @@ impl Actor for CallSupervisor {
                 let mut starts = Vec::new();
                 for call in calls {
                     if state.quarantined.contains(&call.call_id) {
-                        counter!("cdr_quarantined_events_total")
+                        counter!(metric::QUARANTINED_EVENTS.name)
                             .increment(call.events.len() as u64);
                         continue;
                     }
@@ -239,7 +240,7 @@ impl Actor for CallSupervisor {
                 state.ctx.calls.remove_failed(&call_id, failed);
                 if state.over_budget(&call_id) {
                     state.quarantined.insert(call_id.clone());
-                    counter!("cdr_actor_quarantines_total").increment(1);
+                    counter!(metric::ACTOR_QUARANTINES.name).increment(1);
                     let failures = state.failures.get(&call_id).map_or(0, VecDeque::len);
                     // Recorded off the supervisor's loop: a slow database must not hold up
                     // the other calls. Until it lands, the call stays open and is retried on
@@ -267,7 +268,7 @@ impl Actor for CallSupervisor {
                     });
                     return Ok(());
                 }
-                counter!("cdr_actor_restarts_total").increment(1);
+                counter!(metric::ACTOR_RESTARTS.name).increment(1);
                 warn!(call_id = %call_id, error = %reason, "call actor failed; restarting it from the log");
                 let restart = SpawnCall {
                     call_id: call_id.clone(),
