@@ -19,7 +19,7 @@
 //! every earlier tag on the channel is already settled by the time a batch is acked.
 //!
 //! Committed batches leave through a short FIFO queue (`committed`), in commit order, to the
-//! dispatcher (`crate::dispatch`), which hands them to the projector and the tracker: ingest
+//! dispatcher (`dispatch.rs`), which hands them to the projector and the tracker: ingest
 //! knows nothing of what comes after the log.
 //!
 //! Rooms: `consumer` (decode, batch, dead-letter inline), `committer` (append, dispatch, ack),
