@@ -52,9 +52,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cdr_service::config::Settings;
 use cdr_service::event::{self, EventKind, Limits};
-use cdr_service::storm::publish::{StormPublisher, queue_depth};
-use cdr_service::storm::verify::Verifier;
-use cdr_service::storm::{Message, MessageKind, Storm, StormOptions, generate};
+use cdr_storm::publish::{StormPublisher, queue_depth};
+use cdr_storm::verify::Verifier;
+use cdr_storm::{Message, MessageKind, Storm, StormOptions, generate};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{
@@ -820,7 +820,7 @@ fn storm_options(calls: usize, seed: u64) -> StormOptions {
 }
 
 fn limits(settings: &Settings) -> Limits {
-    cdr_service::storm::limits(settings)
+    cdr_storm::limits(settings)
 }
 
 /// Publishes a backlog with the storm publisher; returns (messages, seconds).
@@ -2456,7 +2456,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Value> {
             "note": "PostgreSQL, RabbitMQ, the service and the bench on the same machine",
         },
         "storm": {
-            "options": cdr_service::storm::options_json(&o),
+            "options": cdr_storm::options_json(&o),
             "calls": storm.calls.len(),
             "messages": storm.main.len(),
             "distinct_events": st.distinct_events,

@@ -27,9 +27,9 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::StormOptions;
-use crate::event::{self, Limits};
-use crate::merge::{CallEvent, CallRecord, CallState, PriceBook};
+use crate::StormOptions;
+use cdr_core::event::{self, Limits};
+use cdr_core::merge::{CallEvent, CallRecord, CallState, PriceBook};
 
 /// Calls per second of timeline when `--rate 0` (the timestamps must still be spread).
 pub const NOMINAL_RATE: f64 = 10.0;
@@ -183,6 +183,22 @@ pub struct Message {
     /// the start.
     pub at: f64,
     pub kind: MessageKind,
+}
+
+impl Message {
+    /// The first copy of an event of call `call` as the producers publish it: routed by its
+    /// event type, with a content type, placed at the call's position.
+    pub fn event(call: usize, event: &Value) -> Message {
+        Message {
+            routing_key: event["eventType"].as_str().unwrap_or_default().to_owned(),
+            body: event.to_string().into_bytes().into(),
+            content_type: true,
+            at: call as f64,
+            kind: MessageKind::Event {
+                call: u32::try_from(call).unwrap_or(u32::MAX),
+            },
+        }
+    }
 }
 
 /// One call's ground truth.
@@ -906,7 +922,7 @@ impl CallGen<'_> {
                     ),
                     _ => (
                         "sip-signaling-service",
-                        crate::merge::TELEPHONY_MINUTE,
+                        cdr_core::merge::TELEPHONY_MINUTE,
                         json!((talk_ms + 59_999) / 60_000),
                     ),
                 };
