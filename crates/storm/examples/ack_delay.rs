@@ -13,7 +13,7 @@
 //! ```sh
 //! # a backlog: declare the service's queue (start it once, then stop it), then publish
 //! cargo run --release -- storm --calls 40000 --late 0 --poison 0 --missing-end 0
-//! cargo run --release -p cdr-storm --example ack_delay -- --queue sentiric.cdr_service.events --messages 277800 --delay-ms 27
+//! cargo run --release --example ack_delay -- --queue sentiric.cdr_service.events --messages 277800 --delay-ms 27
 //! ```
 
 use std::time::{Duration, Instant};

@@ -10,8 +10,8 @@
 //!
 //! ```sh
 //! scripts/run-local.sh &                      # or any running cdr-service
-//! cargo run --release -p cdr-storm --example backlog -- 20000
-//! cargo run --release -p cdr-storm --example backlog -- 50000 open
+//! cargo run --release --example backlog -- 20000
+//! cargo run --release --example backlog -- 50000 open
 //! ```
 
 use std::time::{Duration, Instant};

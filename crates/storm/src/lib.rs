@@ -8,7 +8,7 @@
 //! - [`simulate`]: one synthetic call (`cdr-service simulate`), [`simulate::SyntheticCall`]
 //!   and the confirming [`simulate::Publisher`] the tests use.
 //! - [`StormOptions`]: the command line of `cdr-service storm`; [`run`] runs it.
-//! - [`generate`]: the pure, seeded generator. Every call of the storm and its ground truth
+//! - [`generate`](mod@generate): the pure, seeded generator. Every call of the storm and its ground truth
 //!   (the expected record by the merge rules: `CallState::fold` over the call's distinct
 //!   bodies, decoded as the service decodes them).
 //! - [`publish`]: pipelined publisher confirms, rate limiting, progress bar.
