@@ -12,7 +12,8 @@ use rand::seq::IndexedRandom;
 use serde_json::{Map, Value, json};
 
 use super::producer::{
-    ENVELOPE_VARIANTS, STARTED_VARIANTS, Variant, dialplan_camel, dialplan_snake, timestamp,
+    ANSWERED_REASONS, ENVELOPE_VARIANTS, STARTED_VARIANTS, UNANSWERED_REASONS, Variant,
+    dialplan_camel, dialplan_snake, timestamp,
 };
 use super::{NOMINAL_RATE, StormStats};
 use crate::StormOptions;
@@ -87,23 +88,6 @@ const UTTERANCES: [(&str, &str); 4] = [
         "I'd like to speak to a person.",
         "I'm transferring you to an agent now.",
     ),
-];
-const ANSWERED_REASONS: [&str; 7] = [
-    "normal_clearing",
-    "normal_clearing",
-    "normal_clearing_by_user",
-    "normal_clearing_by_user",
-    "terminated_by_request",
-    "system_terminated",
-    "network_failure",
-];
-const UNANSWERED_REASONS: [&str; 6] = [
-    "busy",
-    "user_busy",
-    "failure",
-    "network_failure",
-    "system_terminated",
-    "normal_clearing",
 ];
 
 /// Generates calls, drawing from the storm's generator and counting into its stats.
@@ -210,16 +194,7 @@ impl CallGen<'_> {
             + chrono::Duration::nanoseconds((i as f64 * per_call * 1e9) as i64)
             + chrono::Duration::nanoseconds(self.rng.random_range(0..(per_call * 1e9) as i64 + 1));
         let call_id = self.call_id(i, prefix);
-        let trace_id: String = format!(
-            "trace-{}",
-            (0..12)
-                .map(|_| {
-                    *b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                        .choose(self.rng)
-                        .unwrap_or(&b'x') as char
-                })
-                .collect::<String>()
-        );
+        let trace_id = self.trace_id();
         let tenant = TENANTS.choose(self.rng).copied().unwrap_or("sentiric_demo");
         let caller = format!(
             "90{}",
@@ -298,6 +273,20 @@ impl CallGen<'_> {
             *self.stats.variants.entry("call_id_255_chars").or_default() += 1;
         }
         call_id
+    }
+
+    /// `trace-` and twelve letters or digits.
+    fn trace_id(&mut self) -> String {
+        format!(
+            "trace-{}",
+            (0..12)
+                .map(|_| {
+                    *b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                        .choose(self.rng)
+                        .unwrap_or(&b'x') as char
+                })
+                .collect::<String>()
+        )
     }
 
     /// `call.started`, and a duplicate INVITE's second one.

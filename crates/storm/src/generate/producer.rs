@@ -1,5 +1,6 @@
-//! The producers' forms of an event's envelope (EVENTS.md): the variants a storm mixes in,
-//! the timestamp styles, and the two dialplan layouts `call.started` carries.
+//! What the producers send, in their forms (EVENTS.md): the envelope variants a storm mixes
+//! in, the end reasons, the timestamp styles, and the two dialplan layouts `call.started`
+//! carries.
 
 use cdr_core::event;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -23,6 +24,27 @@ pub(super) enum Variant {
 /// Variants of the envelope, which every event type has: the first five of [`Variant`] after
 /// `Canonical`.
 pub(super) const ENVELOPE_VARIANTS: usize = 5;
+
+/// The reasons `call.ended` gives for an answered call; the common ones twice, so they come
+/// more often.
+pub(super) const ANSWERED_REASONS: [&str; 7] = [
+    "normal_clearing",
+    "normal_clearing",
+    "normal_clearing_by_user",
+    "normal_clearing_by_user",
+    "terminated_by_request",
+    "system_terminated",
+    "network_failure",
+];
+/// The reasons `call.ended` gives for a call nobody answered.
+pub(super) const UNANSWERED_REASONS: [&str; 6] = [
+    "busy",
+    "user_busy",
+    "failure",
+    "network_failure",
+    "system_terminated",
+    "normal_clearing",
+];
 
 /// The forms of `call.started` specific to it, by name (the variant `Specific(k)` is the k-th).
 pub(super) const STARTED_VARIANTS: [&str; 9] = [
