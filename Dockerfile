@@ -9,15 +9,20 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-# 1. Dependencies only, against a stub crate.
+# 1. Dependencies only, against stub crates: every member of the workspace (the service at the
+#    root, the crates in crates/) with empty targets, and the benches its manifest names. Both
+#    stages build the service's package alone (-p), so both resolve the same features.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY crates/core/Cargo.toml crates/core/
+COPY crates/storm/Cargo.toml crates/storm/
+COPY crates/testkit/Cargo.toml crates/testkit/
+RUN mkdir -p src benches crates/core/src crates/storm/src crates/testkit/src \
     && echo 'fn main() {}' > src/main.rs \
-    && echo '' > src/lib.rs \
+    && for lib in src crates/core/src crates/storm/src crates/testkit/src; do echo '' > $lib/lib.rs; done \
     && echo 'fn main() {}' > benches/fold.rs \
     && echo 'fn main() {}' > benches/storm.rs \
-    && cargo build --release --locked \
-    && rm -rf src benches
+    && cargo build --release --locked -p cdr-service \
+    && rm -rf src benches crates/*/src
 # 2. The service.
 ARG CDR_GIT_COMMIT=unknown
 ENV CDR_GIT_COMMIT=${CDR_GIT_COMMIT}
@@ -25,7 +30,9 @@ COPY config ./config
 COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin cdr-service
+COPY crates ./crates
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs \
+    && cargo build --release --locked -p cdr-service --bin cdr-service
 
 FROM debian:bookworm-slim AS runtime
 ARG VERSION=0.1.0

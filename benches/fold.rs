@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use cdr_service::event::{Limits, decode};
 use cdr_service::merge::{CallEvent, CallState, PriceBook};
-use cdr_service::simulate::SyntheticCall;
+use cdr_storm::simulate::SyntheticCall;
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

@@ -9,7 +9,7 @@ once=""
 [ "${1:-}" = "--once" ] && once=1
 
 scripts/services.sh
-cargo build --locked --release
+cargo build --locked --release -p cdr-service
 bin=./target/release/cdr-service
 port="${CDR_HTTP_PORT:-12052}"
 export CDR__HTTP__LISTEN="${CDR__HTTP__LISTEN:-127.0.0.1:$port}"

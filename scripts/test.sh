@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test (unit, property, integration against the real PostgreSQL and RabbitMQ,
-# and the binary as a child process). Starts the services first when they are not running.
+# Runs every test of every crate of the workspace (unit, property, integration against the real
+# PostgreSQL and RabbitMQ, and the binary as a child process), with the service's fail points.
+# Starts the services first when they are not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
-cargo test --locked --features failpoints "$@"
+cargo test --locked --workspace --features cdr-service/failpoints "$@"

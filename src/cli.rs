@@ -1,18 +1,23 @@
-//! Command line: `run` (the service) and `simulate` (one synthetic call, end to end).
+//! Command line: `run` (the service), and the tooling of the `cdr-storm` crate aimed at it:
+//! `simulate` (one synthetic call, end to end) and `storm` (a load test). The tooling sees the
+//! service through [`cdr_storm::Target`], implemented here for the settings.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use cdr_storm::simulate::{self, SimulateOptions};
+use cdr_storm::{StormOptions, Target, TargetError};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::Application;
 use crate::config::Settings;
-use crate::runtime;
-use crate::simulate::{self, SimulateOptions};
-use crate::telemetry;
+use crate::event::Limits;
+use crate::{db, runtime, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +40,7 @@ pub enum Command {
     /// Publish one synthetic call to the configured exchange, wait for its record, print it.
     Simulate(SimulateOptions),
     /// Publish a synthetic event storm (load test), optionally verify every record.
-    Storm(crate::storm::StormOptions),
+    Storm(StormOptions),
 }
 
 /// Loads the settings (before anything starts, so a bad key stops the process at once),
@@ -59,7 +64,7 @@ async fn run(command: Command, settings: Settings, workers: usize) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(options) => simulate::run(&settings, options).await,
-        Command::Storm(options) => crate::storm::run(&settings, options).await,
+        Command::Storm(options) => cdr_storm::run(&settings, options).await,
     }
 }
 
@@ -80,4 +85,43 @@ async fn on_signal(shutdown: CancellationToken) {
     // Cancel first: nothing that happens to the log line may keep the service from stopping.
     shutdown.cancel();
     info!(signal = name, "shutdown requested");
+}
+
+/// The service as its settings describe it, for the tooling: the same broker, names, limits,
+/// timers and database as `cdr-service run` with these settings.
+impl Target for Settings {
+    fn amqp_url(&self) -> &str {
+        &self.amqp.url
+    }
+
+    fn exchange(&self) -> &str {
+        &self.amqp.exchange
+    }
+
+    fn queue(&self) -> &str {
+        &self.amqp.queue
+    }
+
+    fn dead_letter_queue(&self) -> &str {
+        &self.amqp.dead_letter_queue
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.ingest.max_body_bytes,
+            max_json_depth: self.ingest.max_json_depth,
+        }
+    }
+
+    fn linger(&self) -> Duration {
+        self.tracker.linger
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.tracker.idle_timeout
+    }
+
+    fn database(&self) -> Result<sqlx::PgPool, TargetError> {
+        Ok(db::pool(&self.database)?)
+    }
 }

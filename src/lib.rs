@@ -4,26 +4,24 @@
 //! (one actor per active call, folding with [`merge`]) -> [`writer`] (`calls`).
 //! See `ARCHITECTURE.md` for the codemap and the invariants.
 
+pub use cdr_core::{event, merge};
+pub use cdr_schema::row;
+
 pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dispatch;
-pub mod event;
 pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod log;
-pub mod merge;
 pub mod prices;
 pub mod project;
 pub mod recovery;
 pub mod retry;
-pub mod row;
 pub mod runtime;
-pub mod simulate;
-pub mod storm;
 pub mod telemetry;
 pub mod tracker;
 pub mod writer;

@@ -18,11 +18,9 @@ pub type Prices = Arc<RwLock<Arc<PriceBook>>>;
 
 /// Reads every price in `cost_models`.
 pub async fn load(pool: &PgPool) -> Result<PriceBook, sqlx::Error> {
-    let rows: Vec<(String, chrono::DateTime<chrono::Utc>, rust_decimal::Decimal)> =
-        sqlx::query_as("SELECT resource_type, start_date, cost_per_unit::numeric FROM cost_models")
-            .fetch_all(pool)
-            .await?;
-    Ok(PriceBook::new(rows))
+    Ok(PriceBook::new(
+        cdr_schema::prices::select().fetch_all(pool).await?,
+    ))
 }
 
 /// The prices as they are now, or none if they cannot be read (a refresh tries again).

@@ -5,7 +5,7 @@
 //! session restart and a redelivery. Its own test binary, so the process-wide metrics recorder
 //! counts only this service's reconnects.
 
-mod common;
+use cdr_testkit as common;
 
 use std::time::Duration;
 

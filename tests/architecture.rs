@@ -14,9 +14,21 @@ const STAGES: &[&str] = &[
 /// Every import allowed between two pipeline modules.
 const ALLOWED: &[(&str, &str, &str)] = &[
     ("ingest", "log", "appends batches to the event log"),
-    ("dispatch", "log", "takes committed batches of logged events"),
-    ("dispatch", "project", "hands each committed batch to the projector"),
-    ("dispatch", "tracker", "hands each committed batch to the tracker"),
+    (
+        "dispatch",
+        "log",
+        "takes committed batches of logged events",
+    ),
+    (
+        "dispatch",
+        "project",
+        "hands each committed batch to the projector",
+    ),
+    (
+        "dispatch",
+        "tracker",
+        "hands each committed batch to the tracker",
+    ),
     ("project", "log", "projects logged events"),
     (
         "tracker",

@@ -3,7 +3,7 @@
 //! their events". Both were written for their plans (see their doc comments); this checks what
 //! they return, and which plans they get.
 
-mod common;
+use cdr_testkit as common;
 
 use cdr_service::db::BEGIN_PREFERRING_INDEXES;
 use cdr_service::log::SEEN_BEFORE_SQL;

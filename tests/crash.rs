@@ -6,7 +6,7 @@
 //!
 //! The storm is random but reproducible: the seed is printed, and `CRASH_SEED=<seed>` replays it.
 
-mod common;
+use cdr_testkit as common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ use cdr_service::event::{self, Limits};
 use cdr_service::merge::{CallEvent, CallRecord, CallState, PriceBook};
 use cdr_service::project::ProjectionRows;
 use cdr_service::row::CallRow;
-use cdr_service::simulate::{Publisher, SyntheticCall};
-use cdr_service::storm::verify::{expected_row, load_rows};
+use cdr_storm::simulate::{Publisher, SyntheticCall};
+use cdr_storm::verify::{expected_row, load_rows};
 use chrono::{DateTime, Utc};
 use common::service::Service;
 use common::*;
@@ -392,7 +392,9 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
     let pool = env.pool().await;
 
     // The first start declares the queue; the storm waits in it whenever the service is down.
-    let mut service = Running(Some(Service::start(&env, &settings).await));
+    let mut service = Running(Some(
+        Service::start(service_binary!(), &env, &settings).await,
+    ));
     let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
         .await
         .expect("publisher");
@@ -439,7 +441,7 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
             count(&pool, "SELECT count(*) FROM calls").await
         );
         kill(service.take(), state).await;
-        service.0 = Some(Service::start(&env, &settings).await);
+        service.0 = Some(Service::start(service_binary!(), &env, &settings).await);
         if round == 1 {
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..300))).await;
             let state = format!(
@@ -448,7 +450,7 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
                 count(&pool, "SELECT count(*) FROM open_calls").await,
             );
             kill(service.take(), state).await;
-            service.0 = Some(Service::start(&env, &settings).await);
+            service.0 = Some(Service::start(service_binary!(), &env, &settings).await);
         }
     }
     let publisher = storm_task.await.expect("storm publisher");

@@ -10,13 +10,13 @@
 //! to a non-empty result through `/api/v1/query`. A query naming a metric the service does not
 //! export has no data, and fails the test.
 
-mod common;
+use cdr_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdr_service::simulate::SyntheticCall;
+use cdr_storm::simulate::SyntheticCall;
 use common::service::free_port;
 use common::*;
 use serde_json::{Value, json};
@@ -221,13 +221,6 @@ async fn eventually(
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-}
-
-fn call(id: &str) -> SyntheticCall {
-    SyntheticCall::new(
-        format!("{id}@198.51.100.7"),
-        "2025-09-24T10:00:00Z".parse().unwrap(),
-    )
 }
 
 /// Fault injection (cargo feature `failpoints`): a call actor that fails on every event.

@@ -3,7 +3,7 @@
 //! turns, usage lines) that the projector writes from what the log hands back, holding one row
 //! per key, the same whatever the order and the duplicates of the batches.
 
-mod common;
+use cdr_testkit as common;
 
 use cdr_service::event::{self, Envelope, Limits};
 use cdr_service::log::{Appended, EventLog, LoggedEvent};

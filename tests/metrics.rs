@@ -1,34 +1,18 @@
 //! /metrics after a small run: the values, not only the names. Its own test binary, so the
 //! process-wide recorder sees only this test's service.
 
-mod common;
+use cdr_testkit as common;
 
 use std::time::Duration;
 
-use cdr_service::simulate::SyntheticCall;
+use cdr_storm::simulate::SyntheticCall;
+use common::metrics::value;
 use common::*;
-
-/// The value of one series, e.g. `cdr_active_calls{state="answered"}`; None when absent.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, v) = l.rsplit_once(' ')?;
-        (name == series).then(|| v.parse().ok()).flatten()
-    })
-}
-
-async fn scrape(app: &TestApp) -> String {
-    reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 async fn wait_metric(app: &TestApp, series: &str, expected: f64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let text = scrape(app).await;
+        let text = app.scrape().await;
         let got = value(&text, series);
         if got == Some(expected) {
             return;
@@ -117,7 +101,7 @@ async fn metrics_follow_a_small_run() {
     app.publisher.publish(&calls[0].recording()).await.unwrap();
     wait_metric(&app, "cdr_late_events_total", 1.0).await;
 
-    let text = scrape(&app).await;
+    let text = app.scrape().await;
     // 5 starts (+1 duplicate, dropped after decoding), 3 answers, 5 ends, 1 recording.
     assert_eq!(
         value(

@@ -3,19 +3,15 @@
 //! service must hold what it cannot commit, report not-ready, reconnect on its own, and end
 //! with every call complete and every distinct event logged exactly once.
 
-mod common;
+use cdr_testkit as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cdr_service::app::Application;
-use cdr_service::config::Settings;
-use cdr_service::health::Health;
-use cdr_service::simulate::{Publisher, SyntheticCall};
+use cdr_storm::simulate::{Publisher, SyntheticCall};
 use common::proxy::Proxy;
 use common::*;
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Generous bound on every wait; no assertion depends on how fast anything happens.
@@ -76,69 +72,6 @@ async fn proxied(url: &str) -> (Proxy, String) {
     u.set_host(Some("127.0.0.1")).unwrap();
     u.set_port(Some(proxy.addr().port())).unwrap();
     (proxy, u.to_string())
-}
-
-/// The service in-process, with its task handle kept so a crash is seen.
-struct Running {
-    health: Health,
-    port: u16,
-    stop: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(settings: &Settings) -> Running {
-        init_test_logging();
-        let app = Application::build(settings.clone())
-            .await
-            .expect("build app");
-        let port = app.http_port();
-        let health = app.health();
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(app.run(stop.clone()));
-        let running = Running {
-            health,
-            port,
-            stop,
-            handle,
-        };
-        running.wait_ready(true, "service ready").await;
-        running
-    }
-
-    async fn wait_ready(&self, ready: bool, what: &str) {
-        let health = self.health.clone();
-        wait_until(WAIT, what, || {
-            let now = health.ready();
-            async move { now == ready }
-        })
-        .await;
-    }
-
-    /// The status of `GET /health/ready`.
-    async fn ready_status(&self) -> u16 {
-        reqwest::get(format!("http://127.0.0.1:{}/health/ready", self.port))
-            .await
-            .expect("GET /health/ready")
-            .status()
-            .as_u16()
-    }
-
-    fn assert_alive(&self) {
-        assert!(
-            !self.handle.is_finished(),
-            "the service's run ended during the outage"
-        );
-    }
-
-    /// Graceful stop; the run must end Ok.
-    async fn stop(self) {
-        self.stop.cancel();
-        self.handle
-            .await
-            .expect("app task")
-            .expect("app stopped with an error");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

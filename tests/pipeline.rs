@@ -1,6 +1,6 @@
 //! End to end through the real broker and database: publish call events, read `calls`.
 
-mod common;
+use cdr_testkit as common;
 
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
 //! The real binary as a child process: graceful stop on SIGTERM, and resumption on restart.
 
-mod common;
+use cdr_testkit as common;
 
 use std::time::Duration;
 
-use cdr_service::simulate::{Publisher, SyntheticCall};
+use cdr_storm::simulate::{Publisher, SyntheticCall};
 use common::service::{Service, closed_pipe};
 use common::*;
 
@@ -15,7 +15,7 @@ async fn sigterm_mid_stream_loses_nothing_and_restart_completes_open_calls() {
     // Long enough that no open call times out during the test.
     settings.tracker.idle_timeout = Duration::from_secs(600);
     let pool = env.pool().await;
-    let service = Service::start(&env, &settings).await;
+    let service = Service::start(service_binary!(), &env, &settings).await;
     assert!(service.port > 0);
 
     let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
@@ -65,7 +65,7 @@ async fn sigterm_mid_stream_loses_nothing_and_restart_completes_open_calls() {
         publisher.publish(&c.recording()).await.unwrap();
     }
 
-    let service = Service::start(&env, &settings).await;
+    let service = Service::start(service_binary!(), &env, &settings).await;
     for c in &calls {
         let r = wait_for_row(&pool, &c.call_id, 5).await;
         assert_eq!(r.status.as_deref(), Some("COMPLETED"), "{}", c.call_id);
@@ -93,7 +93,7 @@ async fn the_binary_sizes_its_runtime_from_runtime_worker_threads() {
     let mut settings = env.settings();
 
     settings.runtime.worker_threads = 3;
-    let service = Service::start(&env, &settings).await;
+    let service = Service::start(service_binary!(), &env, &settings).await;
     assert_eq!(
         metric_at(service.port, "cdr_runtime_worker_threads").await,
         3.0
@@ -103,7 +103,7 @@ async fn the_binary_sizes_its_runtime_from_runtime_worker_threads() {
 
     // 0: one fewer than the CPUs this process may use, at least one.
     settings.runtime.worker_threads = 0;
-    let service = Service::start(&env, &settings).await;
+    let service = Service::start(service_binary!(), &env, &settings).await;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert_eq!(
         metric_at(service.port, "cdr_runtime_worker_threads").await,
@@ -126,7 +126,8 @@ async fn a_closed_log_pipe_loses_logs_only() {
     settings.log.level = "debug".into();
     let pool = env.pool().await;
     let (stdout, stderr) = closed_pipe();
-    let service = Service::start_logging_to(&env, &settings, stdout, stderr).await;
+    let service =
+        Service::start_logging_to(service_binary!(), &env, &settings, stdout, stderr).await;
 
     let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
         .await

@@ -3,7 +3,7 @@
 //! leaves `open_calls` only with them written, and what a crash left unprojected is written
 //! again when the service starts.
 
-mod common;
+use cdr_testkit as common;
 
 use std::time::Duration;
 

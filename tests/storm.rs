@@ -5,13 +5,13 @@
 //!
 //! The storm is reproducible: `STORM_SEED=<seed>` replays another one.
 
-mod common;
+use cdr_testkit as common;
 
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cdr_service::storm::{self, StormOptions};
+use cdr_storm::{self as storm, StormOptions};
 use common::*;
 use serde_json::Value;
 

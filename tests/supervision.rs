@@ -2,21 +2,14 @@
 //! restarted from the log; one that keeps failing is quarantined; other calls never notice.
 #![cfg(feature = "failpoints")]
 
-mod common;
+use cdr_testkit as common;
 
 use std::time::Duration;
 
-use cdr_service::simulate::SyntheticCall;
+use cdr_storm::simulate::SyntheticCall;
 use common::*;
 
 const FAIL_POINT: &str = "call-actor-event";
-
-fn call(id: &str) -> SyntheticCall {
-    SyntheticCall::new(
-        format!("{id}@198.51.100.7"),
-        "2025-09-24T10:00:00Z".parse().unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_actor_is_restarted_from_the_log_and_its_record_is_right() {

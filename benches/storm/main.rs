@@ -53,17 +53,15 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-// Every path into the service's crate, in one place: the modules take them from here.
+// Every path into the service's crates, in one place: the modules take them from here.
 use cdr_service::config::{ENV_PREFIX, Settings};
 use cdr_service::db::migrate;
 use cdr_service::event::{self, EventKind, Limits};
 use cdr_service::ingest::queue_arguments;
 use cdr_service::log::EventLog;
-use cdr_service::storm::publish::{StormPublisher, queue_depth};
-use cdr_service::storm::verify::Verifier;
-use cdr_service::storm::{
-    Message, MessageKind, Storm, StormOptions, generate, limits, options_json,
-};
+use cdr_storm::publish::{StormPublisher, queue_depth};
+use cdr_storm::verify::Verifier;
+use cdr_storm::{Message, MessageKind, Storm, StormOptions, generate, limits, options_json};
 
 /// The service's default prefetch (`amqp.prefetch`), used by the bench's own consumers too.
 const PREFETCH: u16 = 6000;

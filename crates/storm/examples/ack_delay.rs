@@ -7,6 +7,9 @@
 //! service's committer does. `--delay-ms 0` acks every 500 deliveries at once instead, as the
 //! storm benchmark's broker drain does.
 //!
+//! The broker is found as `cdr-service run` finds its own (config/default.toml, `RABBITMQ_URL`,
+//! `CDR__AMQP__URL`).
+//!
 //! ```sh
 //! # a backlog: declare the service's queue (start it once, then stop it), then publish
 //! cargo run --release -- storm --calls 40000 --late 0 --poison 0 --missing-end 0
@@ -16,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cdr_service::config::Settings;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -59,9 +63,8 @@ fn args() -> anyhow::Result<Args> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let url = std::env::var("RABBITMQ_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let settings = Settings::load(None)?;
+    let conn = Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(a.prefetch, BasicQosOptions::default())

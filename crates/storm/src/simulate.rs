@@ -14,8 +14,9 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
-use crate::config::Settings;
-use crate::row::CallRow;
+use cdr_schema::row::CallRow;
+
+use crate::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Order {
@@ -77,7 +78,7 @@ impl SyntheticCall {
 
     fn at(&self, offset: Duration) -> String {
         let t = self.start + chrono::Duration::from_std(offset).unwrap_or_default();
-        crate::event::format_timestamp(t)
+        cdr_core::event::format_timestamp(t)
     }
 
     pub fn started(&self) -> Value {
@@ -308,7 +309,9 @@ pub async fn wait_for_record(
     }
 }
 
-pub async fn run(settings: &Settings, o: SimulateOptions) -> anyhow::Result<ExitCode> {
+/// Runs the command: publishes the call, waits for its record and prints it; exits with
+/// failure when no complete record came within `--timeout`.
+pub async fn run(target: &dyn Target, o: SimulateOptions) -> anyhow::Result<ExitCode> {
     let call_id = o
         .call_id
         .clone()
@@ -328,12 +331,12 @@ pub async fn run(settings: &Settings, o: SimulateOptions) -> anyhow::Result<Exit
         events.insert(at, pick);
     }
 
-    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange).await?;
+    let publisher = Publisher::connect(target.amqp_url(), target.exchange()).await?;
     println!(
         "publishing {} events ({} distinct) for call {call_id} to exchange {:?}",
         events.len(),
         distinct,
-        settings.amqp.exchange
+        target.exchange()
     );
     for e in &events {
         publisher.publish(e).await?;
@@ -342,10 +345,10 @@ pub async fn run(settings: &Settings, o: SimulateOptions) -> anyhow::Result<Exit
     if o.drop_end {
         println!(
             "no call.ended: the record appears as TIMED_OUT after tracker.idle_timeout ({})",
-            humantime::format_duration(settings.tracker.idle_timeout)
+            humantime::format_duration(target.idle_timeout())
         );
     }
-    let pool = crate::db::pool(&settings.database)?;
+    let pool = target.database().map_err(anyhow::Error::from_boxed)?;
     println!(
         "waiting up to {} for the record...",
         humantime::format_duration(o.timeout)

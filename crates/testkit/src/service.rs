@@ -1,12 +1,26 @@
 //! The service binary as a child process.
+//!
+//! Cargo tells only the root package's tests and benches where it built the binary
+//! (`CARGO_BIN_EXE_cdr-service`, at compile time), so they pass its path in:
+//! [`service_binary!`](crate::service_binary) expands to it where it is written.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cdr_service::config::Settings;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::TestEnv;
+use crate::env::TestEnv;
+
+/// The path of the `cdr-service` binary cargo built for the test or bench this is written in.
+#[macro_export]
+macro_rules! service_binary {
+    () => {
+        ::std::path::Path::new(env!("CARGO_BIN_EXE_cdr-service"))
+    };
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,14 +46,17 @@ pub struct Service {
 }
 
 impl Service {
-    pub async fn start(env: &TestEnv, settings: &cdr_service::config::Settings) -> Service {
-        Self::start_logging_to(env, settings, Stdio::null(), Stdio::inherit()).await
+    /// Starts `binary` (see [`service_binary!`](crate::service_binary)) with `run` on the
+    /// test's settings and a free port, and waits until it is ready.
+    pub async fn start(binary: &Path, env: &TestEnv, settings: &Settings) -> Service {
+        Self::start_logging_to(binary, env, settings, Stdio::null(), Stdio::inherit()).await
     }
 
     /// As `start`, with the child's standard output and error where the caller says.
     pub async fn start_logging_to(
+        binary: &Path,
         env: &TestEnv,
-        settings: &cdr_service::config::Settings,
+        settings: &Settings,
         stdout: Stdio,
         stderr: Stdio,
     ) -> Service {
@@ -47,7 +64,7 @@ impl Service {
         let mut vars = env.env_vars(settings);
         vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
         vars.push(("CDR__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
-        let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
+        let child = Command::new(binary)
             .arg("run")
             .envs(vars)
             .stdout(stdout)

@@ -5,6 +5,9 @@
 //! With `open` as second argument, the calls are left open (no end, no recording) and the
 //! tool exits once they are published: a realistic set of active calls for measuring recovery.
 //!
+//! The service is found as `cdr-service run` finds its own settings (config/default.toml,
+//! `RABBITMQ_URL`, `POSTGRES_URL`, `CDR__*`).
+//!
 //! ```sh
 //! scripts/run-local.sh &                      # or any running cdr-service
 //! cargo run --release --example backlog -- 20000
@@ -14,9 +17,12 @@
 use std::time::{Duration, Instant};
 
 use cdr_service::config::Settings;
-use cdr_service::simulate::SyntheticCall;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use cdr_storm::publish::StormPublisher;
+use cdr_storm::simulate::SyntheticCall;
+use cdr_storm::{Message, Target};
+
+/// Publishes awaiting their broker confirm at once.
+const IN_FLIGHT: usize = 500;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,40 +34,25 @@ async fn main() -> anyhow::Result<()> {
     let open = std::env::args().nth(2).as_deref() == Some("open");
     let settings = Settings::load(None)?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let conn = Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let start = chrono::Utc::now();
-
-    let published = Instant::now();
-    let mut events = 0usize;
+    let mut messages = Vec::new();
     for i in 0..calls {
         let call = SyntheticCall::new(format!("backlog-{run}-{i}@198.51.100.7"), start);
-        let events_of_call = if open {
+        let events = if open {
             vec![call.started(), call.answered(), call.identified()]
         } else {
             call.events(true)
         };
-        for e in events_of_call {
-            let key = e["eventType"].as_str().unwrap_or_default().to_owned();
-            channel
-                .basic_publish(
-                    settings.amqp.exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    e.to_string().as_bytes(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await?;
-            events += 1;
-        }
-        if i % 500 == 499 {
-            channel.wait_for_confirms().await?;
-        }
+        messages.extend(events.iter().map(|e| Message::event(i, e)));
     }
-    channel.wait_for_confirms().await?;
+
+    let published = Instant::now();
+    let publisher = StormPublisher::connect(settings.amqp_url(), settings.exchange()).await?;
+    let stats = publisher
+        .publish(&messages, 0.0, IN_FLIGHT, "backlog")
+        .await?;
+    publisher.close().await;
+    let events = stats.messages;
     let publish_secs = published.elapsed().as_secs_f64();
     println!(
         "published {events} events ({calls} calls) in {publish_secs:.1}s: {:.0} events/s",
@@ -71,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     if open {
         return Ok(());
     }
-    let pool = cdr_service::db::pool(&settings.database)?;
+    let pool = settings.database().map_err(anyhow::Error::from_boxed)?;
     let pattern = format!("backlog-{run}-%");
     loop {
         let done: i64 = sqlx::query_scalar(
@@ -89,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "all {calls} records complete {total:.1}s after the first publish: {:.0} events/s end to end (includes linger {})",
         events as f64 / total,
-        humantime::format_duration(settings.tracker.linger)
+        humantime::format_duration(settings.linger())
     );
     Ok(())
 }

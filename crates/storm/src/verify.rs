@@ -4,25 +4,25 @@
 //!
 //! The wait covers how the service writes records: `tracker.linger` after a call's end, and
 //! `tracker.idle_timeout` after the last event of a call without one (TIMED_OUT), both read
-//! from the same settings the service uses, plus `--verify-timeout` of slack.
+//! from the same settings the service uses, plus `--verify-timeout` of slack. What it found is
+//! an [`Outcome`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cdr_core::merge::{CallRecord, PriceBook};
 use chrono::{DateTime, Timelike, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::{Connection, ConnectionProperties};
-use rust_decimal::Decimal;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::generate::ExpectedCall;
-use super::publish::queue_depth;
-use super::{Storm, StormOptions};
-use crate::config::Settings;
-use crate::merge::{CallRecord, PriceBook};
-use crate::row::{CallRow, FieldDiff};
+use cdr_schema::row::CallRow;
+
+use crate::generate::ExpectedCall;
+pub use crate::outcome::{FieldDiff, Mismatch, Missing, Outcome};
+use crate::publish::queue_depth;
+use crate::{Storm, StormOptions, Target};
 
 /// Ids per `ANY($1)` query.
 const CHUNK: usize = 5000;
@@ -51,150 +51,6 @@ pub async fn load_rows(pool: &PgPool, call_ids: &[&str]) -> Result<Vec<CallRow>,
     Ok(rows)
 }
 
-#[derive(Debug, Clone)]
-pub struct Mismatch {
-    pub call_id: String,
-    pub fields: Vec<FieldDiff>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Missing {
-    pub call_id: String,
-    /// The row's event count, when there is a row.
-    pub have: Option<i32>,
-    pub want: usize,
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub calls: usize,
-    pub correct: usize,
-    pub mismatches: Vec<Mismatch>,
-    pub missing: Vec<Missing>,
-    /// Expected records by status/disposition.
-    pub by_outcome: BTreeMap<String, usize>,
-    pub poison_expected: usize,
-    /// Poison call ids found in `call_events` or `calls`.
-    pub poison_leaked: Vec<String>,
-    pub dead_letter_queue: String,
-    /// Growth of the dead-letter queue during the storm, when it could be read.
-    pub dead_lettered: Option<i64>,
-    /// From the last publish to the last record complete.
-    pub complete_after_publish: Option<Duration>,
-    pub waited: Duration,
-}
-
-impl Outcome {
-    pub fn passed(&self) -> bool {
-        self.mismatches.is_empty() && self.missing.is_empty() && self.poison_leaked.is_empty()
-    }
-
-    pub fn print(&self, show: usize) {
-        println!(
-            "verify: {} calls: {} correct, {} wrong, {} missing{}",
-            self.calls,
-            self.correct,
-            self.mismatches.len(),
-            self.missing.len(),
-            match self.complete_after_publish {
-                Some(t) => format!(
-                    "; every record complete {:.1}s after the last publish",
-                    t.as_secs_f64()
-                ),
-                None => format!("; gave up after {:.0}s", self.waited.as_secs_f64()),
-            }
-        );
-        let kinds: Vec<String> = self
-            .by_outcome
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        println!("  records: {}", kinds.join(", "));
-        if self.poison_expected > 0 {
-            println!(
-                "  poison: {} messages; {}; dead-letter queue {:?} {}",
-                self.poison_expected,
-                if self.poison_leaked.is_empty() {
-                    "none logged as a call event".to_owned()
-                } else {
-                    format!(
-                        "{} LOGGED as call events: {:?}",
-                        self.poison_leaked.len(),
-                        &self.poison_leaked[..self.poison_leaked.len().min(show)]
-                    )
-                },
-                self.dead_letter_queue,
-                match self.dead_lettered {
-                    Some(n) => format!("grew by {n} (expected {})", self.poison_expected),
-                    None => "could not be read".to_owned(),
-                }
-            );
-        }
-        if !self.mismatches.is_empty() {
-            println!(
-                "first mismatches ({} of {}):",
-                self.mismatches.len().min(show),
-                self.mismatches.len()
-            );
-            for m in self.mismatches.iter().take(show) {
-                println!("  {}", m.call_id);
-                for f in &m.fields {
-                    println!(
-                        "    {}: expected {}, found {}",
-                        f.field, f.expected, f.found
-                    );
-                }
-            }
-        }
-        if !self.missing.is_empty() {
-            println!(
-                "missing records ({} of {}):",
-                self.missing.len().min(show),
-                self.missing.len()
-            );
-            for m in self.missing.iter().take(show) {
-                match m.have {
-                    Some(n) => println!(
-                        "  {}: the row folds {n} of its {} distinct events",
-                        m.call_id, m.want
-                    ),
-                    None => println!("  {}: no row ({} distinct events)", m.call_id, m.want),
-                }
-            }
-        }
-        println!(
-            "verify: {}",
-            if self.passed() { "PASSED" } else { "FAILED" }
-        );
-    }
-
-    pub fn to_json(&self, limit: usize) -> Value {
-        json!({
-            "passed": self.passed(),
-            "calls": self.calls,
-            "correct": self.correct,
-            "mismatched": self.mismatches.len(),
-            "missing": self.missing.len(),
-            "records": self.by_outcome,
-            "poison_expected": self.poison_expected,
-            "poison_leaked": self.poison_leaked.len(),
-            "dead_letter_queue": self.dead_letter_queue,
-            "dead_lettered": self.dead_lettered,
-            "complete_after_publish_seconds": self.complete_after_publish.map(|d| d.as_secs_f64()),
-            "waited_seconds": self.waited.as_secs_f64(),
-            "first_mismatches": self.mismatches.iter().take(limit).map(|m| json!({
-                "call_id": m.call_id,
-                "fields": m.fields.iter().map(|f| json!({
-                    "field": f.field, "expected": f.expected, "found": f.found,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "first_missing": self.missing.iter().take(limit).map(|m| json!({
-                "call_id": m.call_id, "have": m.have, "want": m.want,
-            })).collect::<Vec<_>>(),
-        })
-    }
-}
-
 /// What --verify reads before the storm is published.
 pub struct Verifier {
     pool: PgPool,
@@ -205,8 +61,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub async fn prepare(settings: &Settings, storm: &Storm) -> anyhow::Result<Verifier> {
-        let pool = crate::db::pool(&settings.database)?;
+    pub async fn prepare(target: &dyn Target, storm: &Storm) -> anyhow::Result<Verifier> {
+        let pool = target.database().map_err(anyhow::Error::from_boxed)?;
         let ids: Vec<&str> = storm.calls.iter().map(|c| c.call_id.as_str()).collect();
         let mut existing = HashSet::new();
         for chunk in ids.chunks(CHUNK) {
@@ -225,11 +81,11 @@ impl Verifier {
                 existing.len()
             );
         }
-        let amqp = Connection::connect(&settings.amqp.url, ConnectionProperties::default())
+        let amqp = Connection::connect(target.amqp_url(), ConnectionProperties::default())
             .await
             .ok();
         let dead_letters_before = match &amqp {
-            Some(c) => queue_depth(c, &settings.amqp.dead_letter_queue).await,
+            Some(c) => queue_depth(c, target.dead_letter_queue()).await,
             None => None,
         };
         Ok(Verifier {
@@ -242,45 +98,48 @@ impl Verifier {
 
     pub async fn run(
         self,
-        settings: &Settings,
+        target: &dyn Target,
         storm: &Storm,
         o: &StormOptions,
         publish_started_at: DateTime<Utc>,
         published_at: Instant,
     ) -> anyhow::Result<Outcome> {
-        let ended = storm.calls.iter().filter(|c| c.ended).count();
-        let open = storm.calls.len() - ended;
-        let linger = settings.tracker.linger;
-        let idle = settings.tracker.idle_timeout;
-        let wait = if open > 0 { idle.max(linger) } else { linger } + o.verify_timeout;
-        let deadline = published_at + wait;
-        let fmt = |d: Duration| {
-            humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
-        };
-        println!(
-            "waiting up to {} for {} records: {ended} ended calls (written tracker.linger = {} after their end){}",
-            fmt(wait.saturating_sub(published_at.elapsed())),
-            storm.calls.len(),
-            fmt(linger),
-            if open > 0 {
-                format!(
-                    ", {open} calls without an end (TIMED_OUT tracker.idle_timeout = {} after their last event)",
-                    fmt(idle)
-                )
-            } else {
-                String::new()
-            }
-        );
-        if open > 0 && idle > Duration::from_secs(600) {
-            println!(
-                "note: with tracker.idle_timeout = {}, the calls without an end take that long; \
-                 run the service with a shorter CDR__TRACKER__IDLE_TIMEOUT, or use --missing-end 0",
-                fmt(idle)
-            );
-        }
-
-        // Wait until every row folds all of its call's distinct events.
+        let wait = announce_wait(target, storm, o, published_at);
         let started = Instant::now();
+        let complete_after_publish = self
+            .wait_for_rows(storm, published_at, published_at + wait)
+            .await?;
+        let mut outcome = Outcome {
+            calls: storm.calls.len(),
+            correct: 0,
+            mismatches: Vec::new(),
+            missing: Vec::new(),
+            by_outcome: BTreeMap::new(),
+            poison_expected: storm.stats.poison,
+            poison_leaked: Vec::new(),
+            dead_letter_queue: target.dead_letter_queue().to_owned(),
+            dead_lettered: None,
+            complete_after_publish,
+            waited: started.elapsed(),
+        };
+        self.compare_rows(storm, publish_started_at, &mut outcome)
+            .await?;
+        self.check_poison(target, storm, &mut outcome).await?;
+        if let Some(conn) = self.amqp {
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        self.pool.close().await;
+        Ok(outcome)
+    }
+
+    /// Waits until every row folds all of its call's distinct events, or `deadline`; how long
+    /// after the last publish they all did.
+    async fn wait_for_rows(
+        &self,
+        storm: &Storm,
+        published_at: Instant,
+        deadline: Instant,
+    ) -> anyhow::Result<Option<Duration>> {
         let mut pending: HashMap<&str, usize> = storm
             .calls
             .iter()
@@ -332,8 +191,16 @@ impl Verifier {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         bar.finish_and_clear();
+        Ok(complete_after_publish)
+    }
 
-        // Compare every row with its ground truth.
+    /// Compares every row with its ground truth.
+    async fn compare_rows(
+        &self,
+        storm: &Storm,
+        publish_started_at: DateTime<Utc>,
+        outcome: &mut Outcome,
+    ) -> anyhow::Result<()> {
         let prices = load_prices(&self.pool).await?;
         let ids: Vec<&str> = storm.calls.iter().map(|c| c.call_id.as_str()).collect();
         let rows: HashMap<String, CallRow> = load_rows(&self.pool, &ids)
@@ -346,19 +213,6 @@ impl Verifier {
             publish_started_at - chrono::Duration::seconds(2),
             now + chrono::Duration::seconds(2),
         );
-        let mut outcome = Outcome {
-            calls: storm.calls.len(),
-            correct: 0,
-            mismatches: Vec::new(),
-            missing: Vec::new(),
-            by_outcome: BTreeMap::new(),
-            poison_expected: storm.stats.poison,
-            poison_leaked: Vec::new(),
-            dead_letter_queue: settings.amqp.dead_letter_queue.clone(),
-            dead_lettered: None,
-            complete_after_publish,
-            waited: started.elapsed(),
-        };
         for call in &storm.calls {
             let row = rows.get(&call.call_id);
             let window = if self.existing.contains(&call.call_id) {
@@ -395,8 +249,16 @@ impl Verifier {
                 }),
             }
         }
+        Ok(())
+    }
 
-        // Poison: never a call event, always a dead letter.
+    /// Poison: never a call event, always a dead letter.
+    async fn check_poison(
+        &self,
+        target: &dyn Target,
+        storm: &Storm,
+        outcome: &mut Outcome,
+    ) -> anyhow::Result<()> {
         for chunk in storm.poison_call_ids.chunks(CHUNK) {
             let leaked: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT call_id FROM call_events WHERE call_id = ANY($1) \
@@ -412,7 +274,7 @@ impl Verifier {
             // give the count a few seconds anyway.
             let until = Instant::now() + Duration::from_secs(5);
             loop {
-                let now = queue_depth(conn, &settings.amqp.dead_letter_queue).await;
+                let now = queue_depth(conn, target.dead_letter_queue()).await;
                 outcome.dead_lettered = now.map(|n| i64::from(n) - i64::from(before));
                 if outcome.dead_lettered >= Some(storm.stats.poison as i64)
                     || Instant::now() >= until
@@ -422,12 +284,48 @@ impl Verifier {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        if let Some(conn) = self.amqp {
-            let _ = conn.close(200, "bye".into()).await;
-        }
-        self.pool.close().await;
-        Ok(outcome)
+        Ok(())
     }
+}
+
+/// How long to wait for the records, from the last publish: the linger, or the idle timeout
+/// when some calls have no end, plus `--verify-timeout`. Says so, and what it waits for.
+fn announce_wait(
+    target: &dyn Target,
+    storm: &Storm,
+    o: &StormOptions,
+    published_at: Instant,
+) -> Duration {
+    let ended = storm.calls.iter().filter(|c| c.ended).count();
+    let open = storm.calls.len() - ended;
+    let linger = target.linger();
+    let idle = target.idle_timeout();
+    let wait = if open > 0 { idle.max(linger) } else { linger } + o.verify_timeout;
+    let fmt = |d: Duration| {
+        humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    };
+    println!(
+        "waiting up to {} for {} records: {ended} ended calls (written tracker.linger = {} after their end){}",
+        fmt(wait.saturating_sub(published_at.elapsed())),
+        storm.calls.len(),
+        fmt(linger),
+        if open > 0 {
+            format!(
+                ", {open} calls without an end (TIMED_OUT tracker.idle_timeout = {} after their last event)",
+                fmt(idle)
+            )
+        } else {
+            String::new()
+        }
+    );
+    if open > 0 && idle > Duration::from_secs(600) {
+        println!(
+            "note: with tracker.idle_timeout = {}, the calls without an end take that long; \
+             run the service with a shorter CDR__TRACKER__IDLE_TIMEOUT, or use --missing-end 0",
+            fmt(idle)
+        );
+    }
+    wait
 }
 
 /// The expected record of a call and the fields in which the row differs from it.
@@ -479,10 +377,9 @@ fn compare(
 }
 
 async fn load_prices(pool: &PgPool) -> anyhow::Result<PriceBook> {
-    let rows: Vec<(String, DateTime<Utc>, Decimal)> =
-        sqlx::query_as("SELECT resource_type, start_date, cost_per_unit::numeric FROM cost_models")
-            .fetch_all(pool)
-            .await
-            .context("reading cost_models")?;
+    let rows = cdr_schema::prices::select()
+        .fetch_all(pool)
+        .await
+        .context("reading cost_models")?;
     Ok(PriceBook::new(rows))
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::Instant;
 
-use super::Message;
+use crate::Message;
 
 /// What one phase's publishing did.
 #[derive(Debug, Clone, Copy)]
@@ -190,10 +191,19 @@ impl StormPublisher {
     }
 }
 
-/// Ready messages in a queue (`None` if it cannot be read, e.g. it does not exist).
+/// Ready messages in a queue (`None` if it cannot be read, e.g. it does not exist). The queue
+/// is declared passively on a channel of its own: a missing queue closes that channel, not the
+/// caller's.
 pub async fn queue_depth(conn: &Connection, queue: &str) -> Option<u32> {
-    crate::ingest::declare_passive(conn, queue)
+    let channel = conn.create_channel().await.ok()?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await
-        .ok()
-        .map(|q| q.message_count())
+        .ok()?;
+    let _ = channel.close(200, "queue checked".into()).await;
+    Some(declared.message_count())
 }

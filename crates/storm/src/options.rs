@@ -1,38 +1,13 @@
-//! `cdr-service storm`: a synthetic event storm for load tests, published to the configured
-//! exchange with publisher confirms, optionally verified record by record.
-//!
-//! - [`generate`]: the pure, seeded generator. Every call of the storm and its ground truth
-//!   (the expected record by the merge rules: `CallState::fold` over the call's distinct
-//!   bodies, decoded as the service decodes them).
-//! - [`publish`]: pipelined publisher confirms, rate limiting, progress bar.
-//! - [`verify`]: waits for the records and compares each with its ground truth.
-//!
-//! Ground truth and receive times: an event without timestamp stands on its receive time,
-//! which the generator cannot know. The producers' timestamp-less forms (EVENTS.md) are
-//! `call.started` from the typed producer, `call.terminate.request` and the alias
-//! `user.created.for_call`. The last two are generated only where their time cannot change
-//! the record (the call always has a `call.started`; an alias identification is the call's only
-//! identification), and the generator proves it per call by folding with two receive times far
-//! apart. A call whose `call.started` has no timestamp is folded again at verification, with
-//! the receive time the row shows (`start_time`, when `inferred_times` says `start`): so every
-//! other field is still compared exactly, the start time is checked to lie within the storm's
-//! own publish window, and the duration may differ by one second (the row keeps microseconds).
-
-pub mod generate;
-pub mod publish;
-pub mod verify;
+//! The options of `cdr-service storm`, as clap parses them and as the JSON report records them.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser};
 use serde_json::json;
 
-use crate::config::Settings;
-use crate::event::Limits;
-pub use generate::{DurationDist, Message, MessageKind, PoisonClass, Storm, generate};
+use crate::generate::DurationDist;
 
 /// Options of `cdr-service storm`. Shares are fractions from 0 to 1.
 #[derive(Debug, Clone, Args)]
@@ -162,7 +137,7 @@ fn base_time(s: &str) -> Result<DateTime<Utc>, String> {
     if s.trim().eq_ignore_ascii_case("now") {
         return Ok(Utc::now());
     }
-    crate::event::parse_timestamp(s.trim()).map_err(|e| e.to_string())
+    cdr_core::event::parse_timestamp(s.trim()).map_err(|e| e.to_string())
 }
 
 fn call_id_prefix(s: &str) -> Result<String, String> {
@@ -173,150 +148,6 @@ fn call_id_prefix(s: &str) -> Result<String, String> {
 }
 
 /// The service's limits, as the poison messages must exceed them.
-pub fn limits(settings: &Settings) -> Limits {
-    Limits {
-        max_body_bytes: settings.ingest.max_body_bytes,
-        max_json_depth: settings.ingest.max_json_depth,
-    }
-}
-
-fn d(x: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_millis(x.as_millis() as u64))
-}
-
-pub async fn run(settings: &Settings, o: StormOptions) -> anyhow::Result<ExitCode> {
-    let generated = Instant::now();
-    let storm = generate(&o, limits(settings));
-    let st = &storm.stats;
-    println!(
-        "storm: {} calls, {} messages ({} distinct events, {} exact duplicates, {} poison; {} held for the late phase)",
-        st.calls, st.messages, st.distinct_events, st.exact_duplicates, st.poison, st.late_phase
-    );
-    println!(
-        "  calls: {} answered, {} identified, {} with recording, {} with dialog, {} with usage, {} without end, {} with a late event, {} duplicate call.started, {} without start timestamp",
-        st.answered,
-        st.identified,
-        st.with_recording,
-        st.with_dialog,
-        st.with_usage,
-        st.missing_end,
-        st.late_calls,
-        st.duplicate_starts,
-        st.inferred_start
-    );
-    println!(
-        "  seed {}, base time {}, call ids {}-*, generated in {:?} (replay: --seed {} --base-time {})",
-        storm.seed,
-        crate::event::format_timestamp(storm.base_time),
-        storm.call_id_prefix,
-        generated.elapsed(),
-        storm.seed,
-        crate::event::format_timestamp(storm.base_time)
-    );
-    let mut report = json!({
-        "seed": storm.seed,
-        "base_time": crate::event::format_timestamp(storm.base_time),
-        "call_id_prefix": storm.call_id_prefix,
-        "options": options_json(&o),
-        "storm": st,
-    });
-    if o.dry_run {
-        write_report(&o, &report)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    let verifier = if o.verify {
-        Some(verify::Verifier::prepare(settings, &storm).await?)
-    } else {
-        None
-    };
-
-    let publisher =
-        publish::StormPublisher::connect(&settings.amqp.url, &settings.amqp.exchange).await?;
-    println!(
-        "publishing to exchange {:?} on {}{}",
-        settings.amqp.exchange,
-        redact(&settings.amqp.url),
-        if o.rate > 0.0 {
-            format!(" at {} calls/s", o.rate)
-        } else {
-            " as fast as the broker confirms".into()
-        }
-    );
-    let publish_started_at = Utc::now();
-    let main = publisher
-        .publish(&storm.main, o.rate, o.in_flight as usize, "main phase")
-        .await?;
-    println!(
-        "main phase: {} messages ({:.1} MiB) in {:.2}s: {:.0} messages/s",
-        main.messages,
-        main.bytes as f64 / (1024.0 * 1024.0),
-        main.elapsed.as_secs_f64(),
-        main.rate()
-    );
-    let mut late_stats = None;
-    if !storm.late.is_empty() {
-        let drained = publisher
-            .wait_for_drain(&settings.amqp.queue, Duration::from_secs(120))
-            .await;
-        let delay = o
-            .late_delay
-            .unwrap_or(settings.tracker.linger + Duration::from_secs(1));
-        println!(
-            "late phase: {} after the queue {} ({})",
-            d(delay),
-            settings.amqp.queue,
-            if drained {
-                "drained"
-            } else {
-                "did not drain within 2m"
-            }
-        );
-        tokio::time::sleep(delay).await;
-        let late = publisher
-            .publish(&storm.late, 0.0, o.in_flight as usize, "late phase")
-            .await?;
-        println!(
-            "late phase: {} messages in {:.2}s",
-            late.messages,
-            late.elapsed.as_secs_f64()
-        );
-        late_stats = Some(late);
-    }
-    let published_at = Instant::now();
-    publisher.close().await;
-    report["publish"] = json!({
-        "main_messages": main.messages,
-        "main_bytes": main.bytes,
-        "main_seconds": main.elapsed.as_secs_f64(),
-        "main_messages_per_second": main.rate(),
-        "late_messages": late_stats.as_ref().map_or(0, |l| l.messages),
-    });
-
-    let mut code = ExitCode::SUCCESS;
-    if let Some(verifier) = verifier {
-        let outcome = verifier
-            .run(settings, &storm, &o, publish_started_at, published_at)
-            .await?;
-        outcome.print(o.show_mismatches);
-        report["verify"] = outcome.to_json(o.show_mismatches.max(20));
-        if !outcome.passed() {
-            code = ExitCode::FAILURE;
-        }
-    }
-    write_report(&o, &report)?;
-    Ok(code)
-}
-
-fn write_report(o: &StormOptions, report: &serde_json::Value) -> anyhow::Result<()> {
-    if let Some(path) = &o.report {
-        std::fs::write(path, serde_json::to_vec_pretty(report)?)
-            .map_err(|e| anyhow::anyhow!("cannot write the report {}: {e}", path.display()))?;
-        println!("report: {}", path.display());
-    }
-    Ok(())
-}
-
 /// The options as the JSON report records them.
 pub fn options_json(o: &StormOptions) -> serde_json::Value {
     json!({
@@ -338,15 +169,4 @@ pub fn options_json(o: &StormOptions) -> serde_json::Value {
         "in_flight": o.in_flight,
         "verify": o.verify,
     })
-}
-
-/// A URL without its password.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -328,24 +328,11 @@ impl CallState {
             (None, Some(s), Some(e)) => Some(seconds(s, e)),
             _ => None,
         };
-        let disposition = if answered {
-            Disposition::Answered
-        } else {
-            match reason.as_deref().map(str::to_ascii_lowercase).as_deref() {
-                Some("busy" | "user_busy") => Disposition::Busy,
-                Some("failure" | "network_failure" | "system_terminated") => Disposition::Failed,
-                _ => Disposition::NoAnswer,
-            }
-        };
-        let hangup_source = match reason.as_deref() {
-            Some("normal_clearing_by_user") => Some("caller"),
-            Some("terminated_by_request") => Some("agent"),
-            Some("system_terminated") => Some("system"),
-            Some("network_failure" | "failure") => Some("network"),
-            _ if self.terminate_requested && end_time.is_some() => Some("agent"),
-            _ => None,
-        }
-        .map(str::to_owned);
+        let disposition = disposition(answered, reason.as_deref());
+        let hangup_source = hangup_source(
+            reason.as_deref(),
+            self.terminate_requested && end_time.is_some(),
+        );
 
         let identified = self.identified.as_ref().map(|r| &r.value);
         let dialplan = self.dialplan_identity.as_ref().map(|r| &r.value);
@@ -441,4 +428,30 @@ pub fn usage_key(usage_id: Option<&str>, body_hash: &[u8; 32]) -> String {
         Some(id) => format!("id-sha256:{}", hex(&Sha256::digest(id.as_bytes()))),
         None => format!("hash:{}", hex(body_hash)),
     }
+}
+
+/// How the call went for the caller: answered, or why not (by the end's reason).
+fn disposition(answered: bool, reason: Option<&str>) -> Disposition {
+    if answered {
+        return Disposition::Answered;
+    }
+    match reason.map(str::to_ascii_lowercase).as_deref() {
+        Some("busy" | "user_busy") => Disposition::Busy,
+        Some("failure" | "network_failure" | "system_terminated") => Disposition::Failed,
+        _ => Disposition::NoAnswer,
+    }
+}
+
+/// Who hung up, by the end's reason; the agent when it asked for the hang-up
+/// (`terminate_requested`, of an ended call) and the reason does not say.
+fn hangup_source(reason: Option<&str>, terminate_requested: bool) -> Option<String> {
+    match reason {
+        Some("normal_clearing_by_user") => Some("caller"),
+        Some("terminated_by_request") => Some("agent"),
+        Some("system_terminated") => Some("system"),
+        Some("network_failure" | "failure") => Some("network"),
+        _ if terminate_requested => Some("agent"),
+        _ => None,
+    }
+    .map(str::to_owned)
 }

@@ -14,7 +14,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::{Query, QueryAs};
 use uuid::Uuid;
 
-use crate::merge::CallRecord;
+use cdr_core::merge::CallRecord;
 
 /// One column of `calls` as the service writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ fn cut(value: &mut Option<String>, max_chars: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{Disposition, Status};
+    use cdr_core::merge::{Disposition, Status};
 
     /// The part of `sql` between `start` and the next `end`.
     fn between<'a>(sql: &'a str, start: &str, end: &str) -> &'a str {
