@@ -14,11 +14,12 @@ WORKDIR /app
 #    stages build the service's package alone (-p), so both resolve the same features.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/core/Cargo.toml crates/core/
+COPY crates/schema/Cargo.toml crates/schema/
 COPY crates/storm/Cargo.toml crates/storm/
 COPY crates/testkit/Cargo.toml crates/testkit/
-RUN mkdir -p src benches crates/core/src crates/storm/src crates/testkit/src \
+RUN mkdir -p src benches crates/core/src crates/schema/src crates/storm/src crates/testkit/src \
     && echo 'fn main() {}' > src/main.rs \
-    && for lib in src crates/core/src crates/storm/src crates/testkit/src; do echo '' > $lib/lib.rs; done \
+    && for lib in src crates/core/src crates/schema/src crates/storm/src crates/testkit/src; do echo '' > $lib/lib.rs; done \
     && echo 'fn main() {}' > benches/fold.rs \
     && echo 'fn main() {}' > benches/storm.rs \
     && cargo build --release --locked -p cdr-service \
