@@ -59,8 +59,10 @@ async fn run(command: Command, settings: Settings, workers: usize) -> anyhow::Re
             info!(worker_threads = workers, "async runtime started");
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(on_signal(shutdown.clone()));
-            app.run(shutdown).await?;
+            let signals = tokio::spawn(on_signal(shutdown.clone()));
+            let ran = app.run(shutdown).await;
+            signals.abort();
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(options) => simulate::run(&settings, options).await,
