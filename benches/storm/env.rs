@@ -21,15 +21,7 @@ use sqlx::{Connection as _, PgConnection};
 use crate::stats::round;
 use crate::{IN_FLIGHT, LINGER, Message, PREFETCH, Settings, StormPublisher, queue_arguments};
 
-fn admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("TEST_RABBITMQ_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use cdr_testkit::{amqp_url, postgres_admin_url as admin_url};
 
 pub struct Env {
     pub id: String,
@@ -369,12 +361,8 @@ pub async fn scrape(service: &Service) -> HashMap<String, f64> {
         return HashMap::new();
     };
     let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.trim().to_owned(), v.trim().parse::<f64>().ok()?))
-        })
+    cdr_testkit::metrics::samples(&text)
+        .map(|(series, value)| (series.to_owned(), value))
         .collect()
 }
 
