@@ -171,10 +171,6 @@ impl EventLog {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentMessages> {
         // The set is only read and added to: a panic elsewhere leaves it consistent.
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
