@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use metrics::counter;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::event::{Envelope, EventKind};
 use crate::merge::CallEvent;
@@ -106,7 +106,8 @@ pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id
 /// the raw events. Data-modifying CTEs all run, read or not, in the statement's one
 /// transaction.
 ///
-/// - `inserted`: the raw events, returning the new ones' ids and hashes. With the check, each
+/// - `inserted`: the raw events (the exact bytes, their format, and as `payload` the JSON body
+///   itself or the rendering of a protobuf one), returning the new ones' ids and hashes. With the check, each
 ///   distinct message once (`ON CONFLICT DO NOTHING` on `(call_id, body_sha256)`); without it,
 ///   a message already logged fails the whole statement on the unique index, and nothing of it
 ///   is committed;
@@ -119,11 +120,13 @@ macro_rules! append_sql {
         concat!(
             "WITH inserted AS ( \
                INSERT INTO call_events \
-                 (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, payload, body_sha256) \
-               SELECT call_id, event_type, ts, inferred, received, trace, body::jsonb, hash \
+                 (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, \
+                  payload, body_sha256, body, body_encoding) \
+               SELECT call_id, event_type, ts, inferred, received, trace, \
+                      COALESCE(rendering, convert_from(body, 'UTF8'))::jsonb, hash, body, encoding \
                FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
-                           $6::text[], $7::text[], $8::bytea[]) \
-                    AS t(call_id, event_type, ts, inferred, received, trace, body, hash) ",
+                           $6::text[], $7::text[], $8::bytea[], $9::bytea[], $10::text[]) \
+                    AS t(call_id, event_type, ts, inferred, received, trace, rendering, hash, body, encoding) ",
             $raw_events_conflict,
             " RETURNING event_id, call_id, body_sha256 \
              ), opened AS ( \
@@ -268,8 +271,10 @@ impl EventLog {
         let mut inferred = Vec::with_capacity(n);
         let mut received = Vec::with_capacity(n);
         let mut traces = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
+        let mut renderings = Vec::with_capacity(n);
         let mut hashes = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut encodings = Vec::with_capacity(n);
         for e in batch {
             call_ids.push(e.call_id.as_str());
             event_types.push(e.event_type.as_str());
@@ -277,8 +282,10 @@ impl EventLog {
             inferred.push(e.timestamp_inferred);
             received.push(e.received_at);
             traces.push(e.trace_id.as_deref());
-            bodies.push(e.body.as_str());
+            renderings.push(e.rendering.as_deref());
             hashes.push(e.body_hash.as_slice());
+            bodies.push(e.body.as_slice());
+            encodings.push(e.format.as_str());
         }
         sqlx::query_as(sql)
             .bind(&call_ids)
@@ -287,8 +294,10 @@ impl EventLog {
             .bind(&inferred)
             .bind(&received)
             .bind(&traces)
-            .bind(&bodies)
+            .bind(&renderings)
             .bind(&hashes)
+            .bind(&bodies)
+            .bind(&encodings)
             .fetch_all(&self.pool)
             .await
     }
@@ -385,7 +394,8 @@ impl EventLog {
                     COALESCE(event_timestamp, received_at, created_at) AS ts, \
                     timestamp_inferred OR event_timestamp IS NULL AS inferred, \
                     COALESCE(received_at, created_at) AS received, \
-                    trace_id, payload, body_sha256 \
+                    trace_id, body_sha256, body, \
+                    CASE WHEN body IS NULL THEN payload END AS payload \
              FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, event_id",
         )
         .bind(call_ids)
@@ -424,36 +434,71 @@ struct StoredRow {
     inferred: bool,
     received: DateTime<Utc>,
     trace_id: Option<String>,
-    payload: sqlx::types::Json<serde_json::Value>,
     body_sha256: Option<Vec<u8>>,
+    /// The exact bytes; None for rows logged before the column existed.
+    body: Option<Vec<u8>>,
+    /// Only read when `body` is None.
+    payload: Option<sqlx::types::Json<serde_json::Value>>,
 }
 
 impl StoredRow {
+    /// The event as the live path decoded it: the stored bytes through the same decoder, with
+    /// the stored receive time standing in for a missing timestamp. Rows without bytes (logged
+    /// by an older version) are read from their columns and `payload`.
     fn into_logged(self) -> LoggedEvent {
+        let event = match self.body.as_deref().map(|body| {
+            crate::event::decode(body, self.received, crate::event::Limits::REBUILD)
+        }) {
+            Some(Ok(envelope)) => CallEvent::from(envelope),
+            Some(Err(reject)) => {
+                // Logged by a decoder that accepted it: a later one must too. Should that
+                // ever break, the call still folds from the stored columns.
+                warn!(call_id = %self.call_id, event_id = self.event_id, %reject,
+                    "a logged event no longer decodes; it is read from its stored columns");
+                counter!(metric::LOG_UNDECODABLE.name).increment(1);
+                self.stored_event()
+            }
+            None => self.stored_event(),
+        };
+        LoggedEvent {
+            event_id: self.event_id,
+            call_id: self.call_id,
+            received_at: self.received,
+            event,
+        }
+    }
+
+    /// The event from its columns and its `payload`.
+    fn stored_event(&self) -> CallEvent {
+        let payload = self
+            .payload
+            .as_ref()
+            .map(|p| p.0.clone())
+            .or_else(|| {
+                self.body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+            })
+            .unwrap_or_default();
         let body_hash: [u8; 32] = self
             .body_sha256
             .as_deref()
             .and_then(|h| h.try_into().ok())
             // Rows logged before the hash column existed: hash the stored payload instead.
-            .unwrap_or_else(|| Sha256::digest(self.payload.0.to_string().as_bytes()).into());
-        let object = self.payload.0.as_object().cloned().unwrap_or_default();
-        let trace_id = self.trace_id.or_else(|| {
+            .unwrap_or_else(|| Sha256::digest(payload.to_string().as_bytes()).into());
+        let object = payload.as_object().cloned().unwrap_or_default();
+        let trace_id = self.trace_id.clone().or_else(|| {
             object
                 .get("traceId")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         });
-        LoggedEvent {
-            event_id: self.event_id,
-            call_id: self.call_id,
-            received_at: self.received,
-            event: CallEvent {
-                timestamp: self.ts,
-                timestamp_inferred: self.inferred,
-                body_hash,
-                trace_id,
-                kind: EventKind::from_payload(&self.event_type, &object),
-            },
+        CallEvent {
+            timestamp: self.ts,
+            timestamp_inferred: self.inferred,
+            body_hash,
+            trace_id,
+            kind: EventKind::from_payload(&self.event_type, &object),
         }
     }
 }

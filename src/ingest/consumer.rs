@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::{DeadLetters, Rejected};
 use super::{Batch, InFlight, IngestError};
 use crate::config::IngestSettings;
-use crate::event::{self, Limits};
+use crate::event::{self, Format, Limits, Reject};
 use crate::telemetry::metric;
 
 /// How the consume loop ended.
@@ -37,8 +37,11 @@ pub(super) struct Consumer<'a> {
     pub in_flight: InFlight,
     /// The batch being filled.
     pub batch: Batch,
-    /// `cdr_events_received_total` by event type, resolved once per type.
-    received: HashMap<&'static str, metrics::Counter>,
+    /// `cdr_events_received_total` by event type and format, resolved once per pair.
+    received: HashMap<(&'static str, Format), metrics::Counter>,
+    /// `cdr_platform_events_total` by event type and format, for at most
+    /// `PLATFORM_EVENT_TYPES` types (the rest count as `other`): producers name them.
+    platform: HashMap<(String, Format), metrics::Counter>,
     /// The open batch is due (old or full enough) and goes to the committer when it is free.
     due: Option<Instant>,
 }
@@ -55,6 +58,7 @@ impl<'a> Consumer<'a> {
             in_flight,
             batch: Batch::with_capacity(settings.batch_size),
             received: HashMap::new(),
+            platform: HashMap::new(),
             due: None,
         }
     }
@@ -116,20 +120,39 @@ impl<'a> Consumer<'a> {
     /// Decodes one delivery into the open batch, or dead-letters and acks it. A bad message is
     /// acked before any later delivery reaches the committer, so the committer's `multiple`
     /// acks never run ahead of it.
+    ///
+    /// A platform event that is not about a call is acked and counted: it is not garbage, and
+    /// nothing of it is logged.
     async fn take(&mut self, delivery: Delivery) -> Result<(), IngestError> {
         self.in_flight.add(1);
-        match event::decode(&delivery.data, Utc::now(), self.limits()) {
+        let hint = delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .and_then(|t| Format::from_content_type(t.as_str()));
+        // At the log's precision (microseconds), so that a receive time standing in for a
+        // missing timestamp is the same live and rebuilt from the log.
+        let received_at = Utc::now().trunc_subsecs(6);
+        match event::decode_hinted(&delivery.data, hint, received_at, self.limits()) {
             Ok(envelope) => {
-                let kind = envelope.kind.name();
+                let key = (envelope.kind.name(), envelope.format);
                 self.received
-                    .entry(kind)
-                    .or_insert_with(|| counter!(metric::EVENTS_RECEIVED.name, "event_type" => kind))
+                    .entry(key)
+                    .or_insert_with(|| {
+                        counter!(metric::EVENTS_RECEIVED.name,
+                            "event_type" => key.0, "format" => key.1.as_str())
+                    })
                     .increment(1);
                 self.batch.envelopes.push(envelope);
                 self.batch.deliveries.push(delivery);
                 if self.batch.len() >= self.settings.batch_size && self.due.is_none() {
                     self.due = Some(Instant::now());
                 }
+            }
+            Err(Reject::NotCallEvent { event_type, format }) => {
+                self.count_platform_event(event_type, format);
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                self.in_flight.settled(1);
             }
             Err(reject) => {
                 self.dead_letters
@@ -142,6 +165,24 @@ impl<'a> Consumer<'a> {
         Ok(())
     }
 }
+
+impl Consumer<'_> {
+    fn count_platform_event(&mut self, event_type: String, format: Format) {
+        let known = self.platform.len() < PLATFORM_EVENT_TYPES
+            || self.platform.contains_key(&(event_type.clone(), format));
+        let label = if known { event_type } else { "other".to_owned() };
+        self.platform
+            .entry((label, format))
+            .or_insert_with_key(|(label, format)| {
+                counter!(metric::PLATFORM_EVENTS.name,
+                    "event_type" => label.clone(), "format" => format.as_str())
+            })
+            .increment(1);
+    }
+}
+
+/// How many platform event types get a series of their own.
+const PLATFORM_EVENT_TYPES: usize = 64;
 
 /// The committer task's result, a panic or cancellation counted as its failure.
 pub(super) fn flatten_join(

@@ -187,9 +187,14 @@ pub const DISPATCH_DURATION: Metric = Metric::seconds(
 
 pub const EVENTS_RECEIVED: Metric = Metric::counter(
     "cdr_events_received_total",
-    "Call events decoded from the queue, by event type",
+    "Call events decoded from the queue, by event type and wire format (json, protobuf)",
 )
-.labelled(&["event_type"]);
+.labelled(&["event_type", "format"]);
+pub const PLATFORM_EVENTS: Metric = Metric::counter(
+    "cdr_platform_events_total",
+    "Platform events that are not about a call (no call id, not a call event type), acknowledged without being logged, by event type and wire format",
+)
+.labelled(&["event_type", "format"]);
 pub const EVENTS_REJECTED: Metric = Metric::counter(
     "cdr_events_rejected_total",
     "Messages dead-lettered, by reason",
@@ -202,6 +207,10 @@ pub const DUPLICATES_DROPPED: Metric = Metric::counter(
 pub const LOG_APPEND_RECHECKS: Metric = Metric::counter(
     "cdr_log_append_rechecks_total",
     "Log batches whose plain insert met a message logged earlier and went again with the conflict check",
+);
+pub const LOG_UNDECODABLE: Metric = Metric::counter(
+    "cdr_log_undecodable_events_total",
+    "Logged events whose stored bytes no longer decode when a call is rebuilt (read from their stored columns instead); always 0 unless the decoder changed",
 );
 pub const LOG_BATCH_SIZE: Metric =
     Metric::batch_size("cdr_log_batch_size", "Events per event-log batch");
@@ -323,9 +332,11 @@ pub const ALL: &[Metric] = &[
     DISPATCH_QUEUE_BATCHES,
     DISPATCH_DURATION,
     EVENTS_RECEIVED,
+    PLATFORM_EVENTS,
     EVENTS_REJECTED,
     DUPLICATES_DROPPED,
     LOG_APPEND_RECHECKS,
+    LOG_UNDECODABLE,
     LOG_BATCH_SIZE,
     LOG_WRITE_DURATION,
     LOG_WRITE_RETRIES,

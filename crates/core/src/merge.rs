@@ -97,14 +97,44 @@ pub struct CallState {
     started: Option<Ranked<Box<Started>>>,
     answered: Option<Stamp>,
     ended: Option<Ranked<Option<String>>>,
-    identified: Option<Ranked<Identity>>,
-    dialplan_identity: Option<Ranked<Identity>>,
+    /// From `user.identified.for_call`: each field the latest event that gave it.
+    identified: Known,
+    /// From the dialplan of `call.started`, the same way.
+    dialplan_identity: Known,
     inbound: bool,
     recording: Option<Ranked<String>>,
     dialog_turns: bool,
     terminate_requested: bool,
     /// Usage reports keyed by `usageId` (or body hash when absent), so each counts once.
     usage: BTreeMap<String, (String, Decimal)>,
+}
+
+/// What a source of identity told about a call, field by field: each field holds the latest
+/// event that gave it, so an event that leaves a field out (or gives only a placeholder,
+/// which reads as absent) never erases what an earlier one said.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Known {
+    user_id: Option<Ranked<Uuid>>,
+    contact_id: Option<Ranked<i32>>,
+    tenant_id: Option<Ranked<String>>,
+}
+
+impl Known {
+    fn absorb(&mut self, stamp: Stamp, identity: &Identity) {
+        if let Some(user) = identity.user_id {
+            keep_latest(&mut self.user_id, stamp, || user);
+        }
+        if let Some(contact) = identity.contact_id {
+            keep_latest(&mut self.contact_id, stamp, || contact);
+        }
+        if let Some(tenant) = &identity.tenant_id {
+            keep_latest(&mut self.tenant_id, stamp, || tenant.clone());
+        }
+    }
+
+    fn value<T>(slot: &Option<Ranked<T>>) -> Option<&T> {
+        slot.as_ref().map(|r| &r.value)
+    }
 }
 
 /// Where a call stands, for the live view and the active-call gauges.
@@ -230,11 +260,8 @@ impl CallState {
         match &e.kind {
             EventKind::Started(started) => {
                 keep_earliest(&mut self.started, stamp, || started.clone());
-                if !started.dialplan_identity.is_empty() {
-                    keep_latest(&mut self.dialplan_identity, stamp, || {
-                        started.dialplan_identity.clone()
-                    });
-                }
+                self.dialplan_identity
+                    .absorb(stamp, &started.dialplan_identity);
                 self.inbound |= started.inbound;
             }
             EventKind::Answered => {
@@ -242,11 +269,7 @@ impl CallState {
                     self.answered = Some(stamp);
                 }
             }
-            EventKind::Identified(identity) => {
-                if !identity.is_empty() {
-                    keep_latest(&mut self.identified, stamp, || identity.clone());
-                }
-            }
+            EventKind::Identified(identity) => self.identified.absorb(stamp, identity),
             EventKind::RecordingAvailable { uri: Some(uri) } => {
                 keep_latest(&mut self.recording, stamp, || uri.clone());
             }
@@ -334,14 +357,17 @@ impl CallState {
             self.terminate_requested && end_time.is_some(),
         );
 
-        let identified = self.identified.as_ref().map(|r| &r.value);
-        let dialplan = self.dialplan_identity.as_ref().map(|r| &r.value);
-        let pick = |f: &dyn Fn(&Identity) -> bool| {
-            identified.filter(|i| f(i)).or(dialplan.filter(|i| f(i)))
-        };
-        let user_id = pick(&|i| i.user_id.is_some()).and_then(|i| i.user_id);
-        let contact_id = pick(&|i| i.contact_id.is_some()).and_then(|i| i.contact_id);
-        let tenant_id = pick(&|i| i.tenant_id.is_some()).and_then(|i| i.tenant_id.clone());
+        // The identification first, the dialplan where it says nothing: field by field.
+        let (identified, dialplan) = (&self.identified, &self.dialplan_identity);
+        let user_id = Known::value(&identified.user_id)
+            .or(Known::value(&dialplan.user_id))
+            .copied();
+        let contact_id = Known::value(&identified.contact_id)
+            .or(Known::value(&dialplan.contact_id))
+            .copied();
+        let tenant_id = Known::value(&identified.tenant_id)
+            .or(Known::value(&dialplan.tenant_id))
+            .cloned();
 
         let mut inferred = Vec::new();
         if start.is_some_and(|s| s.inferred) || (self.started.is_none() && start.is_some()) {

@@ -1,0 +1,357 @@
+//! The protobuf wire format (`sentiric.event.v1`, today's producers): the message is chosen
+//! by its field 1, the event type, and rendered as the JSON object a JSON-era producer would
+//! have sent (camelCase keys, RFC 3339 timestamps, proto3 defaults left out), which is what
+//! the log's `payload` column holds and what `kind` reads.
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use serde_json::{Map, Value};
+
+use super::json::{self, has_nul, json_type_name};
+use super::{
+    CallIdField, Format, Limits, Parsed, Reject, check_event_type, format_timestamp, is_call_event_type,
+};
+use crate::proto::{
+    AcousticMoodShiftedEvent, CallEndedEvent, CallRecordingAvailableEvent, CallStartedEvent,
+    Contact, DialplanAction, GenericEvent, Header, InboundRoute, MediaInfo,
+    ResolveDialplanResponse, Timestamp, User, UserIdentifiedForCallEvent,
+};
+
+/// Event types whose messages carry no call id (EVENTS.md): never about a call.
+const NON_CALL_MESSAGES: [&str; 2] = ["cognitive.map.updated", "media.generation.completed"];
+
+pub(super) fn parse(body: &[u8], limits: Limits) -> Result<Parsed, Reject> {
+    let event_type = Header::decode(body).map_err(broken)?.event_type;
+    if event_type.is_empty() {
+        return Err(Reject::MissingEventType);
+    }
+    check_event_type(&event_type)?;
+    let parsed = match event_type.as_str() {
+        "call.started" => started(CallStartedEvent::decode(body).map_err(broken)?)?,
+        "call.ended" => ended(CallEndedEvent::decode(body).map_err(broken)?)?,
+        "call.recording.available" => {
+            recording(CallRecordingAvailableEvent::decode(body).map_err(broken)?)?
+        }
+        "user.identified.for_call" | "user.identified.for.call" | "user.created.for_call" => {
+            identified(UserIdentifiedForCallEvent::decode(body).map_err(broken)?)?
+        }
+        "acoustic.mood.shifted" => mood(AcousticMoodShiftedEvent::decode(body).map_err(broken)?)?,
+        t if NON_CALL_MESSAGES.contains(&t) => return Err(platform_event(event_type)),
+        _ => match GenericEvent::decode(body) {
+            Ok(generic) => self::generic(generic, limits)?,
+            // A message of its own that this service does not know, about no call: the
+            // header was well formed, so it is a platform event, not garbage.
+            Err(_) if !is_call_event_type(&event_type) => {
+                return Err(platform_event(event_type));
+            }
+            Err(e) => return Err(broken(e)),
+        },
+    };
+    if has_nul(&parsed.content) {
+        return Err(Reject::NulCharacter);
+    }
+    Ok(parsed)
+}
+
+fn platform_event(event_type: String) -> Reject {
+    Reject::NotCallEvent {
+        event_type,
+        format: Format::Protobuf,
+    }
+}
+
+fn broken(e: prost::DecodeError) -> Reject {
+    Reject::BadProtobuf(e.to_string())
+}
+
+/// A message's `Timestamp`: absent, or at its default (0, 0), is no timestamp.
+fn timestamp(t: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, Reject> {
+    let Some(t) = t.filter(|t| *t != Timestamp::default()) else {
+        return Ok(None);
+    };
+    u32::try_from(t.nanos)
+        .ok()
+        .filter(|&n| n < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .map(Some)
+        .ok_or_else(|| {
+            Reject::BadTimestamp(format!(
+                "seconds {} and nanos {} are not a time",
+                t.seconds, t.nanos
+            ))
+        })
+}
+
+/// A JSON object under construction, leaving out proto3 defaults.
+#[derive(Default)]
+struct Object(Map<String, Value>);
+
+impl Object {
+    fn text(mut self, key: &str, value: &str) -> Self {
+        if !value.is_empty() {
+            self.0.insert(key.to_owned(), Value::from(value));
+        }
+        self
+    }
+
+    /// A proto3 `optional` string: present when set, even empty.
+    fn optional(mut self, key: &str, value: Option<&String>) -> Self {
+        if let Some(v) = value {
+            self.0.insert(key.to_owned(), Value::from(v.as_str()));
+        }
+        self
+    }
+
+    fn number(mut self, key: &str, value: i64) -> Self {
+        if value != 0 {
+            self.0.insert(key.to_owned(), Value::from(value));
+        }
+        self
+    }
+
+    fn flag(mut self, key: &str, value: bool) -> Self {
+        if value {
+            self.0.insert(key.to_owned(), Value::from(true));
+        }
+        self
+    }
+
+    fn object(mut self, key: &str, value: Option<Map<String, Value>>) -> Self {
+        if let Some(v) = value {
+            self.0.insert(key.to_owned(), Value::Object(v));
+        }
+        self
+    }
+
+    fn time(self, key: &str, value: Option<DateTime<Utc>>) -> Self {
+        match value {
+            Some(t) => self.text(key, &format_timestamp(t)),
+            None => self,
+        }
+    }
+}
+
+/// The fields every call message shares: 1 event type, 2 trace id, 3 call id, a timestamp.
+struct Common {
+    event_type: String,
+    trace_id: String,
+    call_id: String,
+    timestamp: Option<DateTime<Utc>>,
+}
+
+impl Common {
+    fn new(
+        event_type: String,
+        trace_id: String,
+        call_id: String,
+        t: Option<Timestamp>,
+    ) -> Result<Self, Reject> {
+        Ok(Common {
+            event_type,
+            trace_id,
+            call_id,
+            timestamp: timestamp(t)?,
+        })
+    }
+
+    fn object(&self) -> Object {
+        Object::default()
+            .text("eventType", &self.event_type)
+            .text("traceId", &self.trace_id)
+            .text("callId", &self.call_id)
+            .time("timestamp", self.timestamp)
+    }
+
+    fn parsed(self, content: Object) -> Parsed {
+        Parsed {
+            call_id: if self.call_id.is_empty() {
+                CallIdField::Absent
+            } else {
+                CallIdField::Text(self.call_id)
+            },
+            trace_id: (!self.trace_id.is_empty()).then_some(self.trace_id),
+            timestamp: self.timestamp,
+            event_type: self.event_type,
+            content: content.0,
+        }
+    }
+}
+
+fn started(m: CallStartedEvent) -> Result<Parsed, Reject> {
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let content = common
+        .object()
+        .text("fromUri", &m.from_uri)
+        .text("toUri", &m.to_uri)
+        .object("dialplanResolution", m.dialplan_resolution.map(dialplan))
+        .object("mediaInfo", m.media_info.map(media));
+    Ok(common.parsed(content))
+}
+
+fn ended(m: CallEndedEvent) -> Result<Parsed, Reject> {
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let content = common.object().text("reason", &m.reason);
+    Ok(common.parsed(content))
+}
+
+fn recording(m: CallRecordingAvailableEvent) -> Result<Parsed, Reject> {
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let content = common
+        .object()
+        .text("recordingUri", &m.recording_uri)
+        .text("publicUrl", &m.public_url);
+    Ok(common.parsed(content))
+}
+
+/// The user and contact, and their ids flat as the JSON-era producers sent them.
+fn identified(m: UserIdentifiedForCallEvent) -> Result<Parsed, Reject> {
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let user_id = m.user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
+    let user_id = match user_id {
+        "" => m.contact.as_ref().map(|c| c.user_id.as_str()).unwrap_or(""),
+        id => id,
+    };
+    let content = common
+        .object()
+        .text("userId", user_id)
+        .number("contactId", m.contact.as_ref().map_or(0, |c| i64::from(c.id)))
+        .text(
+            "tenantId",
+            m.user.as_ref().map(|u| u.tenant_id.as_str()).unwrap_or(""),
+        )
+        .object("user", m.user.map(user))
+        .object("contact", m.contact.map(contact));
+    Ok(common.parsed(content))
+}
+
+fn mood(m: AcousticMoodShiftedEvent) -> Result<Parsed, Reject> {
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let content = common.object();
+    Ok(common.parsed(content))
+}
+
+/// A `GenericEvent`: its fields, then the keys of `payload_json` that do not repeat them. The
+/// call id is the payload's `callId`, else, for a call event type, the trace id (which
+/// today's producers set to the call id).
+fn generic(m: GenericEvent, limits: Limits) -> Result<Parsed, Reject> {
+    let timestamp = timestamp(m.timestamp)?;
+    let payload = if m.payload_json.trim().is_empty() {
+        Map::new()
+    } else {
+        json::parse_object(&m.payload_json, limits).map_err(|e| match e {
+            Reject::NotJson(why) => {
+                Reject::BadProtobuf(format!("payload_json (field 5) is not JSON: {why}"))
+            }
+            Reject::NotObject(found) => Reject::BadProtobuf(format!(
+                "payload_json (field 5) is not a JSON object (found {found})"
+            )),
+            other => other,
+        })?
+    };
+    let mut content = Object::default()
+        .text("eventType", &m.event_type)
+        .text("traceId", &m.trace_id)
+        .time("timestamp", timestamp)
+        .text("tenantId", &m.tenant_id)
+        .0;
+    for (key, value) in payload {
+        content.entry(key).or_insert(value);
+    }
+    let call_id = match content.get("callId") {
+        Some(Value::String(s)) if !s.trim().is_empty() => CallIdField::Text(s.clone()),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            if is_call_event_type(&m.event_type) && !m.trace_id.trim().is_empty() {
+                content.insert("callId".into(), Value::from(m.trace_id.as_str()));
+                CallIdField::Text(m.trace_id.clone())
+            } else {
+                CallIdField::Absent
+            }
+        }
+        Some(other) => CallIdField::Invalid(json_type_name(other)),
+    };
+    Ok(Parsed {
+        event_type: m.event_type,
+        call_id,
+        trace_id: (!m.trace_id.is_empty()).then_some(m.trace_id),
+        timestamp,
+        content,
+    })
+}
+
+fn media(m: MediaInfo) -> Map<String, Value> {
+    Object::default()
+        .text("callerRtpAddr", &m.caller_rtp_addr)
+        .number("serverRtpPort", i64::from(m.server_rtp_port))
+        .0
+}
+
+fn dialplan(d: ResolveDialplanResponse) -> Map<String, Value> {
+    Object::default()
+        .text("dialplanId", &d.dialplan_id)
+        .text("tenantId", &d.tenant_id)
+        .object("action", d.action.map(action))
+        .object("matchedUser", d.matched_user.map(user))
+        .object("matchedContact", d.matched_contact.map(contact))
+        .object("inboundRoute", d.inbound_route.map(route))
+        .0
+}
+
+/// The action's data under `actionData.data`, where the JSON-era producers put it.
+fn action(a: DialplanAction) -> Map<String, Value> {
+    let data = (!a.action_data.is_empty()).then(|| {
+        let data: Map<String, Value> = a
+            .action_data
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(v)))
+            .collect();
+        Map::from_iter([("data".to_owned(), Value::Object(data))])
+    });
+    Object::default()
+        .text("action", &a.action)
+        .number("type", i64::from(a.r#type))
+        .object("actionData", data)
+        .0
+}
+
+fn route(r: InboundRoute) -> Map<String, Value> {
+    Object::default()
+        .text("phoneNumber", &r.phone_number)
+        .text("tenantId", &r.tenant_id)
+        .optional("activeDialplanId", r.active_dialplan_id.as_ref())
+        .optional("offHoursDialplanId", r.off_hours_dialplan_id.as_ref())
+        .optional("failsafeDialplanId", r.failsafe_dialplan_id.as_ref())
+        .flag("isMaintenanceMode", r.is_maintenance_mode)
+        .text("defaultLanguageCode", &r.default_language_code)
+        .optional("scheduleId", r.schedule_id.as_ref())
+        .flag("blockAnonymous", r.block_anonymous)
+        .0
+}
+
+fn user(u: User) -> Map<String, Value> {
+    let contacts = u
+        .contacts
+        .into_iter()
+        .map(|c| Value::Object(contact(c)))
+        .collect::<Vec<_>>();
+    let mut object = Object::default()
+        .text("id", &u.id)
+        .optional("name", u.name.as_ref())
+        .text("tenantId", &u.tenant_id)
+        .text("userType", &u.user_type)
+        .optional("preferredLanguageCode", u.preferred_language_code.as_ref())
+        .0;
+    if !contacts.is_empty() {
+        object.insert("contacts".into(), Value::Array(contacts));
+    }
+    object
+}
+
+fn contact(c: Contact) -> Map<String, Value> {
+    Object::default()
+        .number("id", i64::from(c.id))
+        .text("userId", &c.user_id)
+        .text("contactType", &c.contact_type)
+        .text("contactValue", &c.contact_value)
+        .flag("isPrimary", c.is_primary)
+        .0
+}
