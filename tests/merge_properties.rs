@@ -551,38 +551,41 @@ proptest! {
             None => prop_assert_eq!(record.duration_seconds, None),
         }
 
-        // Identity: the latest identification wins over the latest dialplan match, field by field.
-        let latest_identity = |f: fn(&EventKind) -> Option<&Identity>| {
+        // Identity, field by field: the latest identification that gives the field, else the
+        // latest dialplan match that gives it. An event without the field erases nothing.
+        fn latest<T: Clone>(
+            events: &[CallEvent],
+            source: fn(&EventKind) -> Option<&Identity>,
+            field: fn(&Identity) -> Option<T>,
+        ) -> Option<T> {
             events
                 .iter()
                 .filter_map(|e| {
-                    f(&e.kind)
-                        .filter(|i| !i.is_empty())
-                        .map(|i| (e.timestamp, e.body_hash, i))
+                    source(&e.kind)
+                        .and_then(field)
+                        .map(|v| (e.timestamp, e.body_hash, v))
                 })
                 .max_by_key(|(t, h, _)| (*t, *h))
-                .map(|(_, _, i)| i.clone())
-        };
-        let identified = latest_identity(|k| match k {
-            EventKind::Identified(i) => Some(i),
-            _ => None,
-        });
-        let dialplan = latest_identity(|k| match k {
-            EventKind::Started(s) => Some(&s.dialplan_identity),
-            _ => None,
-        });
-        let pick = |f: fn(&Identity) -> bool| {
-            identified.clone().filter(f).or(dialplan.clone().filter(f))
-        };
-        prop_assert_eq!(record.user_id, pick(|i| i.user_id.is_some()).and_then(|i| i.user_id));
-        prop_assert_eq!(
-            record.contact_id,
-            pick(|i| i.contact_id.is_some()).and_then(|i| i.contact_id)
-        );
-        prop_assert_eq!(
-            record.tenant_id.clone(),
-            pick(|i| i.tenant_id.is_some()).and_then(|i| i.tenant_id)
-        );
+                .map(|(_, _, v)| v)
+        }
+        fn identified(k: &EventKind) -> Option<&Identity> {
+            match k {
+                EventKind::Identified(i) => Some(i),
+                _ => None,
+            }
+        }
+        fn dialplan(k: &EventKind) -> Option<&Identity> {
+            match k {
+                EventKind::Started(s) => Some(&s.dialplan_identity),
+                _ => None,
+            }
+        }
+        fn pick<T: Clone>(events: &[CallEvent], field: fn(&Identity) -> Option<T>) -> Option<T> {
+            latest(events, identified, field).or_else(|| latest(events, dialplan, field))
+        }
+        prop_assert_eq!(record.user_id, pick(&events, |i| i.user_id));
+        prop_assert_eq!(record.contact_id, pick(&events, |i| i.contact_id));
+        prop_assert_eq!(record.tenant_id.clone(), pick(&events, |i| i.tenant_id.clone()));
 
         // Cost: each usage report once (two reports sharing a usageId: one of them, chosen by
         // content), priced at the start, plus telephony minutes rounded up unless reported.
