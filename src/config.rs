@@ -62,7 +62,10 @@ pub struct AmqpSettings {
     pub exchange: String,
     pub accept_existing_exchange_type: bool,
     pub queue: String,
-    pub binding_key: String,
+    /// The routing keys the queue is bound with (one string is read as a list of one). `#`,
+    /// every event, by default; see README for a narrower list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub binding_keys: Vec<String>,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
     /// Classic-queue storage version (`x-queue-version`) the service declares its queues with;
@@ -242,6 +245,13 @@ impl Settings {
                 return Err(invalid(key, value, "must be 1 to 255 characters"));
             }
         }
+        if self.amqp.binding_keys.is_empty() {
+            return Err(invalid(
+                "amqp.binding_keys",
+                "[]",
+                "must name at least one routing key (`#` for every event)",
+            ));
+        }
         if self.amqp.exchange == self.amqp.dead_letter_exchange {
             return Err(invalid(
                 "amqp.dead_letter_exchange",
@@ -410,10 +420,16 @@ fn platform_overrides(env: &[(String, String)]) -> figment::value::Dict {
     root
 }
 
-/// Environment values are strings; numbers and booleans are recognised the way TOML would.
+/// Environment values are strings; numbers and booleans are recognised the way TOML would,
+/// and a list of strings written as an array (`["call.#","user.identified.for_call"]`).
 fn env_value(raw: &str) -> figment::value::Value {
     if let Ok(b) = raw.parse::<bool>() {
         return b.into();
+    }
+    if raw.trim_start().starts_with('[')
+        && let Ok(list) = serde_json::from_str::<Vec<String>>(raw)
+    {
+        return list.into();
     }
     if let Ok(n) = raw.parse::<u64>() {
         return n.into();
@@ -452,6 +468,20 @@ mod duration {
             ))
         })
     }
+}
+
+/// A list of strings, or one string as a list of one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[cfg(test)]
@@ -499,6 +529,25 @@ mod tests {
         assert_eq!(s.tracker.linger, Duration::from_millis(750));
         assert_eq!(s.amqp.prefetch, 9000);
         assert!(s.amqp.accept_existing_exchange_type);
+    }
+
+    #[test]
+    fn binding_keys_are_a_list_and_one_key_is_a_list_of_one() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.amqp.binding_keys, ["#"]);
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "CDR__AMQP__BINDING_KEYS",
+                r#"["call.#","user.identified.for_call"]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.amqp.binding_keys, ["call.#", "user.identified.for_call"]);
+        let s = Settings::load_from(None, env(&[("CDR__AMQP__BINDING_KEYS", "call.#")])).unwrap();
+        assert_eq!(s.amqp.binding_keys, ["call.#"]);
+        let e = Settings::load_from(None, env(&[("CDR__AMQP__BINDING_KEYS", "[]")])).unwrap_err();
+        assert!(e.to_string().contains("amqp.binding_keys"), "{e}");
     }
 
     #[test]

@@ -446,20 +446,21 @@ impl StoredRow {
     /// the stored receive time standing in for a missing timestamp. Rows without bytes (logged
     /// by an older version) are read from their columns and `payload`.
     fn into_logged(self) -> LoggedEvent {
-        let event = match self.body.as_deref().map(|body| {
-            crate::event::decode(body, self.received, crate::event::Limits::REBUILD)
-        }) {
-            Some(Ok(envelope)) => CallEvent::from(envelope),
-            Some(Err(reject)) => {
-                // Logged by a decoder that accepted it: a later one must too. Should that
-                // ever break, the call still folds from the stored columns.
-                warn!(call_id = %self.call_id, event_id = self.event_id, %reject,
+        let event =
+            match self.body.as_deref().map(|body| {
+                crate::event::decode(body, self.received, crate::event::Limits::REBUILD)
+            }) {
+                Some(Ok(envelope)) => CallEvent::from(envelope),
+                Some(Err(reject)) => {
+                    // Logged by a decoder that accepted it: a later one must too. Should that
+                    // ever break, the call still folds from the stored columns.
+                    warn!(call_id = %self.call_id, event_id = self.event_id, %reject,
                     "a logged event no longer decodes; it is read from its stored columns");
-                counter!(metric::LOG_UNDECODABLE.name).increment(1);
-                self.stored_event()
-            }
-            None => self.stored_event(),
-        };
+                    counter!(metric::LOG_UNDECODABLE_EVENTS.name).increment(1);
+                    self.stored_event()
+                }
+                None => self.stored_event(),
+            };
         LoggedEvent {
             event_id: self.event_id,
             call_id: self.call_id,

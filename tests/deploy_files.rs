@@ -629,6 +629,8 @@ fn dashboard_covers_the_operations_metrics() {
         "cdr_calls_lingering",
         "cdr_events_received_total",
         "cdr_events_rejected_total",
+        "cdr_platform_events_total",
+        "sum by (format) (rate(cdr_events_received_total",
         "cdr_duplicates_dropped_total",
         "cdr_late_events_total",
         "cdr_records_written_total",

@@ -106,21 +106,21 @@ async fn metrics_follow_a_small_run() {
     assert_eq!(
         value(
             &text,
-            r#"cdr_events_received_total{event_type="call.started"}"#
+            r#"cdr_events_received_total{event_type="call.started",format="json"}"#
         ),
         Some(6.0)
     );
     assert_eq!(
         value(
             &text,
-            r#"cdr_events_received_total{event_type="call.answered"}"#
+            r#"cdr_events_received_total{event_type="call.answered",format="json"}"#
         ),
         Some(3.0)
     );
     assert_eq!(
         value(
             &text,
-            r#"cdr_events_received_total{event_type="call.ended"}"#
+            r#"cdr_events_received_total{event_type="call.ended",format="json"}"#
         ),
         Some(5.0)
     );

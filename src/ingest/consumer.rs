@@ -170,7 +170,11 @@ impl Consumer<'_> {
     fn count_platform_event(&mut self, event_type: String, format: Format) {
         let known = self.platform.len() < PLATFORM_EVENT_TYPES
             || self.platform.contains_key(&(event_type.clone(), format));
-        let label = if known { event_type } else { "other".to_owned() };
+        let label = if known {
+            event_type
+        } else {
+            "other".to_owned()
+        };
         self.platform
             .entry((label, format))
             .or_insert_with_key(|(label, format)| {

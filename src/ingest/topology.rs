@@ -75,20 +75,27 @@ async fn declare_queues(
         )
         .await?;
     let arguments = queue_arguments(amqp);
-    for (queue, exchange, binding_key) in [
-        (&amqp.queue, &amqp.exchange, amqp.binding_key.as_str()),
-        (&amqp.dead_letter_queue, &amqp.dead_letter_exchange, "#"),
+    let every = ["#".to_owned()];
+    for (queue, exchange, binding_keys) in [
+        (&amqp.queue, &amqp.exchange, &amqp.binding_keys[..]),
+        (
+            &amqp.dead_letter_queue,
+            &amqp.dead_letter_exchange,
+            &every[..],
+        ),
     ] {
         declare_queue(conn, queue, &arguments).await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                binding_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for binding_key in binding_keys {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    binding_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
     }
     let _ = channel.close(200, "topology declared".into()).await;
     Ok(())

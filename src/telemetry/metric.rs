@@ -208,7 +208,7 @@ pub const LOG_APPEND_RECHECKS: Metric = Metric::counter(
     "cdr_log_append_rechecks_total",
     "Log batches whose plain insert met a message logged earlier and went again with the conflict check",
 );
-pub const LOG_UNDECODABLE: Metric = Metric::counter(
+pub const LOG_UNDECODABLE_EVENTS: Metric = Metric::counter(
     "cdr_log_undecodable_events_total",
     "Logged events whose stored bytes no longer decode when a call is rebuilt (read from their stored columns instead); always 0 unless the decoder changed",
 );
@@ -336,7 +336,7 @@ pub const ALL: &[Metric] = &[
     EVENTS_REJECTED,
     DUPLICATES_DROPPED,
     LOG_APPEND_RECHECKS,
-    LOG_UNDECODABLE,
+    LOG_UNDECODABLE_EVENTS,
     LOG_BATCH_SIZE,
     LOG_WRITE_DURATION,
     LOG_WRITE_RETRIES,

@@ -286,4 +286,3 @@ fn decimal_value(v: &Value) -> Option<rust_decimal::Decimal> {
         .or_else(|| rust_decimal::Decimal::from_scientific(&text).ok())
         .filter(|d| !d.is_sign_negative())
 }
-

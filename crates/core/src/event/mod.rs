@@ -272,11 +272,7 @@ enum CallIdField {
 
 /// The call id of a call event, or why there is none. An event without one that is not a
 /// call event type is a platform event.
-fn resolve_call_id(
-    event_type: &str,
-    field: CallIdField,
-    format: Format,
-) -> Result<String, Reject> {
+fn resolve_call_id(event_type: &str, field: CallIdField, format: Format) -> Result<String, Reject> {
     let call_event = is_call_event_type(event_type);
     let platform_event = || Reject::NotCallEvent {
         event_type: event_type.to_owned(),
@@ -385,7 +381,10 @@ mod tests {
     fn the_body_decides_the_format_and_the_hint_only_settles_the_rest() {
         let json = br#" {"eventType":"x","callId":"c"}"#;
         assert_eq!(sniff(json, Some(Format::Protobuf)), Format::Json);
-        assert_eq!(sniff(b"\x0a\x0bcall.ended", Some(Format::Json)), Format::Protobuf);
+        assert_eq!(
+            sniff(b"\x0a\x0bcall.ended", Some(Format::Json)),
+            Format::Protobuf
+        );
         assert_eq!(sniff(b"hello", None), Format::Json);
         assert_eq!(sniff(b"\x12\x01c", None), Format::Protobuf);
         assert_eq!(sniff(b"hello", Some(Format::Protobuf)), Format::Protobuf);

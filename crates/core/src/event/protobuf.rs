@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::json::{self, has_nul, json_type_name};
 use super::{
-    CallIdField, Format, Limits, Parsed, Reject, check_event_type, format_timestamp, is_call_event_type,
+    CallIdField, Format, Limits, Parsed, Reject, check_event_type, format_timestamp,
+    is_call_event_type,
 };
 use crate::proto::{
     AcousticMoodShiftedEvent, CallEndedEvent, CallRecordingAvailableEvent, CallStartedEvent,
@@ -214,7 +215,10 @@ fn identified(m: UserIdentifiedForCallEvent) -> Result<Parsed, Reject> {
     let content = common
         .object()
         .text("userId", user_id)
-        .number("contactId", m.contact.as_ref().map_or(0, |c| i64::from(c.id)))
+        .number(
+            "contactId",
+            m.contact.as_ref().map_or(0, |c| i64::from(c.id)),
+        )
         .text(
             "tenantId",
             m.user.as_ref().map(|u| u.tenant_id.as_str()).unwrap_or(""),
