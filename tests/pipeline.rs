@@ -653,3 +653,86 @@ async fn recovery_puts_open_calls_to_rest_and_ended_ones_to_write() {
     }
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrower_bindings_keep_platform_events_away_and_call_events_flowing() {
+    let app = TestApp::spawn_with(|s| {
+        s.amqp.binding_keys = vec!["call.#".into(), "user.identified.for_call".into()];
+    })
+    .await;
+    let platform = br#"{"eventType":"tenant.renamed","tenantId":"t","name":"n"}"#;
+    app.publisher
+        .publish_raw("tenant.renamed", platform)
+        .await
+        .unwrap();
+    let c = call("narrow");
+    publish_all(&app, &c.events(true)).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    // Published before the call's events: had the queue been bound to it, it would have been
+    // delivered and counted before the call's row was written. (The metrics recorder is shared
+    // by the tests of this file: the event type is this test's own.)
+    let text = app.scrape().await;
+    assert_eq!(
+        common::metrics::value(
+            &text,
+            r#"cdr_platform_events_total{event_type="tenant.renamed",format="json"}"#
+        ),
+        None,
+        "the queue is not bound to tenant.renamed"
+    );
+    assert!(
+        drain_queue(&app.settings.amqp.dead_letter_queue)
+            .await
+            .is_empty()
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_events_are_acked_and_counted_not_dead_lettered() {
+    let app = TestApp::spawn().await;
+    for body in [
+        &br#"{"eventType":"user.created","userId":"u-1","tenantId":"t"}"#[..],
+        br#"{"eventType":"dialplan.updated","callId":null}"#,
+        br#"{"eventType":"user.created","userId":"u-2"}"#,
+    ] {
+        let key = serde_json::from_slice::<Value>(body).unwrap()["eventType"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        app.publisher.publish_raw(&key, body).await.unwrap();
+    }
+    let c = call("after-platform");
+    publish_all(&app, &c.events(true)).await;
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    let text = app.scrape().await;
+    assert_eq!(
+        common::metrics::value(
+            &text,
+            r#"cdr_platform_events_total{event_type="user.created",format="json"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::metrics::value(
+            &text,
+            r#"cdr_platform_events_total{event_type="dialplan.updated",format="json"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        drain_queue(&app.settings.amqp.dead_letter_queue)
+            .await
+            .is_empty(),
+        "platform events are not dead-lettered"
+    );
+    assert_eq!(queue_depth(&app.settings.amqp.queue).await, 0);
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 5, "only the call's events are logged");
+    app.finish().await;
+}
