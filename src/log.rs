@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
-use crate::event::{Envelope, EventKind};
+use crate::event::{Envelope, EventKind, Format, Limits};
 use crate::merge::CallEvent;
 use crate::retry::Transient;
 use crate::telemetry::metric;
@@ -394,7 +394,7 @@ impl EventLog {
                     COALESCE(event_timestamp, received_at, created_at) AS ts, \
                     timestamp_inferred OR event_timestamp IS NULL AS inferred, \
                     COALESCE(received_at, created_at) AS received, \
-                    trace_id, body_sha256, body, \
+                    trace_id, body_sha256, body, body_encoding, \
                     CASE WHEN body IS NULL THEN payload END AS payload \
              FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, event_id",
         )
@@ -437,30 +437,35 @@ struct StoredRow {
     body_sha256: Option<Vec<u8>>,
     /// The exact bytes; None for rows logged before the column existed.
     body: Option<Vec<u8>>,
+    /// The format the live decoder found them in (`json`, `protobuf`).
+    body_encoding: Option<String>,
     /// Only read when `body` is None.
     payload: Option<sqlx::types::Json<serde_json::Value>>,
 }
 
 impl StoredRow {
     /// The event as the live path decoded it: the stored bytes through the same decoder, with
-    /// the stored receive time standing in for a missing timestamp. Rows without bytes (logged
-    /// by an older version) are read from their columns and `payload`.
+    /// the format it found as the hint (where the body alone could not tell, the content type
+    /// decided it live) and the stored receive time standing in for a missing timestamp. Rows
+    /// without bytes (logged by an older version) are read from their columns and `payload`.
     fn into_logged(self) -> LoggedEvent {
-        let event =
-            match self.body.as_deref().map(|body| {
-                crate::event::decode(body, self.received, crate::event::Limits::REBUILD)
-            }) {
-                Some(Ok(envelope)) => CallEvent::from(envelope),
-                Some(Err(reject)) => {
-                    // Logged by a decoder that accepted it: a later one must too. Should that
-                    // ever break, the call still folds from the stored columns.
-                    warn!(call_id = %self.call_id, event_id = self.event_id, %reject,
+        let hint = self.body_encoding.as_deref().and_then(Format::from_name);
+        let event = match self
+            .body
+            .as_deref()
+            .map(|body| crate::event::decode_hinted(body, hint, self.received, Limits::REBUILD))
+        {
+            Some(Ok(envelope)) => CallEvent::from(envelope),
+            Some(Err(reject)) => {
+                // Logged by a decoder that accepted it: a later one must too. Should that
+                // ever break, the call still folds from the stored columns.
+                warn!(call_id = %self.call_id, event_id = self.event_id, %reject,
                     "a logged event no longer decodes; it is read from its stored columns");
-                    counter!(metric::LOG_UNDECODABLE_EVENTS.name).increment(1);
-                    self.stored_event()
-                }
-                None => self.stored_event(),
-            };
+                counter!(metric::LOG_UNDECODABLE_EVENTS.name).increment(1);
+                self.stored_event()
+            }
+            None => self.stored_event(),
+        };
         LoggedEvent {
             event_id: self.event_id,
             call_id: self.call_id,
@@ -494,12 +499,12 @@ impl StoredRow {
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         });
-        CallEvent {
-            timestamp: self.ts,
-            timestamp_inferred: self.inferred,
+        CallEvent::new(
+            self.ts,
+            self.inferred,
             body_hash,
             trace_id,
-            kind: EventKind::from_payload(&self.event_type, &object),
-        }
+            EventKind::from_payload(&self.event_type, &object),
+        )
     }
 }

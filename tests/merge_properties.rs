@@ -108,19 +108,12 @@ fn turn_kind(turn_index: i32) -> EventKind {
 /// A logged event with a sent timestamp; `label` stands for its body (distinct labels, distinct
 /// bodies).
 fn ev(label: &str, timestamp: DateTime<Utc>, kind: EventKind) -> CallEvent {
-    CallEvent {
-        timestamp,
-        timestamp_inferred: false,
-        body_hash: sha(label),
-        trace_id: Some(TRACE.to_owned()),
-        kind,
-    }
+    CallEvent::new(timestamp, false, sha(label), Some(TRACE.to_owned()), kind)
 }
 
 /// The same event, but it came without a timestamp: `timestamp` is its receive time.
-fn inferred(mut e: CallEvent) -> CallEvent {
-    e.timestamp_inferred = true;
-    e
+fn inferred(e: CallEvent) -> CallEvent {
+    CallEvent::new(e.timestamp, true, e.body_hash, e.trace_id, e.kind)
 }
 
 /// Prices for the examples: llm tokens got dearer in June, and again during the call (at +30 s),
@@ -352,12 +345,9 @@ fn call() -> impl Strategy<Value = Vec<CallEvent>> {
                 .into_iter()
                 .flatten()
                 .enumerate()
-                .map(|(n, (ms, inf, trace_id, kind))| CallEvent {
-                    timestamp: at_ms(ms),
-                    timestamp_inferred: inf,
-                    body_hash: sha(&format!("{n}|{ms}|{inf}|{trace_id:?}|{kind:?}")),
-                    trace_id,
-                    kind,
+                .map(|(n, (ms, inf, trace_id, kind))| {
+                    let body = sha(&format!("{n}|{ms}|{inf}|{trace_id:?}|{kind:?}"));
+                    CallEvent::new(at_ms(ms), inf, body, trace_id, kind)
                 })
                 .collect()
         })
@@ -483,7 +473,7 @@ proptest! {
         }
 
         // Earliest start / answer / end (ties broken by content), latest recording.
-        let key = |e: &&CallEvent| (e.timestamp, e.body_hash);
+        let key = |e: &&CallEvent| (e.timestamp, e.tie());
         let first_start = is(|k| matches!(k, EventKind::Started(_))).min_by_key(key);
         let expected_start = first_start.or_else(|| events.iter().min_by_key(key));
         prop_assert_eq!(record.start_time, expected_start.map(|e| e.timestamp));
@@ -563,7 +553,7 @@ proptest! {
                 .filter_map(|e| {
                     source(&e.kind)
                         .and_then(field)
-                        .map(|v| (e.timestamp, e.body_hash, v))
+                        .map(|v| (e.timestamp, e.tie(), v))
                 })
                 .max_by_key(|(t, h, _)| (*t, *h))
                 .map(|(_, _, v)| v)
@@ -1263,12 +1253,18 @@ fn late_recording_and_identification_converge_after_a_flush() {
 
 #[test]
 fn trace_id_is_the_earliest_present() {
-    let mut events = plain_call();
-    for e in &mut events {
-        e.trace_id = None;
-    }
-    events[2].trace_id = Some("trace-late".to_owned());
-    events[1].trace_id = Some("trace-first".to_owned());
+    let with_trace = |e: &CallEvent, trace: Option<&str>| {
+        CallEvent::new(
+            e.timestamp,
+            e.timestamp_inferred,
+            e.body_hash,
+            trace.map(str::to_owned),
+            e.kind.clone(),
+        )
+    };
+    let mut events: Vec<CallEvent> = plain_call().iter().map(|e| with_trace(e, None)).collect();
+    events[2] = with_trace(&events[2], Some("trace-late"));
+    events[1] = with_trace(&events[1], Some("trace-first"));
     assert_eq!(record_of(&events).trace_id.as_deref(), Some("trace-first"));
 }
 

@@ -3,5 +3,6 @@
 //! service, the storm tool and the tests share one definition of both.
 
 pub mod event;
+mod meaning;
 pub mod merge;
 pub mod proto;

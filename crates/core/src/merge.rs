@@ -3,7 +3,8 @@
 //! `CallState` is a join-semilattice: `apply` is commutative, associative and idempotent, so
 //! folding any permutation of a multiset of events gives the same state, and folding a superset
 //! later (late events) converges to the same state as folding everything at once. Every choice
-//! between two events is made on their content (timestamp, then body hash), never on arrival order.
+//! between two events is made on their content (timestamp, then a digest of their meaning:
+//! `meaning.rs`), never on arrival order or on the spelling of their bodies.
 //!
 //! Pure: no I/O, no clock. Prices come in as an argument.
 
@@ -23,25 +24,53 @@ pub struct CallEvent {
     pub timestamp: DateTime<Utc>,
     /// The event had no timestamp; `timestamp` is its receive time.
     pub timestamp_inferred: bool,
-    /// SHA-256 of the body: the tie-break between events with equal timestamps.
+    /// SHA-256 of the body: the identity of a usage report without a `usageId`.
     pub body_hash: [u8; 32],
     pub trace_id: Option<String>,
     pub kind: EventKind,
+    /// The tie-break between events with equal timestamps: a digest of the event's meaning
+    /// (`meaning::tie`), the same for an event in either wire format.
+    tie: [u8; 8],
+}
+
+impl CallEvent {
+    pub fn new(
+        timestamp: DateTime<Utc>,
+        timestamp_inferred: bool,
+        body_hash: [u8; 32],
+        trace_id: Option<String>,
+        kind: EventKind,
+    ) -> Self {
+        let tie = crate::meaning::tie(trace_id.as_deref(), timestamp_inferred, &kind);
+        CallEvent {
+            timestamp,
+            timestamp_inferred,
+            body_hash,
+            trace_id,
+            kind,
+            tie,
+        }
+    }
+
+    /// Where the event ranks among events with the same timestamp.
+    pub fn tie(&self) -> [u8; 8] {
+        self.tie
+    }
 }
 
 impl From<crate::event::Envelope> for CallEvent {
     fn from(e: crate::event::Envelope) -> Self {
-        CallEvent {
-            timestamp: e.timestamp,
-            timestamp_inferred: e.timestamp_inferred,
-            body_hash: e.body_hash,
-            trace_id: e.trace_id,
-            kind: e.kind,
-        }
+        CallEvent::new(
+            e.timestamp,
+            e.timestamp_inferred,
+            e.body_hash,
+            e.trace_id,
+            e.kind,
+        )
     }
 }
 
-/// Where an event sits in the content order: timestamp, then body hash.
+/// Where an event sits in the content order: timestamp, then the digest of its meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Stamp {
     pub at: DateTime<Utc>,
@@ -51,11 +80,9 @@ pub struct Stamp {
 
 impl Stamp {
     fn of(e: &CallEvent) -> Self {
-        let mut tie = [0u8; 8];
-        tie.copy_from_slice(&e.body_hash[..8]);
         Stamp {
             at: e.timestamp,
-            tie,
+            tie: e.tie,
             inferred: e.timestamp_inferred,
         }
     }

@@ -111,6 +111,15 @@ impl Format {
         }
     }
 
+    /// The format named by `as_str`.
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "json" => Some(Format::Json),
+            "protobuf" => Some(Format::Protobuf),
+            _ => None,
+        }
+    }
+
     /// The format a message's content type announces, if it names one. A hint only.
     pub fn from_content_type(content_type: &str) -> Option<Format> {
         let essence = content_type.split(';').next().unwrap_or("").trim();

@@ -234,7 +234,10 @@ fn mood(m: AcousticMoodShiftedEvent) -> Result<Parsed, Reject> {
     Ok(common.parsed(content))
 }
 
-/// A `GenericEvent`: its fields, then the keys of `payload_json` that do not repeat them. The
+/// The rendered names of a `GenericEvent`'s own fields.
+const GENERIC_FIELDS: [&str; 4] = ["eventType", "traceId", "timestamp", "tenantId"];
+
+/// A `GenericEvent`: its fields, then the keys of `payload_json` other than theirs. The
 /// call id is the payload's `callId`, else, for a call event type, the trace id (which
 /// today's producers set to the call id).
 fn generic(m: GenericEvent, limits: Limits) -> Result<Parsed, Reject> {
@@ -259,7 +262,11 @@ fn generic(m: GenericEvent, limits: Limits) -> Result<Parsed, Reject> {
         .text("tenantId", &m.tenant_id)
         .0;
     for (key, value) in payload {
-        content.entry(key).or_insert(value);
+        // The message's own fields are its envelope: a payload key of the same name never
+        // stands in for one the message left out.
+        if !GENERIC_FIELDS.contains(&key.as_str()) {
+            content.entry(key).or_insert(value);
+        }
     }
     let call_id = match content.get("callId") {
         Some(Value::String(s)) if !s.trim().is_empty() => CallIdField::Text(s.clone()),
