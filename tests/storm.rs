@@ -1,7 +1,8 @@
 //! `cdr-service storm --verify` end to end: the binary publishes a storm of a few thousand calls
 //! with every fault share non-zero (reordering, exact and INVITE duplicates, calls without an
-//! end, late events, every poison class, every producer variant) to the service running
-//! in-process, waits for the records and checks each against the storm's ground truth.
+//! end, late events, every poison class, every producer variant, both wire formats mixed within
+//! calls) to the service running in-process, waits for the records and checks each against the
+//! storm's ground truth.
 //!
 //! The storm is reproducible: `STORM_SEED=<seed>` replays another one.
 
@@ -132,6 +133,12 @@ async fn storm_verify_passes_with_every_fault_share() {
         storm::PoisonClass::ALL.len(),
         "every poison class"
     );
+    for format in ["json", "protobuf"] {
+        assert!(
+            st["messages_by_format"][format].as_u64().unwrap_or(0) > 0,
+            "no {format} message in the storm"
+        );
+    }
     assert_eq!(verify["poison_expected"], poison);
     assert_eq!(
         verify["dead_lettered"], poison,

@@ -69,6 +69,12 @@ fn print_storm(storm: &Storm, took: Duration) {
         "storm: {} calls, {} messages ({} distinct events, {} exact duplicates, {} poison; {} held for the late phase)",
         st.calls, st.messages, st.distinct_events, st.exact_duplicates, st.poison, st.late_phase
     );
+    let formats: Vec<String> = st
+        .messages_by_format
+        .iter()
+        .map(|(format, n)| format!("{n} {format}"))
+        .collect();
+    println!("  messages by format: {}", formats.join(", "));
     println!(
         "  calls: {} answered, {} identified, {} with recording, {} with dialog, {} with usage, {} without end, {} with a late event, {} duplicate call.started, {} without start timestamp",
         st.answered,

@@ -7,6 +7,10 @@
 //!   `EVENTS.md`, mixed by `--variants`), with realistic timestamps: call `i` starts at
 //!   `base_time + i / rate` (10 calls/s of timeline when `--rate 0`), rings, is answered or not,
 //!   talks for a duration drawn from `--duration`, ends with a reason;
+//! - each event in one of the two wire formats: as its protobuf twin (today's producers) for
+//!   `--protobuf` of the events that have one, else as JSON (older producers), so that one call
+//!   mixes both. The format is drawn from a random stream of its own: the calls, their facts
+//!   and their ground truth are the same whatever the mix;
 //! - the main phase, in publish order: each call's events placed at random points among the
 //!   publishes of the next `--reorder-window` calls (so they come out of order and interleaved
 //!   with the neighbours), exact duplicates (redeliveries) a little later, and poison messages
@@ -14,7 +18,7 @@
 //! - the late phase: recordings and identifications held back until after the calls' records
 //!   were written.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,7 +28,7 @@ mod call;
 mod poison;
 mod producer;
 
-use cdr_core::event::{self, Limits};
+use cdr_core::event::{self, Format, Limits};
 use cdr_core::merge::{CallEvent, CallRecord, CallState, PriceBook};
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
@@ -34,7 +38,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::StormOptions;
-use call::CallGen;
+use crate::protobuf::{self, JSON_CONTENT_TYPE};
+use call::{CallGen, Ev};
 use poison::poison;
 
 /// Calls per second of timeline when `--rate 0` (the timestamps must still be spread).
@@ -183,8 +188,9 @@ pub struct Message {
     /// The event type, or `""` as an older producer sent it.
     pub routing_key: String,
     pub body: Arc<[u8]>,
-    /// `content_type: application/json` is set (some producers leave it out).
-    pub content_type: bool,
+    /// The `content_type` property, as its producer sets it: `application/json` or
+    /// `application/protobuf`, or none (some JSON producers, the signaling and media services).
+    pub content_type: Option<&'static str>,
     /// Position in the storm in calls: with `--rate R` it is published `at / R` seconds after
     /// the start.
     pub at: f64,
@@ -192,13 +198,13 @@ pub struct Message {
 }
 
 impl Message {
-    /// The first copy of an event of call `call` as the producers publish it: routed by its
-    /// event type, with a content type, placed at the call's position.
+    /// The first copy of a JSON event of call `call` as the producers publish it: routed by
+    /// its event type, with a content type, placed at the call's position.
     pub fn event(call: usize, event: &Value) -> Message {
         Message {
             routing_key: event["eventType"].as_str().unwrap_or_default().to_owned(),
             body: event.to_string().into_bytes().into(),
-            content_type: true,
+            content_type: Some(JSON_CONTENT_TYPE),
             at: call as f64,
             kind: MessageKind::Event {
                 call: u32::try_from(call).unwrap_or(u32::MAX),
@@ -252,6 +258,8 @@ pub struct StormStats {
     pub long_call_ids: usize,
     /// Every message published (main + late phase, poison included).
     pub messages: usize,
+    /// Every message published, by the wire format its producer meant (`json`, `protobuf`).
+    pub messages_by_format: BTreeMap<&'static str, usize>,
     pub main_phase: usize,
     pub late_phase: usize,
     pub distinct_events: usize,
@@ -287,7 +295,7 @@ fn placeholder_receive(base: DateTime<Utc>) -> DateTime<Utc> {
 /// events, so two different storms never share call ids, and a replay reuses them.
 pub fn default_prefix(o: &StormOptions) -> String {
     let fingerprint = format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
         o.calls,
         o.rate,
         o.duration,
@@ -303,7 +311,8 @@ pub fn default_prefix(o: &StormOptions) -> String {
         o.poison,
         o.variants,
         o.seed,
-        event::format_timestamp(o.base_time)
+        event::format_timestamp(o.base_time),
+        o.protobuf,
     );
     // FNV-1a: stable across builds and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -323,6 +332,7 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
     let mut b = Builder {
         o,
         rng: StdRng::seed_from_u64(o.seed),
+        format_rng: StdRng::seed_from_u64(o.seed ^ FORMAT_STREAM),
         stats: StormStats {
             calls: o.calls,
             ..StormStats::default()
@@ -331,7 +341,8 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
         late: Vec::new(),
     };
     let calls = (0..o.calls).map(|i| b.call(i, &prefix)).collect();
-    let poison_call_ids = b.poison(&prefix, limits);
+    let events = b.main.len();
+    let poison_call_ids = b.poison(&prefix, limits, events);
     let Builder {
         mut rng,
         mut stats,
@@ -360,11 +371,16 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
     }
 }
 
-/// A storm being generated: the one random generator every value is drawn from, in a fixed
-/// order, and the messages of both phases so far.
+/// Sets the format stream's seed apart from the main one's (the golden ratio's bits).
+const FORMAT_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A storm being generated: the random generator every value is drawn from, in a fixed order,
+/// the one each event's wire format is drawn from, and the messages of both phases so far.
 struct Builder<'a> {
     o: &'a StormOptions,
     rng: StdRng,
+    /// Only `--protobuf` draws from it: another mix leaves every other draw as it was.
+    format_rng: StdRng,
     stats: StormStats,
     main: Vec<Message>,
     late: Vec<Message>,
@@ -383,12 +399,21 @@ impl Builder<'_> {
         .call(i, prefix);
         let window = o.reorder_window as f64;
         let call = u32::try_from(i).unwrap_or(u32::MAX);
+        // How each JSON event went out: the same event twice (the typed producer's duplicate
+        // INVITE) is the same message twice, in one format.
+        let mut sent: HashMap<Vec<u8>, Wire> = HashMap::new();
         let mut seen: HashSet<Arc<[u8]>> = HashSet::new();
         let mut distinct: Vec<Arc<[u8]>> = Vec::new();
         for ev in planned.events {
-            let body: Arc<[u8]> = serde_json::to_vec(&ev.value)
-                .expect("a JSON value serializes")
-                .into();
+            let json = serde_json::to_vec(&ev.value).expect("a JSON value serializes");
+            let wire = match sent.get(&json) {
+                Some(wire) => wire.clone(),
+                None => {
+                    let wire = self.wire(&ev, json.clone());
+                    sent.insert(json, wire.clone());
+                    wire
+                }
+            };
             let event_type = ev.value["eventType"]
                 .as_str()
                 .unwrap_or_default()
@@ -398,11 +423,10 @@ impl Builder<'_> {
                 .events_by_type
                 .entry(event_type.clone())
                 .or_default() += 1;
-            // The same body twice (the typed producer's duplicate INVITE) is an exact
-            // duplicate: the log keeps it once.
-            let first = seen.insert(body.clone());
+            // The same body twice is an exact duplicate: the log keeps it once.
+            let first = seen.insert(wire.body.clone());
             if first {
-                distinct.push(body.clone());
+                distinct.push(wire.body.clone());
             } else {
                 self.stats.exact_duplicates += 1;
             }
@@ -413,8 +437,8 @@ impl Builder<'_> {
                 } else {
                     event_type
                 },
-                body,
-                content_type: ev.content_type,
+                body: wire.body,
+                content_type: wire.content_type,
                 at: if window > 0.0 {
                     i as f64 + rng.random_range(0.0..window)
                 } else {
@@ -437,21 +461,48 @@ impl Builder<'_> {
                 &mut self.main
             };
             phase.push(msg);
+            let mut published = 1;
             if let Some(copy) = copy {
                 self.stats.exact_duplicates += 1;
                 phase.push(copy);
+                published += 1;
             }
+            *self
+                .stats
+                .messages_by_format
+                .entry(wire.format.as_str())
+                .or_default() += published;
         }
         self.stats.distinct_events += distinct.len();
         expected_call(o, planned.call_id, planned.ended, distinct)
     }
 
-    /// Adds `--poison` of the main phase's messages, every class in turn, at random places;
-    /// returns the call ids they name.
-    fn poison(&mut self, prefix: &str, limits: Limits) -> Vec<String> {
+    /// The event as it goes out: as its protobuf twin for `--protobuf` of the events that have
+    /// one, drawn from the format stream, else as the JSON event.
+    fn wire(&mut self, ev: &Ev, json: Vec<u8>) -> Wire {
+        let twin = (!ev.json_only && self.format_rng.random_bool(self.o.protobuf))
+            .then(|| protobuf::encode(&ev.value))
+            .flatten();
+        match twin {
+            Some(twin) => Wire {
+                body: twin.body.into(),
+                content_type: twin.content_type,
+                format: Format::Protobuf,
+            },
+            None => Wire {
+                body: json.into(),
+                content_type: ev.content_type.then_some(JSON_CONTENT_TYPE),
+                format: Format::Json,
+            },
+        }
+    }
+
+    /// Adds `--poison` of the main phase's `events` call events, every class in turn, at
+    /// random places; returns the call ids they name.
+    fn poison(&mut self, prefix: &str, limits: Limits, events: usize) -> Vec<String> {
         let o = self.o;
         let rng = &mut self.rng;
-        let poison_count = (o.poison * self.main.len() as f64).round() as usize;
+        let poison_count = (o.poison * events as f64).round() as usize;
         let mut poison_call_ids = Vec::new();
         // One oversize body, shared: a large storm may carry hundreds of them.
         let mut oversize: Option<Arc<[u8]>> = None;
@@ -472,15 +523,15 @@ impl Builder<'_> {
                     (routing_key, body)
                 }
             };
-            *self
-                .stats
-                .poison_by_reason
-                .entry(class.reason())
+            let st = &mut self.stats;
+            *st.poison_by_reason.entry(class.reason()).or_default() += 1;
+            *st.messages_by_format
+                .entry(Format::Json.as_str())
                 .or_default() += 1;
             self.main.push(Message {
                 routing_key,
                 body,
-                content_type: rng.random_bool(0.5),
+                content_type: rng.random_bool(0.5).then_some(JSON_CONTENT_TYPE),
                 at: rng.random_range(0.0..(o.calls.max(1) as f64)),
                 kind: MessageKind::Poison(class),
             });
@@ -488,6 +539,14 @@ impl Builder<'_> {
         self.stats.poison = poison_count;
         poison_call_ids
     }
+}
+
+/// An event as it goes out.
+#[derive(Clone)]
+struct Wire {
+    body: Arc<[u8]>,
+    content_type: Option<&'static str>,
+    format: Format,
 }
 
 /// A call's ground truth from its distinct bodies.
