@@ -125,11 +125,9 @@ async fn storm_verify_passes_with_every_fault_share() {
         assert!(st[key].as_u64().unwrap_or(0) > 0, "no {key} in the storm");
     }
     let poison = st["poison"].as_u64().unwrap();
-    let by_reason = st["poison_by_reason"]
-        .as_object()
-        .expect("poison by reason");
+    let by_class = st["poison_by_class"].as_object().expect("poison by class");
     assert_eq!(
-        by_reason.len(),
+        by_class.len(),
         storm::PoisonClass::ALL.len(),
         "every poison class"
     );

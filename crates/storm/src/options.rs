@@ -57,7 +57,8 @@ pub struct StormOptions {
     pub late: f64,
     /// Poison messages, as a share of the main phase's messages: every bad-input class in turn
     /// (oversize, invalid UTF-8, too deep, not JSON, not an object, missing or invalid event
-    /// type, missing or invalid call id, bad timestamp, NUL character). Dead-lettered.
+    /// type, missing or invalid call id, bad timestamp, NUL character; a broken protobuf body,
+    /// a protobuf call event without call id). Dead-lettered.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub poison: f64,
     /// Share of events sent as protobuf, as today's producers send them (no content type from

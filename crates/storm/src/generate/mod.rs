@@ -119,7 +119,7 @@ impl fmt::Display for DurationDist {
 }
 
 /// Each class of bad input the service dead-letters (`unstorable`, a refusal by the database,
-/// cannot be produced on demand and is left out).
+/// cannot be produced on demand and is left out), in either wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoisonClass {
@@ -134,10 +134,14 @@ pub enum PoisonClass {
     InvalidCallId,
     BadTimestamp,
     NulCharacter,
+    /// A protobuf event cut short or corrupted.
+    BadProtobuf,
+    /// A protobuf call event without a call id.
+    ProtobufMissingCallId,
 }
 
 impl PoisonClass {
-    pub const ALL: [PoisonClass; 11] = [
+    pub const ALL: [PoisonClass; 13] = [
         PoisonClass::Oversize,
         PoisonClass::InvalidUtf8,
         PoisonClass::TooDeep,
@@ -149,6 +153,8 @@ impl PoisonClass {
         PoisonClass::InvalidCallId,
         PoisonClass::BadTimestamp,
         PoisonClass::NulCharacter,
+        PoisonClass::BadProtobuf,
+        PoisonClass::ProtobufMissingCallId,
     ];
 
     /// The service's reject reason (`x-cdr-reject-reason`) for this class.
@@ -165,6 +171,16 @@ impl PoisonClass {
             PoisonClass::InvalidCallId => "invalid_call_id",
             PoisonClass::BadTimestamp => "bad_timestamp",
             PoisonClass::NulCharacter => "nul_character",
+            PoisonClass::BadProtobuf => "bad_protobuf",
+            PoisonClass::ProtobufMissingCallId => "missing_call_id",
+        }
+    }
+
+    /// The wire format its producer meant.
+    pub fn format(self) -> Format {
+        match self {
+            PoisonClass::BadProtobuf | PoisonClass::ProtobufMissingCallId => Format::Protobuf,
+            _ => Format::Json,
         }
     }
 }
@@ -266,6 +282,7 @@ pub struct StormStats {
     pub exact_duplicates: usize,
     pub poison: usize,
     pub poison_by_reason: BTreeMap<&'static str, usize>,
+    pub poison_by_class: BTreeMap<PoisonClass, usize>,
     /// Events sent in a non-canonical producer form, by variant.
     pub variants: BTreeMap<&'static str, usize>,
     pub events_by_type: BTreeMap<String, usize>,
@@ -525,13 +542,14 @@ impl Builder<'_> {
             };
             let st = &mut self.stats;
             *st.poison_by_reason.entry(class.reason()).or_default() += 1;
+            *st.poison_by_class.entry(class).or_default() += 1;
             *st.messages_by_format
-                .entry(Format::Json.as_str())
+                .entry(class.format().as_str())
                 .or_default() += 1;
             self.main.push(Message {
                 routing_key,
                 body,
-                content_type: rng.random_bool(0.5).then_some(JSON_CONTENT_TYPE),
+                content_type: rng.random_bool(0.5).then_some(content_type(class.format())),
                 at: rng.random_range(0.0..(o.calls.max(1) as f64)),
                 kind: MessageKind::Poison(class),
             });
@@ -547,6 +565,14 @@ struct Wire {
     body: Arc<[u8]>,
     content_type: Option<&'static str>,
     format: Format,
+}
+
+/// The content type a producer of `format` sets, where it sets one.
+fn content_type(format: Format) -> &'static str {
+    match format {
+        Format::Json => JSON_CONTENT_TYPE,
+        Format::Protobuf => protobuf::PROTOBUF_CONTENT_TYPE,
+    }
 }
 
 /// A call's ground truth from its distinct bodies.

@@ -113,6 +113,12 @@ fn every_fault_and_variant_is_present_and_counts_add_up() {
     assert_eq!(st.messages_by_format.values().sum::<usize>(), st.messages);
     assert!(st.messages_by_format["json"] > 0 && st.messages_by_format["protobuf"] > 0);
     assert_eq!(
+        st.poison_by_class.len(),
+        PoisonClass::ALL.len(),
+        "{:?}",
+        st.poison_by_class
+    );
+    assert_eq!(
         s.calls.iter().map(|c| c.distinct_events).sum::<usize>(),
         st.distinct_events
     );
