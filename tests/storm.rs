@@ -1,8 +1,8 @@
 //! `cdr-service storm --verify` end to end: the binary publishes a storm of a few thousand calls
 //! with every fault share non-zero (reordering, exact and INVITE duplicates, calls without an
 //! end, late events, every poison class, every producer variant, both wire formats mixed within
-//! calls) to the service running in-process, waits for the records and checks each against the
-//! storm's ground truth.
+//! calls, platform events that are not about a call) to the service running in-process, waits
+//! for the records and checks each against the storm's ground truth.
 //!
 //! The storm is reproducible: `STORM_SEED=<seed>` replays another one.
 
@@ -67,6 +67,8 @@ async fn storm_verify_passes_with_every_fault_share() {
         "0.1",
         "--poison",
         "0.005",
+        "--platform-events",
+        "0.002",
         "--variants",
         "0.5",
         "--verify",
@@ -111,6 +113,7 @@ async fn storm_verify_passes_with_every_fault_share() {
     assert_eq!(verify["mismatched"], 0);
     assert_eq!(verify["missing"], 0);
     assert_eq!(verify["poison_leaked"], 0);
+    assert_eq!(verify["platform_leaked"], 0);
     assert_eq!(st["calls"], CALLS);
     // Every fault is present in this storm.
     for key in [
@@ -121,6 +124,7 @@ async fn storm_verify_passes_with_every_fault_share() {
         "inferred_start",
         "long_call_ids",
         "poison",
+        "platform_events",
     ] {
         assert!(st[key].as_u64().unwrap_or(0) > 0, "no {key} in the storm");
     }
@@ -146,6 +150,13 @@ async fn storm_verify_passes_with_every_fault_share() {
         queue_depth(&app.settings.amqp.dead_letter_queue).await,
         u32::try_from(poison).unwrap()
     );
+    // The platform events were acknowledged and counted, not dead-lettered.
+    let platform = st["platform_events"].as_u64().unwrap();
+    assert_eq!(verify["platform_expected"], platform);
+    assert_eq!(
+        app.metric("cdr_platform_events_total").await,
+        platform as f64
+    );
     assert!(
         report["publish"]["main_messages_per_second"]
             .as_f64()
@@ -164,6 +175,7 @@ async fn storm_verify_passes_with_every_fault_share() {
         missing_end: 0.05,
         late: 0.1,
         poison: 0.005,
+        platform_events: 0.002,
         variants: 0.5,
         ..StormOptions::default()
     };

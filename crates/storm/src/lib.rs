@@ -38,7 +38,9 @@ mod target;
 pub mod verify;
 
 use cdr_core::event::Limits;
-pub use generate::{DurationDist, Message, MessageKind, PoisonClass, Storm, generate};
+pub use generate::{
+    DurationDist, Message, MessageKind, PlatformEvent, PoisonClass, Storm, generate,
+};
 pub use options::{StormOptions, options_json};
 pub use run::run;
 pub use target::{Target, TargetError};

@@ -61,6 +61,12 @@ pub struct StormOptions {
     /// a protobuf call event without call id). Dead-lettered.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub poison: f64,
+    /// Platform events that are not about a call, as a share of the main phase's messages:
+    /// `user.created` (a protobuf GenericEvent), `dialplan.updated` (JSON without callId),
+    /// `cognitive.map.updated` (protobuf) in turn. Acknowledged and counted by the service,
+    /// never dead-lettered, never logged.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub platform_events: f64,
     /// Share of events sent as protobuf, as today's producers send them (no content type from
     /// the signaling and media services, `application/protobuf` from the agent service), the
     /// others as JSON, as older producers do; a call mixes both. Only events that today's
@@ -176,6 +182,7 @@ pub fn options_json(o: &StormOptions) -> serde_json::Value {
         "missing_end": o.missing_end,
         "late": o.late,
         "poison": o.poison,
+        "platform_events": o.platform_events,
         "protobuf": o.protobuf,
         "variants": o.variants,
         "seed": o.seed,

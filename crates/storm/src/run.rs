@@ -66,8 +66,14 @@ pub async fn run(target: &dyn Target, o: StormOptions) -> anyhow::Result<ExitCod
 fn print_storm(storm: &Storm, took: Duration) {
     let st = &storm.stats;
     println!(
-        "storm: {} calls, {} messages ({} distinct events, {} exact duplicates, {} poison; {} held for the late phase)",
-        st.calls, st.messages, st.distinct_events, st.exact_duplicates, st.poison, st.late_phase
+        "storm: {} calls, {} messages ({} distinct events, {} exact duplicates, {} poison, {} platform events; {} held for the late phase)",
+        st.calls,
+        st.messages,
+        st.distinct_events,
+        st.exact_duplicates,
+        st.poison,
+        st.platform_events,
+        st.late_phase
     );
     let formats: Vec<String> = st
         .messages_by_format

@@ -13,8 +13,9 @@
 //!   and their ground truth are the same whatever the mix;
 //! - the main phase, in publish order: each call's events placed at random points among the
 //!   publishes of the next `--reorder-window` calls (so they come out of order and interleaved
-//!   with the neighbours), exact duplicates (redeliveries) a little later, and poison messages
-//!   (one of each bad-input class in turn) anywhere;
+//!   with the neighbours), exact duplicates (redeliveries) a little later, poison messages
+//!   (one of each bad-input class in turn) and platform events that are not about a call
+//!   anywhere;
 //! - the late phase: recordings and identifications held back until after the calls' records
 //!   were written.
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod call;
+mod platform;
 mod poison;
 mod producer;
 
@@ -40,6 +42,7 @@ use serde_json::Value;
 use crate::StormOptions;
 use crate::protobuf::{self, JSON_CONTENT_TYPE};
 use call::{CallGen, Ev};
+use platform::platform_event;
 use poison::poison;
 
 /// Calls per second of timeline when `--rate 0` (the timestamps must still be spread).
@@ -185,17 +188,52 @@ impl PoisonClass {
     }
 }
 
+/// Each kind of platform event that is not about a call (no call id, not a call event type):
+/// the service acknowledges and counts it, never dead-letters or logs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformEvent {
+    /// `user.created`, a protobuf `GenericEvent`.
+    UserCreated,
+    /// `dialplan.updated`, JSON without `callId`.
+    DialplanUpdated,
+    /// `cognitive.map.updated`, a protobuf message of its own without a call id.
+    CognitiveMapUpdated,
+}
+
+impl PlatformEvent {
+    pub const ALL: [PlatformEvent; 3] = [
+        PlatformEvent::UserCreated,
+        PlatformEvent::DialplanUpdated,
+        PlatformEvent::CognitiveMapUpdated,
+    ];
+
+    pub fn event_type(self) -> &'static str {
+        match self {
+            PlatformEvent::UserCreated => "user.created",
+            PlatformEvent::DialplanUpdated => "dialplan.updated",
+            PlatformEvent::CognitiveMapUpdated => "cognitive.map.updated",
+        }
+    }
+
+    pub fn format(self) -> Format {
+        match self {
+            PlatformEvent::DialplanUpdated => Format::Json,
+            PlatformEvent::UserCreated | PlatformEvent::CognitiveMapUpdated => Format::Protobuf,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     /// The first copy of a call's event (index into `Storm::calls`).
-    Event {
-        call: u32,
-    },
+    Event { call: u32 },
     /// An exact copy of an earlier message (a redelivery): the log drops it.
-    Duplicate {
-        call: u32,
-    },
+    Duplicate { call: u32 },
+    /// Dead-lettered.
     Poison(PoisonClass),
+    /// Acknowledged and counted, neither dead-lettered nor logged.
+    Platform(PlatformEvent),
 }
 
 /// One message to publish.
@@ -272,7 +310,7 @@ pub struct StormStats {
     pub duplicate_starts: usize,
     pub inferred_start: usize,
     pub long_call_ids: usize,
-    /// Every message published (main + late phase, poison included).
+    /// Every message published (main + late phase, poison and platform events included).
     pub messages: usize,
     /// Every message published, by the wire format its producer meant (`json`, `protobuf`).
     pub messages_by_format: BTreeMap<&'static str, usize>,
@@ -283,6 +321,9 @@ pub struct StormStats {
     pub poison: usize,
     pub poison_by_reason: BTreeMap<&'static str, usize>,
     pub poison_by_class: BTreeMap<PoisonClass, usize>,
+    /// Platform events that are not about a call.
+    pub platform_events: usize,
+    pub platform_by_type: BTreeMap<&'static str, usize>,
     /// Events sent in a non-canonical producer form, by variant.
     pub variants: BTreeMap<&'static str, usize>,
     pub events_by_type: BTreeMap<String, usize>,
@@ -299,6 +340,9 @@ pub struct Storm {
     pub calls: Vec<ExpectedCall>,
     /// Call ids carried by poison messages whose envelope names one: they must never be logged.
     pub poison_call_ids: Vec<String>,
+    /// The ids platform events carry as their trace id: were one read as a call id, it would
+    /// be logged under it.
+    pub platform_ids: Vec<String>,
     pub stats: StormStats,
 }
 
@@ -312,7 +356,7 @@ fn placeholder_receive(base: DateTime<Utc>) -> DateTime<Utc> {
 /// events, so two different storms never share call ids, and a replay reuses them.
 pub fn default_prefix(o: &StormOptions) -> String {
     let fingerprint = format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
         o.calls,
         o.rate,
         o.duration,
@@ -330,6 +374,7 @@ pub fn default_prefix(o: &StormOptions) -> String {
         o.seed,
         event::format_timestamp(o.base_time),
         o.protobuf,
+        o.platform_events,
     );
     // FNV-1a: stable across builds and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -360,6 +405,7 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
     let calls = (0..o.calls).map(|i| b.call(i, &prefix)).collect();
     let events = b.main.len();
     let poison_call_ids = b.poison(&prefix, limits, events);
+    let platform_ids = b.platform(&prefix, events);
     let Builder {
         mut rng,
         mut stats,
@@ -384,6 +430,7 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
         late,
         calls,
         poison_call_ids,
+        platform_ids,
         stats,
     }
 }
@@ -556,6 +603,38 @@ impl Builder<'_> {
         }
         self.stats.poison = poison_count;
         poison_call_ids
+    }
+
+    /// Adds `--platform-events` of the main phase's `events` call events: platform events
+    /// that are not about a call, every kind in turn, at random places. Returns the ids they
+    /// carry as their trace id.
+    fn platform(&mut self, prefix: &str, events: usize) -> Vec<String> {
+        let o = self.o;
+        let rng = &mut self.rng;
+        let count = (o.platform_events * events as f64).round() as usize;
+        let mut ids = Vec::new();
+        for n in 0..count {
+            let kind = PlatformEvent::ALL[n % PlatformEvent::ALL.len()];
+            let id = format!("{prefix}-platform-{n:06}@198.51.100.7");
+            let (body, carries_id) = platform_event(kind, &id, o.base_time, rng);
+            if carries_id {
+                ids.push(id);
+            }
+            let st = &mut self.stats;
+            *st.platform_by_type.entry(kind.event_type()).or_default() += 1;
+            *st.messages_by_format
+                .entry(kind.format().as_str())
+                .or_default() += 1;
+            self.main.push(Message {
+                routing_key: kind.event_type().to_owned(),
+                body: body.into(),
+                content_type: rng.random_bool(0.5).then_some(content_type(kind.format())),
+                at: rng.random_range(0.0..(o.calls.max(1) as f64)),
+                kind: MessageKind::Platform(kind),
+            });
+        }
+        self.stats.platform_events = count;
+        ids
     }
 }
 

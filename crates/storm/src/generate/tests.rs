@@ -1,5 +1,6 @@
 use super::*;
 use crate::protobuf::PROTOBUF_CONTENT_TYPE;
+use cdr_core::event::Reject;
 
 fn options(seed: u64) -> StormOptions {
     StormOptions {
@@ -9,6 +10,7 @@ fn options(seed: u64) -> StormOptions {
         missing_end: 0.1,
         late: 0.2,
         poison: 0.02,
+        platform_events: 0.01,
         variants: 0.6,
         ..StormOptions::default()
     }
@@ -108,7 +110,7 @@ fn every_fault_and_variant_is_present_and_counts_add_up() {
     assert!(st.exact_duplicates > 0 && st.inferred_start > 0);
     assert_eq!(
         st.messages,
-        st.distinct_events + st.exact_duplicates + st.poison
+        st.distinct_events + st.exact_duplicates + st.poison + st.platform_events
     );
     assert_eq!(st.messages_by_format.values().sum::<usize>(), st.messages);
     assert!(st.messages_by_format["json"] > 0 && st.messages_by_format["protobuf"] > 0);
@@ -118,11 +120,15 @@ fn every_fault_and_variant_is_present_and_counts_add_up() {
         "{:?}",
         st.poison_by_class
     );
+    for kind in PlatformEvent::ALL {
+        assert!(st.platform_by_type[kind.event_type()] > 0, "{kind:?}");
+    }
     assert_eq!(
         s.calls.iter().map(|c| c.distinct_events).sum::<usize>(),
         st.distinct_events
     );
-    // Poison never decodes; every other message decodes to its call.
+    // Poison never decodes, a platform event is told from it; every other message decodes
+    // to its call.
     let limits = LIMITS;
     for m in s.main.iter().chain(&s.late) {
         let hint = m.content_type.and_then(Format::from_content_type);
@@ -131,11 +137,28 @@ fn every_fault_and_variant_is_present_and_counts_add_up() {
             MessageKind::Poison(class) => {
                 assert_eq!(decoded.unwrap_err().as_code(), class.reason(), "{class:?}")
             }
+            MessageKind::Platform(kind) => assert_eq!(
+                decoded.unwrap_err(),
+                Reject::NotCallEvent {
+                    event_type: kind.event_type().to_owned(),
+                    format: kind.format()
+                }
+            ),
             MessageKind::Event { call } | MessageKind::Duplicate { call } => {
                 assert_eq!(decoded.unwrap().call_id, s.calls[call as usize].call_id)
             }
         }
     }
+    assert_eq!(
+        s.platform_ids.len(),
+        s.main
+            .iter()
+            .filter(|m| matches!(
+                m.kind,
+                MessageKind::Platform(PlatformEvent::UserCreated | PlatformEvent::DialplanUpdated)
+            ))
+            .count()
+    );
     // Only calls with a timestamp-less call.started depend on the receive time.
     let dependent = s
         .calls
@@ -262,6 +285,7 @@ fn the_format_mix_changes_the_bodies_and_nothing_else() {
             assert_ne!(bytes(&json), bytes(other), "seed {seed}: the bodies differ");
             assert_eq!(placement(&json), placement(other), "seed {seed}");
             assert_eq!(json.poison_call_ids, other.poison_call_ids);
+            assert_eq!(json.platform_ids, other.platform_ids);
             for (a, b) in ground_truth(&json).iter().zip(ground_truth(other)) {
                 assert_eq!(*a, b, "seed {seed}, {duration}: {}", a.0);
             }
@@ -318,7 +342,10 @@ fn events_go_out_as_their_producers_send_them() {
         .zip(all.main.iter().chain(&all.late))
     {
         let (MessageKind::Event { call } | MessageKind::Duplicate { call }) = m.kind else {
-            assert_eq!(j, m, "poison does not change with the mix");
+            assert_eq!(
+                j, m,
+                "poison and platform events do not change with the mix"
+            );
             continue;
         };
         let twin = event::decode(&j.body, now, LIMITS).unwrap();
