@@ -39,8 +39,9 @@ pub enum Command {
     Run,
     /// Publish one synthetic call to the configured exchange, wait for its record, print it.
     Simulate(SimulateOptions),
-    /// Publish a synthetic event storm (load test), optionally verify every record.
-    Storm(StormOptions),
+    /// Publish a synthetic event storm (load test), optionally verify every record. Boxed: its
+    /// options are many, and the command is parsed once.
+    Storm(Box<StormOptions>),
 }
 
 /// Loads the settings (before anything starts, so a bad key stops the process at once),
@@ -66,7 +67,7 @@ async fn run(command: Command, settings: Settings, workers: usize) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(options) => simulate::run(&settings, options).await,
-        Command::Storm(options) => cdr_storm::run(&settings, options).await,
+        Command::Storm(options) => cdr_storm::run(&settings, *options).await,
     }
 }
 

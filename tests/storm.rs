@@ -1,7 +1,8 @@
 //! `cdr-service storm --verify` end to end: the binary publishes a storm of a few thousand calls
 //! with every fault share non-zero (reordering, exact and INVITE duplicates, calls without an
-//! end, late events, every poison class, every producer variant) to the service running
-//! in-process, waits for the records and checks each against the storm's ground truth.
+//! end, late events, every poison class, every producer variant, both wire formats mixed within
+//! calls, platform events that are not about a call) to the service running in-process, waits
+//! for the records and checks each against the storm's ground truth.
 //!
 //! The storm is reproducible: `STORM_SEED=<seed>` replays another one.
 
@@ -66,6 +67,8 @@ async fn storm_verify_passes_with_every_fault_share() {
         "0.1",
         "--poison",
         "0.005",
+        "--platform-events",
+        "0.002",
         "--variants",
         "0.5",
         "--verify",
@@ -110,6 +113,7 @@ async fn storm_verify_passes_with_every_fault_share() {
     assert_eq!(verify["mismatched"], 0);
     assert_eq!(verify["missing"], 0);
     assert_eq!(verify["poison_leaked"], 0);
+    assert_eq!(verify["platform_leaked"], 0);
     assert_eq!(st["calls"], CALLS);
     // Every fault is present in this storm.
     for key in [
@@ -120,18 +124,23 @@ async fn storm_verify_passes_with_every_fault_share() {
         "inferred_start",
         "long_call_ids",
         "poison",
+        "platform_events",
     ] {
         assert!(st[key].as_u64().unwrap_or(0) > 0, "no {key} in the storm");
     }
     let poison = st["poison"].as_u64().unwrap();
-    let by_reason = st["poison_by_reason"]
-        .as_object()
-        .expect("poison by reason");
+    let by_class = st["poison_by_class"].as_object().expect("poison by class");
     assert_eq!(
-        by_reason.len(),
+        by_class.len(),
         storm::PoisonClass::ALL.len(),
         "every poison class"
     );
+    for format in ["json", "protobuf"] {
+        assert!(
+            st["messages_by_format"][format].as_u64().unwrap_or(0) > 0,
+            "no {format} message in the storm"
+        );
+    }
     assert_eq!(verify["poison_expected"], poison);
     assert_eq!(
         verify["dead_lettered"], poison,
@@ -140,6 +149,13 @@ async fn storm_verify_passes_with_every_fault_share() {
     assert_eq!(
         queue_depth(&app.settings.amqp.dead_letter_queue).await,
         u32::try_from(poison).unwrap()
+    );
+    // The platform events were acknowledged and counted, not dead-lettered.
+    let platform = st["platform_events"].as_u64().unwrap();
+    assert_eq!(verify["platform_expected"], platform);
+    assert_eq!(
+        app.metric("cdr_platform_events_total").await,
+        platform as f64
     );
     assert!(
         report["publish"]["main_messages_per_second"]
@@ -159,6 +175,7 @@ async fn storm_verify_passes_with_every_fault_share() {
         missing_end: 0.05,
         late: 0.1,
         poison: 0.005,
+        platform_events: 0.002,
         variants: 0.5,
         ..StormOptions::default()
     };

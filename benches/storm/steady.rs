@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use lapin::{Confirmation, Connection, ConnectionProperties};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -75,17 +75,13 @@ async fn publish_paced(
             let confirm: lapin::PublisherConfirm = pending.pop_front().expect("a pending confirm");
             settle(confirm.await?)?;
         }
-        let mut properties = BasicProperties::default().with_delivery_mode(2);
-        if m.content_type {
-            properties = properties.with_content_type("application/json".into());
-        }
         let confirm = ch
             .basic_publish(
                 exchange.into(),
                 m.routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &m.body,
-                properties,
+                cdr_storm::publish::properties(m),
             )
             .await?;
         mark(i);

@@ -11,6 +11,8 @@
 //! - [`generate`](mod@generate): the pure, seeded generator. Every call of the storm and its ground truth
 //!   (the expected record by the merge rules: `CallState::fold` over the call's distinct
 //!   bodies, decoded as the service decodes them).
+//! - `protobuf`: the protobuf twin of a JSON event, as today's producers publish it; the
+//!   storm and `simulate` send either.
 //! - [`publish`]: pipelined publisher confirms, rate limiting, progress bar.
 //! - [`verify`]: waits for the records and compares each with its ground truth.
 //!
@@ -28,6 +30,7 @@
 pub mod generate;
 mod options;
 mod outcome;
+mod protobuf;
 pub mod publish;
 mod run;
 pub mod simulate;
@@ -35,7 +38,9 @@ mod target;
 pub mod verify;
 
 use cdr_core::event::Limits;
-pub use generate::{DurationDist, Message, MessageKind, PoisonClass, Storm, generate};
+pub use generate::{
+    DurationDist, Message, MessageKind, PlatformEvent, PoisonClass, Storm, generate,
+};
 pub use options::{StormOptions, options_json};
 pub use run::run;
 pub use target::{Target, TargetError};

@@ -57,14 +57,32 @@ pub struct StormOptions {
     pub late: f64,
     /// Poison messages, as a share of the main phase's messages: every bad-input class in turn
     /// (oversize, invalid UTF-8, too deep, not JSON, not an object, missing or invalid event
-    /// type, missing or invalid call id, bad timestamp, NUL character). Dead-lettered.
+    /// type, missing or invalid call id, bad timestamp, NUL character; a broken protobuf body,
+    /// a protobuf call event without call id). Dead-lettered.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub poison: f64,
+    /// Platform events that are not about a call, as a share of the main phase's messages:
+    /// `user.created` (a protobuf GenericEvent), `dialplan.updated` (JSON without callId),
+    /// `cognitive.map.updated` (protobuf) in turn. Acknowledged and counted by the service,
+    /// never dead-lettered, never logged.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub platform_events: f64,
+    /// Share of events sent as protobuf, as today's producers send them (no content type from
+    /// the signaling and media services, `application/protobuf` from the agent service), the
+    /// others as JSON, as older producers do; a call mixes both. Only events that today's
+    /// producers send as protobuf can be: `call.started`, `call.answered`, the identification,
+    /// `call.recording.available`, `call.ended` and `call.terminate.request`, in forms other
+    /// than the JSON producers' own (see --variants). The format has a random stream of its
+    /// own: the calls and their expected records are the same whatever the share.
+    #[arg(long, default_value_t = 0.8, value_parser = share)]
+    pub protobuf: f64,
     /// Share of events sent in a non-canonical producer form (EVENTS.md): Go or fixed-digit
     /// timestamps, no content type, routing key "", no traceId, camelCase/snake_case/URI keys,
     /// no dialplan, null or empty RTP address, no timestamp, event-name aliases, no reason, no
     /// usageId, extra keys; plus 255-character Call-IDs, calls without `call.answered` and
-    /// unknown call-scoped events.
+    /// unknown call-scoped events. The forms only JSON producers have (the timestamp strings,
+    /// no content type, routing key "", no traceId, the key spellings, extra keys, the dotted
+    /// alias) always go out as JSON.
     #[arg(long, default_value_t = 0.3, value_parser = share)]
     pub variants: f64,
     /// Random seed: the same seed and options give the same storm, byte for byte.
@@ -164,6 +182,8 @@ pub fn options_json(o: &StormOptions) -> serde_json::Value {
         "missing_end": o.missing_end,
         "late": o.late,
         "poison": o.poison,
+        "platform_events": o.platform_events,
+        "protobuf": o.protobuf,
         "variants": o.variants,
         "seed": o.seed,
         "in_flight": o.in_flight,

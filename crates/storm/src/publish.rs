@@ -128,10 +128,6 @@ impl StormPublisher {
                 self.settle(confirm.await?)?;
                 bar.inc(1);
             }
-            let mut properties = BasicProperties::default().with_delivery_mode(2);
-            if m.content_type {
-                properties = properties.with_content_type("application/json".into());
-            }
             let confirm = self
                 .channel
                 .basic_publish(
@@ -139,7 +135,7 @@ impl StormPublisher {
                     m.routing_key.as_str().into(),
                     options,
                     &m.body,
-                    properties,
+                    properties(m),
                 )
                 .await
                 .context("publishing")?;
@@ -188,6 +184,16 @@ impl StormPublisher {
     pub async fn close(self) {
         let _ = self.channel.close(200, "storm done".into()).await;
         let _ = self.conn.close(200, "storm done".into()).await;
+    }
+}
+
+/// The properties a message goes out with, as its producer sets them: persistent, and its
+/// content type where it has one.
+pub fn properties(m: &Message) -> BasicProperties {
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    match m.content_type {
+        Some(content_type) => properties.with_content_type(content_type.into()),
+        None => properties,
     }
 }
 

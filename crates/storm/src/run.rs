@@ -66,9 +66,21 @@ pub async fn run(target: &dyn Target, o: StormOptions) -> anyhow::Result<ExitCod
 fn print_storm(storm: &Storm, took: Duration) {
     let st = &storm.stats;
     println!(
-        "storm: {} calls, {} messages ({} distinct events, {} exact duplicates, {} poison; {} held for the late phase)",
-        st.calls, st.messages, st.distinct_events, st.exact_duplicates, st.poison, st.late_phase
+        "storm: {} calls, {} messages ({} distinct events, {} exact duplicates, {} poison, {} platform events; {} held for the late phase)",
+        st.calls,
+        st.messages,
+        st.distinct_events,
+        st.exact_duplicates,
+        st.poison,
+        st.platform_events,
+        st.late_phase
     );
+    let formats: Vec<String> = st
+        .messages_by_format
+        .iter()
+        .map(|(format, n)| format!("{n} {format}"))
+        .collect();
+    println!("  messages by format: {}", formats.join(", "));
     println!(
         "  calls: {} answered, {} identified, {} with recording, {} with dialog, {} with usage, {} without end, {} with a late event, {} duplicate call.started, {} without start timestamp",
         st.answered,

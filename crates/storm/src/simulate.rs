@@ -1,6 +1,6 @@
 //! `cdr-service simulate`: one synthetic call published to the configured exchange, the way the
-//! platform's producers publish it, then its record read back. It is how a new deployment is
-//! checked end to end.
+//! platform's producers publish it (today's in protobuf, older ones in JSON), then its record
+//! read back. It is how a new deployment is checked end to end.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,9 +14,11 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
+use cdr_core::event::Format;
 use cdr_schema::row::CallRow;
 
 use crate::Target;
+use crate::protobuf::{self, JSON_CONTENT_TYPE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Order {
@@ -28,6 +30,16 @@ pub enum Order {
     Shuffled,
 }
 
+/// The wire format the call's events are published in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WireFormat {
+    /// Binary protobuf (`sentiric.event.v1`), as today's producers publish: no content type
+    /// from the signaling and media services, `application/protobuf` from the agent service.
+    Protobuf,
+    /// JSON with `application/json`, as older producers publish.
+    Json,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SimulateOptions {
     /// Call-ID to use (default: a fresh one).
@@ -36,6 +48,10 @@ pub struct SimulateOptions {
     /// Order in which the call's events are published.
     #[arg(long, value_enum, default_value = "in-order")]
     pub order: Order,
+    /// Wire format of the events. The default, `protobuf`, is what today's producers publish,
+    /// so what a current deployment receives; `json` is what older producers publish.
+    #[arg(long, value_enum, default_value = "protobuf")]
+    pub format: WireFormat,
     /// Publish this many extra copies of randomly chosen events (redeliveries).
     #[arg(long, default_value_t = 0)]
     pub duplicates: usize,
@@ -153,7 +169,52 @@ impl SyntheticCall {
     }
 }
 
-/// Publishes JSON events to an exchange with publisher confirms, routing key = event type.
+/// An event as its producer publishes it.
+#[derive(Clone)]
+struct Outgoing {
+    event_type: String,
+    body: Vec<u8>,
+    format: Format,
+    content_type: Option<&'static str>,
+}
+
+impl Outgoing {
+    /// `event` in `format`: in protobuf, its twin as today's producer sends it; an event
+    /// type no current producer sends as protobuf stays JSON, as on the platform.
+    fn new(event: &Value, format: WireFormat) -> Outgoing {
+        let event_type = event["eventType"].as_str().unwrap_or_default().to_owned();
+        let twin = match format {
+            WireFormat::Protobuf => protobuf::encode(event),
+            WireFormat::Json => None,
+        };
+        match twin {
+            Some(twin) => Outgoing {
+                event_type,
+                body: twin.body,
+                format: Format::Protobuf,
+                content_type: twin.content_type,
+            },
+            None => Outgoing {
+                event_type,
+                body: event.to_string().into_bytes(),
+                format: Format::Json,
+                content_type: Some(JSON_CONTENT_TYPE),
+            },
+        }
+    }
+
+    /// How it goes out, for the listing: its format and content type.
+    fn describe(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            self.event_type,
+            self.format.as_str(),
+            self.content_type.unwrap_or("no content type")
+        )
+    }
+}
+
+/// Publishes events to an exchange with publisher confirms, routing key = event type.
 pub struct Publisher {
     _conn: Connection,
     channel: Channel,
@@ -213,8 +274,23 @@ impl Publisher {
         })
     }
 
-    /// Publishes raw bytes and waits for the broker's confirm.
+    /// Publishes raw bytes as `application/json` and waits for the broker's confirm.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) -> Result<(), lapin::Error> {
+        self.publish_as(routing_key, body, Some(JSON_CONTENT_TYPE))
+            .await
+    }
+
+    /// Publishes raw bytes with `content_type` (or none) and waits for the broker's confirm.
+    pub async fn publish_as(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(), lapin::Error> {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(content_type) = content_type {
+            properties = properties.with_content_type(content_type.into());
+        }
         let confirm = self
             .channel
             .basic_publish(
@@ -222,9 +298,7 @@ impl Publisher {
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
+                properties,
             )
             .await?
             .await?;
@@ -317,7 +391,11 @@ pub async fn run(target: &dyn Target, o: SimulateOptions) -> anyhow::Result<Exit
         .clone()
         .unwrap_or_else(|| format!("sim-{}@198.51.100.7", uuid::Uuid::new_v4().simple()));
     let call = SyntheticCall::new(&call_id, Utc::now());
-    let mut events = call.events(!o.drop_end);
+    let mut events: Vec<Outgoing> = call
+        .events(!o.drop_end)
+        .iter()
+        .map(|e| Outgoing::new(e, o.format))
+        .collect();
     let distinct = events.len() as i32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
     match o.order {
@@ -339,8 +417,10 @@ pub async fn run(target: &dyn Target, o: SimulateOptions) -> anyhow::Result<Exit
         target.exchange()
     );
     for e in &events {
-        publisher.publish(e).await?;
-        println!("  -> {}", e["eventType"].as_str().unwrap_or("?"));
+        publisher
+            .publish_as(&e.event_type, &e.body, e.content_type)
+            .await?;
+        println!("  -> {}", e.describe());
     }
     if o.drop_end {
         println!(

@@ -1,6 +1,8 @@
 //! `storm --verify`: waits until every call of the storm has its row in `calls` folded from all
 //! of its distinct events (or a deadline), then compares every row with the call's ground truth
-//! field by field, and checks that no poison message was logged as a call event.
+//! field by field, and checks that no poison message and no platform event was logged as a
+//! call event, and that the dead-letter queue grew by no more than the poison: a platform event
+//! that is not about a call is acknowledged, never dead-lettered.
 //!
 //! The wait covers how the service writes records: `tracker.linger` after a call's end, and
 //! `tracker.idle_timeout` after the last event of a call without one (TIMED_OUT), both read
@@ -117,6 +119,8 @@ impl Verifier {
             by_outcome: BTreeMap::new(),
             poison_expected: storm.stats.poison,
             poison_leaked: Vec::new(),
+            platform_expected: storm.stats.platform_events,
+            platform_leaked: Vec::new(),
             dead_letter_queue: target.dead_letter_queue().to_owned(),
             dead_lettered: None,
             complete_after_publish,
@@ -252,23 +256,16 @@ impl Verifier {
         Ok(())
     }
 
-    /// Poison: never a call event, always a dead letter.
+    /// Poison: never a call event, always a dead letter. Platform events: never a call event,
+    /// never a dead letter (the queue grows by the poison alone).
     async fn check_poison(
         &self,
         target: &dyn Target,
         storm: &Storm,
         outcome: &mut Outcome,
     ) -> anyhow::Result<()> {
-        for chunk in storm.poison_call_ids.chunks(CHUNK) {
-            let leaked: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT call_id FROM call_events WHERE call_id = ANY($1) \
-                 UNION SELECT call_id FROM calls WHERE call_id = ANY($1)",
-            )
-            .bind(chunk)
-            .fetch_all(&self.pool)
-            .await?;
-            outcome.poison_leaked.extend(leaked);
-        }
+        outcome.poison_leaked = self.logged(&storm.poison_call_ids).await?;
+        outcome.platform_leaked = self.logged(&storm.platform_ids).await?;
         if let (Some(conn), Some(before)) = (&self.amqp, self.dead_letters_before) {
             // The dead letters were settled before the records they were published among;
             // give the count a few seconds anyway.
@@ -285,6 +282,22 @@ impl Verifier {
             }
         }
         Ok(())
+    }
+
+    /// Which of `ids` were logged as call ids, in `call_events` or `calls`.
+    async fn logged(&self, ids: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut logged = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT call_id FROM call_events WHERE call_id = ANY($1) \
+                 UNION SELECT call_id FROM calls WHERE call_id = ANY($1)",
+            )
+            .bind(chunk)
+            .fetch_all(&self.pool)
+            .await?;
+            logged.extend(found);
+        }
+        Ok(logged)
     }
 }
 

@@ -1,8 +1,10 @@
 //! One call of the storm, as the platform's producers would send it: its facts drawn first
 //! (ids, tenant, numbers, what happens to it, its timeline), then its events in the order they
-//! happen, each in a producer form chosen by `--variants`.
+//! happen, each in a producer form chosen by `--variants`, as JSON. Whether an event goes out
+//! as its protobuf twin is decided later, on a random stream of its own (`mod.rs`), so the
+//! calls are the same whatever the format mix.
 //!
-//! Every value comes from the storm's one random generator, in a fixed order: the same seed
+//! Every value comes from the storm's main random generator, in a fixed order: the same seed
 //! gives the same calls, byte for byte.
 
 use chrono::{DateTime, Utc};
@@ -21,9 +23,13 @@ use crate::StormOptions;
 /// One generated event before serialization.
 #[derive(Clone)]
 pub(super) struct Ev {
+    /// The event as a JSON producer sends it.
     pub value: Value,
+    /// The JSON producer sets `application/json`.
     pub content_type: bool,
     pub empty_routing_key: bool,
+    /// In a form only a JSON producer sends: it never goes out as protobuf.
+    pub json_only: bool,
     pub late: bool,
 }
 
@@ -51,7 +57,6 @@ enum Late {
 /// One call's facts, drawn before its events.
 struct CallPlan {
     call_id: String,
-    trace_id: String,
     tenant: &'static str,
     caller: String,
     callee: String,
@@ -145,12 +150,23 @@ impl CallGen<'_> {
         v
     }
 
-    /// The envelope of one event of call `p`, with its variant applied.
-    fn envelope(&self, p: &CallPlan, event_type: &str, at: DateTime<Utc>, v: Variant) -> Ev {
+    /// The envelope of one event of call `p`, with its variant applied (`specific`: the forms
+    /// of its event type the variant was drawn among). The trace id is the call id, as today's
+    /// producers set it (`call.answered`'s always is, EVENTS.md): every event of a call
+    /// carries that one trace id or none, in either format, so the record's trace id (the
+    /// earliest event's) never turns on which event or which format came first.
+    fn envelope(
+        &self,
+        p: &CallPlan,
+        event_type: &str,
+        at: DateTime<Utc>,
+        v: Variant,
+        specific: &[&'static str],
+    ) -> Ev {
         let mut o = Map::new();
         o.insert("eventType".into(), json!(event_type));
         if v != Variant::NoTraceId {
-            o.insert("traceId".into(), json!(p.trace_id));
+            o.insert("traceId".into(), json!(p.call_id));
         }
         o.insert("callId".into(), json!(p.call_id));
         o.insert("timestamp".into(), json!(timestamp(at, v)));
@@ -158,6 +174,7 @@ impl CallGen<'_> {
             value: Value::Object(o),
             content_type: v != Variant::NoContentType,
             empty_routing_key: v == Variant::EmptyRoutingKey,
+            json_only: v.json_only(specific),
             late: false,
         }
     }
@@ -194,7 +211,6 @@ impl CallGen<'_> {
             + chrono::Duration::nanoseconds((i as f64 * per_call * 1e9) as i64)
             + chrono::Duration::nanoseconds(self.rng.random_range(0..(per_call * 1e9) as i64 + 1));
         let call_id = self.call_id(i, prefix);
-        let trace_id = self.trace_id();
         let tenant = TENANTS.choose(self.rng).copied().unwrap_or("sentiric_demo");
         let caller = format!(
             "90{}",
@@ -240,7 +256,6 @@ impl CallGen<'_> {
         };
         CallPlan {
             call_id,
-            trace_id,
             tenant,
             caller,
             callee,
@@ -275,24 +290,10 @@ impl CallGen<'_> {
         call_id
     }
 
-    /// `trace-` and twelve letters or digits.
-    fn trace_id(&mut self) -> String {
-        format!(
-            "trace-{}",
-            (0..12)
-                .map(|_| {
-                    *b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                        .choose(self.rng)
-                        .unwrap_or(&b'x') as char
-                })
-                .collect::<String>()
-        )
-    }
-
     /// `call.started`, and a duplicate INVITE's second one.
     fn started(&mut self, p: &CallPlan, identity: &Identity, events: &mut Vec<Ev>) {
         let v = self.variant(&STARTED_VARIANTS);
-        let mut ev = self.envelope(p, "call.started", p.start, v);
+        let mut ev = self.envelope(p, "call.started", p.start, v, &STARTED_VARIANTS);
         let spec = match v {
             Variant::Specific(k) => Some(STARTED_VARIANTS[k]),
             _ => None,
@@ -384,8 +385,9 @@ impl CallGen<'_> {
             *self.stats.variants.entry("no_call_answered").or_default() += 1;
         }
         if p.answered && !no_answered_event {
-            let v = self.variant(&["answered_extra_keys"]);
-            let mut ev = self.envelope(p, "call.answered", p.answer_at, v);
+            const SPECIFIC: [&str; 1] = ["answered_extra_keys"];
+            let v = self.variant(&SPECIFIC);
+            let mut ev = self.envelope(p, "call.answered", p.answer_at, v, &SPECIFIC);
             if v == Variant::Specific(0) {
                 let obj = ev.value.as_object_mut().expect("an object");
                 obj.insert("sipStatus".into(), json!(200));
@@ -444,7 +446,7 @@ impl CallGen<'_> {
             Variant::Specific(_) => ("user.created.for_call", true),
             _ => ("user.identified.for_call", false),
         };
-        let mut ev = self.envelope(p, event_type, at, v);
+        let mut ev = self.envelope(p, event_type, at, v, specific);
         let obj = ev.value.as_object_mut().expect("an object");
         obj.insert("userId".into(), json!(ident.user_id));
         obj.insert("contactId".into(), json!(ident.contact_id));
@@ -465,7 +467,7 @@ impl CallGen<'_> {
                 + chrono::Duration::milliseconds(talk_ms * (k + 1) / (turns + 1))
                 + self.ms(0, 50);
             let v = self.variant(&[]);
-            let mut ev = self.envelope(p, "dialog.turn.completed", at, v);
+            let mut ev = self.envelope(p, "dialog.turn.completed", at, v, &[]);
             let (user_text, ai_text) = *UTTERANCES.choose(self.rng).unwrap_or(&UTTERANCES[0]);
             let obj = ev.value.as_object_mut().expect("an object");
             obj.insert("turnIndex".into(), json!(k));
@@ -484,13 +486,14 @@ impl CallGen<'_> {
 
     /// One to four usage reports, spread over the talk.
     fn usage_reports(&mut self, p: &CallPlan, talk_ms: i64, events: &mut Vec<Ev>) {
+        const SPECIFIC: [&str; 1] = ["usage_no_usage_id"];
         let reports = self.rng.random_range(1..=4);
         for k in 0..reports {
             let at = p.answer_at
                 + chrono::Duration::milliseconds(talk_ms * (k + 1) / (reports + 1))
                 + self.ms(0, 50);
-            let v = self.variant(&["usage_no_usage_id"]);
-            let mut ev = self.envelope(p, "cost.usage.reported", at, v);
+            let v = self.variant(&SPECIFIC);
+            let mut ev = self.envelope(p, "cost.usage.reported", at, v, &SPECIFIC);
             let (service, resource, quantity) = match self.rng.random_range(0..4) {
                 0 => (
                     "stt-whisper-service",
@@ -535,7 +538,7 @@ impl CallGen<'_> {
                 .entry("unknown_call_scoped_event")
                 .or_default() += 1;
             let at = p.answer_at + chrono::Duration::milliseconds(talk_ms / 2);
-            let mut ev = self.envelope(p, "call.transfer.requested", at, Variant::Canonical);
+            let mut ev = self.envelope(p, "call.transfer.requested", at, Variant::Canonical, &[]);
             let obj = ev.value.as_object_mut().expect("an object");
             obj.insert("targetUri".into(), json!("sip:902124449999@198.51.100.7"));
             obj.insert("requestedBy".into(), json!("agent-service"));
@@ -547,8 +550,9 @@ impl CallGen<'_> {
         }
         if p.reason == "terminated_by_request" || self.chance(0.03) {
             let at = p.end_at - self.ms(50, 1000);
-            let v = self.variant(&["terminate_no_timestamp"]);
-            let mut ev = self.envelope(p, "call.terminate.request", at, v);
+            const SPECIFIC: [&str; 1] = ["terminate_no_timestamp"];
+            let v = self.variant(&SPECIFIC);
+            let mut ev = self.envelope(p, "call.terminate.request", at, v, &SPECIFIC);
             let obj = ev.value.as_object_mut().expect("an object");
             obj.remove("traceId");
             if v == Variant::Specific(0) {
@@ -561,8 +565,9 @@ impl CallGen<'_> {
     /// `call.ended` (unless the call has no end) and the recording, possibly late.
     fn end(&mut self, p: &CallPlan, events: &mut Vec<Ev>) {
         if p.ended {
-            let v = self.variant(&["ended_without_reason"]);
-            let mut ev = self.envelope(p, "call.ended", p.end_at, v);
+            const SPECIFIC: [&str; 1] = ["ended_without_reason"];
+            let v = self.variant(&SPECIFIC);
+            let mut ev = self.envelope(p, "call.ended", p.end_at, v, &SPECIFIC);
             if v != Variant::Specific(0) {
                 ev.value["reason"] = json!(p.reason);
             }
@@ -571,7 +576,7 @@ impl CallGen<'_> {
         if p.recording {
             let at = p.end_at + self.ms(1000, 60_000);
             let v = self.variant(&[]);
-            let mut ev = self.envelope(p, "call.recording.available", at, v);
+            let mut ev = self.envelope(p, "call.recording.available", at, v, &[]);
             ev.value["recordingUri"] = json!(format!(
                 "s3://sentiric-recordings/{}/{}.wav",
                 p.tenant, p.call_id

@@ -7,24 +7,30 @@
 //!   `EVENTS.md`, mixed by `--variants`), with realistic timestamps: call `i` starts at
 //!   `base_time + i / rate` (10 calls/s of timeline when `--rate 0`), rings, is answered or not,
 //!   talks for a duration drawn from `--duration`, ends with a reason;
+//! - each event in one of the two wire formats: as its protobuf twin (today's producers) for
+//!   `--protobuf` of the events that have one, else as JSON (older producers), so that one call
+//!   mixes both. The format is drawn from a random stream of its own: the calls, their facts
+//!   and their ground truth are the same whatever the mix;
 //! - the main phase, in publish order: each call's events placed at random points among the
 //!   publishes of the next `--reorder-window` calls (so they come out of order and interleaved
-//!   with the neighbours), exact duplicates (redeliveries) a little later, and poison messages
-//!   (one of each bad-input class in turn) anywhere;
+//!   with the neighbours), exact duplicates (redeliveries) a little later, poison messages
+//!   (one of each bad-input class in turn) and platform events that are not about a call
+//!   anywhere;
 //! - the late phase: recordings and identifications held back until after the calls' records
 //!   were written.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod call;
+mod platform;
 mod poison;
 mod producer;
 
-use cdr_core::event::{self, Limits};
+use cdr_core::event::{self, Format, Limits};
 use cdr_core::merge::{CallEvent, CallRecord, CallState, PriceBook};
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
@@ -34,7 +40,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::StormOptions;
-use call::CallGen;
+use crate::protobuf::{self, JSON_CONTENT_TYPE};
+use call::{CallGen, Ev};
+use platform::platform_event;
 use poison::poison;
 
 /// Calls per second of timeline when `--rate 0` (the timestamps must still be spread).
@@ -114,7 +122,7 @@ impl fmt::Display for DurationDist {
 }
 
 /// Each class of bad input the service dead-letters (`unstorable`, a refusal by the database,
-/// cannot be produced on demand and is left out).
+/// cannot be produced on demand and is left out), in either wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoisonClass {
@@ -129,10 +137,14 @@ pub enum PoisonClass {
     InvalidCallId,
     BadTimestamp,
     NulCharacter,
+    /// A protobuf event cut short or corrupted.
+    BadProtobuf,
+    /// A protobuf call event without a call id.
+    ProtobufMissingCallId,
 }
 
 impl PoisonClass {
-    pub const ALL: [PoisonClass; 11] = [
+    pub const ALL: [PoisonClass; 13] = [
         PoisonClass::Oversize,
         PoisonClass::InvalidUtf8,
         PoisonClass::TooDeep,
@@ -144,6 +156,8 @@ impl PoisonClass {
         PoisonClass::InvalidCallId,
         PoisonClass::BadTimestamp,
         PoisonClass::NulCharacter,
+        PoisonClass::BadProtobuf,
+        PoisonClass::ProtobufMissingCallId,
     ];
 
     /// The service's reject reason (`x-cdr-reject-reason`) for this class.
@@ -160,6 +174,52 @@ impl PoisonClass {
             PoisonClass::InvalidCallId => "invalid_call_id",
             PoisonClass::BadTimestamp => "bad_timestamp",
             PoisonClass::NulCharacter => "nul_character",
+            PoisonClass::BadProtobuf => "bad_protobuf",
+            PoisonClass::ProtobufMissingCallId => "missing_call_id",
+        }
+    }
+
+    /// The wire format its producer meant.
+    pub fn format(self) -> Format {
+        match self {
+            PoisonClass::BadProtobuf | PoisonClass::ProtobufMissingCallId => Format::Protobuf,
+            _ => Format::Json,
+        }
+    }
+}
+
+/// Each kind of platform event that is not about a call (no call id, not a call event type):
+/// the service acknowledges and counts it, never dead-letters or logs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformEvent {
+    /// `user.created`, a protobuf `GenericEvent`.
+    UserCreated,
+    /// `dialplan.updated`, JSON without `callId`.
+    DialplanUpdated,
+    /// `cognitive.map.updated`, a protobuf message of its own without a call id.
+    CognitiveMapUpdated,
+}
+
+impl PlatformEvent {
+    pub const ALL: [PlatformEvent; 3] = [
+        PlatformEvent::UserCreated,
+        PlatformEvent::DialplanUpdated,
+        PlatformEvent::CognitiveMapUpdated,
+    ];
+
+    pub fn event_type(self) -> &'static str {
+        match self {
+            PlatformEvent::UserCreated => "user.created",
+            PlatformEvent::DialplanUpdated => "dialplan.updated",
+            PlatformEvent::CognitiveMapUpdated => "cognitive.map.updated",
+        }
+    }
+
+    pub fn format(self) -> Format {
+        match self {
+            PlatformEvent::DialplanUpdated => Format::Json,
+            PlatformEvent::UserCreated | PlatformEvent::CognitiveMapUpdated => Format::Protobuf,
         }
     }
 }
@@ -167,14 +227,13 @@ impl PoisonClass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     /// The first copy of a call's event (index into `Storm::calls`).
-    Event {
-        call: u32,
-    },
+    Event { call: u32 },
     /// An exact copy of an earlier message (a redelivery): the log drops it.
-    Duplicate {
-        call: u32,
-    },
+    Duplicate { call: u32 },
+    /// Dead-lettered.
     Poison(PoisonClass),
+    /// Acknowledged and counted, neither dead-lettered nor logged.
+    Platform(PlatformEvent),
 }
 
 /// One message to publish.
@@ -183,8 +242,9 @@ pub struct Message {
     /// The event type, or `""` as an older producer sent it.
     pub routing_key: String,
     pub body: Arc<[u8]>,
-    /// `content_type: application/json` is set (some producers leave it out).
-    pub content_type: bool,
+    /// The `content_type` property, as its producer sets it: `application/json` or
+    /// `application/protobuf`, or none (some JSON producers, the signaling and media services).
+    pub content_type: Option<&'static str>,
     /// Position in the storm in calls: with `--rate R` it is published `at / R` seconds after
     /// the start.
     pub at: f64,
@@ -192,13 +252,13 @@ pub struct Message {
 }
 
 impl Message {
-    /// The first copy of an event of call `call` as the producers publish it: routed by its
-    /// event type, with a content type, placed at the call's position.
+    /// The first copy of a JSON event of call `call` as the producers publish it: routed by
+    /// its event type, with a content type, placed at the call's position.
     pub fn event(call: usize, event: &Value) -> Message {
         Message {
             routing_key: event["eventType"].as_str().unwrap_or_default().to_owned(),
             body: event.to_string().into_bytes().into(),
-            content_type: true,
+            content_type: Some(JSON_CONTENT_TYPE),
             at: call as f64,
             kind: MessageKind::Event {
                 call: u32::try_from(call).unwrap_or(u32::MAX),
@@ -250,14 +310,20 @@ pub struct StormStats {
     pub duplicate_starts: usize,
     pub inferred_start: usize,
     pub long_call_ids: usize,
-    /// Every message published (main + late phase, poison included).
+    /// Every message published (main + late phase, poison and platform events included).
     pub messages: usize,
+    /// Every message published, by the wire format its producer meant (`json`, `protobuf`).
+    pub messages_by_format: BTreeMap<&'static str, usize>,
     pub main_phase: usize,
     pub late_phase: usize,
     pub distinct_events: usize,
     pub exact_duplicates: usize,
     pub poison: usize,
     pub poison_by_reason: BTreeMap<&'static str, usize>,
+    pub poison_by_class: BTreeMap<PoisonClass, usize>,
+    /// Platform events that are not about a call.
+    pub platform_events: usize,
+    pub platform_by_type: BTreeMap<&'static str, usize>,
     /// Events sent in a non-canonical producer form, by variant.
     pub variants: BTreeMap<&'static str, usize>,
     pub events_by_type: BTreeMap<String, usize>,
@@ -274,6 +340,9 @@ pub struct Storm {
     pub calls: Vec<ExpectedCall>,
     /// Call ids carried by poison messages whose envelope names one: they must never be logged.
     pub poison_call_ids: Vec<String>,
+    /// The ids platform events carry as their trace id: were one read as a call id, it would
+    /// be logged under it.
+    pub platform_ids: Vec<String>,
     pub stats: StormStats,
 }
 
@@ -287,7 +356,7 @@ fn placeholder_receive(base: DateTime<Utc>) -> DateTime<Utc> {
 /// events, so two different storms never share call ids, and a replay reuses them.
 pub fn default_prefix(o: &StormOptions) -> String {
     let fingerprint = format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
         o.calls,
         o.rate,
         o.duration,
@@ -303,7 +372,9 @@ pub fn default_prefix(o: &StormOptions) -> String {
         o.poison,
         o.variants,
         o.seed,
-        event::format_timestamp(o.base_time)
+        event::format_timestamp(o.base_time),
+        o.protobuf,
+        o.platform_events,
     );
     // FNV-1a: stable across builds and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -323,6 +394,7 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
     let mut b = Builder {
         o,
         rng: StdRng::seed_from_u64(o.seed),
+        format_rng: StdRng::seed_from_u64(o.seed ^ FORMAT_STREAM),
         stats: StormStats {
             calls: o.calls,
             ..StormStats::default()
@@ -331,7 +403,9 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
         late: Vec::new(),
     };
     let calls = (0..o.calls).map(|i| b.call(i, &prefix)).collect();
-    let poison_call_ids = b.poison(&prefix, limits);
+    let events = b.main.len();
+    let poison_call_ids = b.poison(&prefix, limits, events);
+    let platform_ids = b.platform(&prefix, events);
     let Builder {
         mut rng,
         mut stats,
@@ -356,15 +430,21 @@ pub fn generate(o: &StormOptions, limits: Limits) -> Storm {
         late,
         calls,
         poison_call_ids,
+        platform_ids,
         stats,
     }
 }
 
-/// A storm being generated: the one random generator every value is drawn from, in a fixed
-/// order, and the messages of both phases so far.
+/// Sets the format stream's seed apart from the main one's (the golden ratio's bits).
+const FORMAT_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A storm being generated: the random generator every value is drawn from, in a fixed order,
+/// the one each event's wire format is drawn from, and the messages of both phases so far.
 struct Builder<'a> {
     o: &'a StormOptions,
     rng: StdRng,
+    /// Only `--protobuf` draws from it: another mix leaves every other draw as it was.
+    format_rng: StdRng,
     stats: StormStats,
     main: Vec<Message>,
     late: Vec<Message>,
@@ -383,12 +463,21 @@ impl Builder<'_> {
         .call(i, prefix);
         let window = o.reorder_window as f64;
         let call = u32::try_from(i).unwrap_or(u32::MAX);
+        // How each JSON event went out: the same event twice (the typed producer's duplicate
+        // INVITE) is the same message twice, in one format.
+        let mut sent: HashMap<Vec<u8>, Wire> = HashMap::new();
         let mut seen: HashSet<Arc<[u8]>> = HashSet::new();
         let mut distinct: Vec<Arc<[u8]>> = Vec::new();
         for ev in planned.events {
-            let body: Arc<[u8]> = serde_json::to_vec(&ev.value)
-                .expect("a JSON value serializes")
-                .into();
+            let json = serde_json::to_vec(&ev.value).expect("a JSON value serializes");
+            let wire = match sent.get(&json) {
+                Some(wire) => wire.clone(),
+                None => {
+                    let wire = self.wire(&ev, json.clone());
+                    sent.insert(json, wire.clone());
+                    wire
+                }
+            };
             let event_type = ev.value["eventType"]
                 .as_str()
                 .unwrap_or_default()
@@ -398,11 +487,10 @@ impl Builder<'_> {
                 .events_by_type
                 .entry(event_type.clone())
                 .or_default() += 1;
-            // The same body twice (the typed producer's duplicate INVITE) is an exact
-            // duplicate: the log keeps it once.
-            let first = seen.insert(body.clone());
+            // The same body twice is an exact duplicate: the log keeps it once.
+            let first = seen.insert(wire.body.clone());
             if first {
-                distinct.push(body.clone());
+                distinct.push(wire.body.clone());
             } else {
                 self.stats.exact_duplicates += 1;
             }
@@ -413,8 +501,8 @@ impl Builder<'_> {
                 } else {
                     event_type
                 },
-                body,
-                content_type: ev.content_type,
+                body: wire.body,
+                content_type: wire.content_type,
                 at: if window > 0.0 {
                     i as f64 + rng.random_range(0.0..window)
                 } else {
@@ -437,21 +525,48 @@ impl Builder<'_> {
                 &mut self.main
             };
             phase.push(msg);
+            let mut published = 1;
             if let Some(copy) = copy {
                 self.stats.exact_duplicates += 1;
                 phase.push(copy);
+                published += 1;
             }
+            *self
+                .stats
+                .messages_by_format
+                .entry(wire.format.as_str())
+                .or_default() += published;
         }
         self.stats.distinct_events += distinct.len();
         expected_call(o, planned.call_id, planned.ended, distinct)
     }
 
-    /// Adds `--poison` of the main phase's messages, every class in turn, at random places;
-    /// returns the call ids they name.
-    fn poison(&mut self, prefix: &str, limits: Limits) -> Vec<String> {
+    /// The event as it goes out: as its protobuf twin for `--protobuf` of the events that have
+    /// one, drawn from the format stream, else as the JSON event.
+    fn wire(&mut self, ev: &Ev, json: Vec<u8>) -> Wire {
+        let twin = (!ev.json_only && self.format_rng.random_bool(self.o.protobuf))
+            .then(|| protobuf::encode(&ev.value))
+            .flatten();
+        match twin {
+            Some(twin) => Wire {
+                body: twin.body.into(),
+                content_type: twin.content_type,
+                format: Format::Protobuf,
+            },
+            None => Wire {
+                body: json.into(),
+                content_type: ev.content_type.then_some(JSON_CONTENT_TYPE),
+                format: Format::Json,
+            },
+        }
+    }
+
+    /// Adds `--poison` of the main phase's `events` call events, every class in turn, at
+    /// random places; returns the call ids they name.
+    fn poison(&mut self, prefix: &str, limits: Limits, events: usize) -> Vec<String> {
         let o = self.o;
         let rng = &mut self.rng;
-        let poison_count = (o.poison * self.main.len() as f64).round() as usize;
+        let poison_count = (o.poison * events as f64).round() as usize;
         let mut poison_call_ids = Vec::new();
         // One oversize body, shared: a large storm may carry hundreds of them.
         let mut oversize: Option<Arc<[u8]>> = None;
@@ -472,21 +587,70 @@ impl Builder<'_> {
                     (routing_key, body)
                 }
             };
-            *self
-                .stats
-                .poison_by_reason
-                .entry(class.reason())
+            let st = &mut self.stats;
+            *st.poison_by_reason.entry(class.reason()).or_default() += 1;
+            *st.poison_by_class.entry(class).or_default() += 1;
+            *st.messages_by_format
+                .entry(class.format().as_str())
                 .or_default() += 1;
             self.main.push(Message {
                 routing_key,
                 body,
-                content_type: rng.random_bool(0.5),
+                content_type: rng.random_bool(0.5).then_some(content_type(class.format())),
                 at: rng.random_range(0.0..(o.calls.max(1) as f64)),
                 kind: MessageKind::Poison(class),
             });
         }
         self.stats.poison = poison_count;
         poison_call_ids
+    }
+
+    /// Adds `--platform-events` of the main phase's `events` call events: platform events
+    /// that are not about a call, every kind in turn, at random places. Returns the ids they
+    /// carry as their trace id.
+    fn platform(&mut self, prefix: &str, events: usize) -> Vec<String> {
+        let o = self.o;
+        let rng = &mut self.rng;
+        let count = (o.platform_events * events as f64).round() as usize;
+        let mut ids = Vec::new();
+        for n in 0..count {
+            let kind = PlatformEvent::ALL[n % PlatformEvent::ALL.len()];
+            let id = format!("{prefix}-platform-{n:06}@198.51.100.7");
+            let (body, carries_id) = platform_event(kind, &id, o.base_time, rng);
+            if carries_id {
+                ids.push(id);
+            }
+            let st = &mut self.stats;
+            *st.platform_by_type.entry(kind.event_type()).or_default() += 1;
+            *st.messages_by_format
+                .entry(kind.format().as_str())
+                .or_default() += 1;
+            self.main.push(Message {
+                routing_key: kind.event_type().to_owned(),
+                body: body.into(),
+                content_type: rng.random_bool(0.5).then_some(content_type(kind.format())),
+                at: rng.random_range(0.0..(o.calls.max(1) as f64)),
+                kind: MessageKind::Platform(kind),
+            });
+        }
+        self.stats.platform_events = count;
+        ids
+    }
+}
+
+/// An event as it goes out.
+#[derive(Clone)]
+struct Wire {
+    body: Arc<[u8]>,
+    content_type: Option<&'static str>,
+    format: Format,
+}
+
+/// The content type a producer of `format` sets, where it sets one.
+fn content_type(format: Format) -> &'static str {
+    match format {
+        Format::Json => JSON_CONTENT_TYPE,
+        Format::Protobuf => protobuf::PROTOBUF_CONTENT_TYPE,
     }
 }
 

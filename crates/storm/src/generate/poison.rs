@@ -1,7 +1,10 @@
 //! Poison messages: one of each class of bad input the service dead-letters, each just past
-//! the limit or the rule it breaks.
+//! the limit or the rule it breaks, in the wire format its producer meant.
 
 use cdr_core::event::{self, Limits};
+use cdr_core::proto::{CallEndedEvent, GenericEvent, Timestamp};
+use chrono::{DateTime, Utc};
+use prost::Message;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use serde_json::json;
@@ -27,6 +30,9 @@ pub(super) fn poison(
         | PoisonClass::InvalidCallId
         | PoisonClass::BadTimestamp
         | PoisonClass::NulCharacter => bad_envelope(class, call_id, rng),
+        PoisonClass::BadProtobuf | PoisonClass::ProtobufMissingCallId => {
+            bad_protobuf(class, call_id, rng)
+        }
     }
 }
 
@@ -133,5 +139,56 @@ fn bad_envelope(class: PoisonClass, call_id: &str, rng: &mut StdRng) -> (String,
             (rk("call.ended"), body.into_bytes(), true)
         }
         other => unreachable!("{other:?} is not an envelope fault"),
+    }
+}
+
+/// A protobuf event that is broken (cut short, a field of a wire type that does not exist, a
+/// `payload_json` that is not JSON), or a call event without a call id.
+fn bad_protobuf(class: PoisonClass, call_id: &str, rng: &mut StdRng) -> (String, Vec<u8>, bool) {
+    let at: DateTime<Utc> = "2025-09-24T10:01:02Z".parse().expect("a valid time");
+    let ended = |call_id: &str| CallEndedEvent {
+        event_type: "call.ended".into(),
+        trace_id: "trace-Ab12Cd34Ef56".into(),
+        call_id: call_id.into(),
+        timestamp: Some(Timestamp::from(at)),
+        reason: "normal_clearing".into(),
+    };
+    let answered = |trace_id: &str, payload_json: String| GenericEvent {
+        event_type: "call.answered".into(),
+        trace_id: trace_id.into(),
+        timestamp: Some(Timestamp::from(at)),
+        tenant_id: event::PLACEHOLDER_TENANT.into(),
+        payload_json,
+    };
+    match class {
+        PoisonClass::BadProtobuf => match rng.random_range(0..3) {
+            0 => {
+                // Cut inside its last field, the reason: never at a field's end.
+                let mut body = ended(call_id).encode_to_vec();
+                body.pop();
+                ("call.ended".to_owned(), body, true)
+            }
+            1 => {
+                // Field 1 again, with wire type 7, which does not exist.
+                let mut body = ended(call_id).encode_to_vec();
+                body.push(0x0f);
+                ("call.ended".to_owned(), body, true)
+            }
+            _ => {
+                let payload = format!(r#"{{"callId": "{call_id}""#);
+                let body = answered(call_id, payload).encode_to_vec();
+                ("call.answered".to_owned(), body, true)
+            }
+        },
+        PoisonClass::ProtobufMissingCallId => {
+            if rng.random_bool(0.5) {
+                ("call.ended".to_owned(), ended("").encode_to_vec(), false)
+            } else {
+                // No callId in the payload, and no trace id to stand for it.
+                let body = answered("", "{}".to_owned()).encode_to_vec();
+                ("call.answered".to_owned(), body, false)
+            }
+        }
+        other => unreachable!("{other:?} is not a protobuf fault"),
     }
 }

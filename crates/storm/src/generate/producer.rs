@@ -1,6 +1,6 @@
 //! What the producers send, in their forms (EVENTS.md): the envelope variants a storm mixes
-//! in, the end reasons, the timestamp styles, and the two dialplan layouts `call.started`
-//! carries.
+//! in, which of them only a JSON producer sends, the end reasons, the timestamp styles, and the
+//! two dialplan layouts `call.started` carries.
 
 use cdr_core::event;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -24,6 +24,36 @@ pub(super) enum Variant {
 /// Variants of the envelope, which every event type has: the first five of [`Variant`] after
 /// `Canonical`.
 pub(super) const ENVELOPE_VARIANTS: usize = 5;
+
+/// The forms specific to an event type that only an older, JSON producer sends: JSON key
+/// spellings and layouts, extra JSON keys, the dotted alias. Every other form has a protobuf
+/// twin with the same facts.
+const JSON_ONLY_FORMS: [&str; 6] = [
+    "started_uri_keys",
+    "started_snake_media",
+    "started_snake_dialplan",
+    "started_snake_user_only",
+    "answered_extra_keys",
+    "identified_dot_alias",
+];
+
+impl Variant {
+    /// Whether only a JSON producer sends an event in this form (`specific`: the event type's
+    /// own forms, as drawn). The envelope variants are all JSON producers' habits: timestamp
+    /// strings, a missing content type or trace id, the empty routing key; today's producers
+    /// set the trace id, and route by the event type.
+    pub(super) fn json_only(self, specific: &[&str]) -> bool {
+        match self {
+            Variant::Canonical => false,
+            Variant::TimestampGo
+            | Variant::TimestampRust(_)
+            | Variant::NoContentType
+            | Variant::EmptyRoutingKey
+            | Variant::NoTraceId => true,
+            Variant::Specific(k) => JSON_ONLY_FORMS.contains(&specific[k]),
+        }
+    }
+}
 
 /// The reasons `call.ended` gives for an answered call; the common ones twice, so they come
 /// more often.
