@@ -4,6 +4,11 @@
 //! every dialog turn and usage line projected (those are written after the commit, so a kill
 //! can fall between the two).
 //!
+//! The storm mixes the wire formats as a current platform does (most events as today's
+//! producers' protobuf, the rest as the older producers' JSON, the two within one call) and
+//! gives every timestamp nanoseconds, so a call rebuilt from the log after a kill must fold
+//! exactly as it did live in both formats.
+//!
 //! The storm is random but reproducible: the seed is printed, and `CRASH_SEED=<seed>` replays it.
 
 use cdr_testkit as common;
@@ -15,7 +20,8 @@ use cdr_service::event::{self, Limits};
 use cdr_service::merge::{CallEvent, CallRecord, CallState, PriceBook};
 use cdr_service::project::ProjectionRows;
 use cdr_service::row::CallRow;
-use cdr_storm::simulate::{Publisher, SyntheticCall};
+use cdr_storm::protobuf;
+use cdr_storm::simulate::SyntheticCall;
 use cdr_storm::verify::{expected_row, load_rows};
 use chrono::{DateTime, Utc};
 use common::service::Service;
@@ -38,18 +44,34 @@ const IN_FLIGHT: usize = 64;
 /// Generous bound for every wait; never a pass/fail timing threshold.
 const PATIENCE: Duration = Duration::from_secs(120);
 
+/// Share of the events published as today's producers publish them (protobuf), where a
+/// current producer sends the event type; the rest as the older producers' JSON.
+const PROTOBUF: f64 = 0.7;
+
 /// One message to publish.
 #[derive(Clone)]
 struct Msg {
     routing_key: String,
     body: Vec<u8>,
+    content_type: Option<&'static str>,
 }
 
 impl Msg {
-    fn of(event: &Value) -> Msg {
-        Msg {
-            routing_key: event["eventType"].as_str().unwrap_or_default().to_owned(),
-            body: event.to_string().into_bytes(),
+    /// The event in JSON, or, with probability `PROTOBUF`, in its protobuf form when a current
+    /// producer sends one.
+    fn of(event: &Value, rng: &mut StdRng) -> Msg {
+        let routing_key = event["eventType"].as_str().unwrap_or_default().to_owned();
+        match protobuf::encode(event).filter(|_| rng.random_bool(PROTOBUF)) {
+            Some(twin) => Msg {
+                routing_key,
+                body: twin.body,
+                content_type: twin.content_type,
+            },
+            None => Msg {
+                routing_key,
+                body: event.to_string().into_bytes(),
+                content_type: Some(protobuf::JSON_CONTENT_TYPE),
+            },
         }
     }
 }
@@ -80,9 +102,10 @@ fn plan(rng: &mut StdRng) -> Plan {
     let mut storm: Vec<(f64, Msg)> = Vec::new();
     let mut withheld: Vec<Msg> = Vec::new();
     for i in 0..CALLS {
+        // Nanosecond timestamps: a call rebuilt from the log must fold them exactly as live.
         let start = t0
             + chrono::Duration::seconds(2 * i as i64)
-            + chrono::Duration::milliseconds(rng.random_range(0..1000));
+            + chrono::Duration::nanoseconds(rng.random_range(0..1_000_000_000));
         let mut c = SyntheticCall::new(format!("crash-{i:05}@198.51.100.7"), start);
         c.answer_after = Duration::from_millis(rng.random_range(500..20_000));
         c.talk = Duration::from_millis(rng.random_range(0..900_000));
@@ -120,12 +143,12 @@ fn plan(rng: &mut StdRng) -> Plan {
         }
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         for e in &main {
-            let msg = Msg::of(e);
+            let msg = Msg::of(e, rng);
             bodies.push(msg.body.clone());
             storm.push((i as f64 + rng.random_range(0.0..WINDOW), msg));
         }
         for e in &tail {
-            let msg = Msg::of(e);
+            let msg = Msg::of(e, rng);
             bodies.push(msg.body.clone());
             if long {
                 withheld.push(msg);
@@ -243,20 +266,15 @@ async fn stored_projections(pool: &PgPool) -> Projections {
 }
 
 /// Publishes every message, each with its publisher confirm, `IN_FLIGHT` at a time.
-async fn publish_all(publisher: &Publisher, msgs: &[Msg]) {
+async fn publish_all(producer: &Producer, msgs: &[Msg]) {
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     for m in msgs {
-        if in_flight.len() >= IN_FLIGHT
-            && let Some(r) = in_flight.next().await
-        {
-            let r: Result<(), lapin::Error> = r;
-            r.expect("broker confirmed the publish");
+        if in_flight.len() >= IN_FLIGHT {
+            in_flight.next().await;
         }
-        in_flight.push(publisher.publish_raw(&m.routing_key, &m.body));
+        in_flight.push(producer.publish(&m.routing_key, &m.body, m.content_type));
     }
-    while let Some(r) = in_flight.next().await {
-        r.expect("broker confirmed the publish");
-    }
+    while in_flight.next().await.is_some() {}
 }
 
 fn limits() -> Limits {
@@ -395,9 +413,7 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
     let mut service = Running(Some(
         Service::start(service_binary!(), &env, &settings).await,
     ));
-    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
-        .await
-        .expect("publisher");
+    let publisher = Producer::connect(&settings.amqp.exchange).await;
     let storm = plan.storm.clone();
     let storm_task = tokio::spawn(async move {
         publish_all(&publisher, &storm).await;

@@ -30,7 +30,7 @@
 pub mod generate;
 mod options;
 mod outcome;
-mod protobuf;
+pub mod protobuf;
 pub mod publish;
 mod run;
 pub mod simulate;
