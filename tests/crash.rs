@@ -537,6 +537,17 @@ async fn sigkill_mid_storm_leaves_every_record_right() {
         "one row per call, no other rows"
     );
 
+    // Both formats went through the kills, and each row keeps the format it came in.
+    for encoding in ["json", "protobuf"] {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM call_events WHERE body_encoding = $1")
+                .bind(encoding)
+                .fetch_one(&pool)
+                .await
+                .expect("count by encoding");
+        assert!(n > 0, "no {encoding} event in the storm");
+    }
+
     // The log holds exactly the distinct events: none missing, none twice.
     let logged_events: Vec<(String, Vec<u8>)> =
         sqlx::query_as("SELECT call_id, body_sha256 FROM call_events")
