@@ -33,6 +33,8 @@
 //!    nothing after the log (no records, dialog turns or usage lines), timed like the broker
 //!    drains: the ack path alone, above what any service that keeps the log and writes the
 //!    records could reach here;
+//!    Then the wire formats: the same storm all in JSON and as the default mix (mostly
+//!    protobuf), one service drain each, back to back; their ratio;
 //! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
@@ -90,6 +92,7 @@ mod cpu;
 mod drains;
 mod env;
 mod floor;
+mod formats;
 mod markdown;
 mod memory;
 mod report;
@@ -166,6 +169,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
     let events_per_call = storm.main.len() as f64 / storm.calls.len().max(1) as f64;
 
     let rounds = drains::Rounds::run(env, &storm, &o, sizes.rounds).await?;
+    let formats = formats::formats(env, &storm, &o, sizes.rounds + 1).await?;
     let seed = seed::seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
     let (steady, steady_o) =
         steady::steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
@@ -179,6 +183,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
         options: &o,
         storm: &storm,
         rounds: &rounds,
+        formats: &formats,
         seed: &seed,
         steady: &steady,
         steady_calls: steady_o.calls,

@@ -10,6 +10,7 @@ use crate::report::{Report, json_text};
 pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     drain_rows(&mut md, r);
+    format_rows(&mut md, r);
     steady_rows(&mut md, r);
     cpu_rows(&mut md, r);
     let _ = writeln!(
@@ -67,6 +68,25 @@ fn drain_rows(md: &mut String, r: &Report) {
         count(r.records.records_verified),
         count(r.records.records_mismatched),
         count(r.records.records_missing),
+    );
+}
+
+/// The wire formats' rows: the default mix against the all-JSON storm.
+fn format_rows(md: &mut String, r: &Report) {
+    let f = &r.formats;
+    let _ = writeln!(
+        md,
+        "| service drain, all-JSON storm / default mix ({} of its messages protobuf), back to back | {} / {} events/s |\n         | default mix / all-JSON drain rate | {} |\n         | service CPU per event, all-JSON / default mix | {} / {} µs |\n         | PostgreSQL CPU per event, all-JSON / default mix | {} / {} µs |\n         | records mismatched / missing (both format drains) | {} / {} |",
+        fixed(f.mixed_protobuf_share_of_messages.map(|s| s * 100.0), 0) + "%",
+        fixed(f.json_drain_events_per_s, 0),
+        fixed(f.mixed_drain_events_per_s, 0),
+        fixed(f.mixed_vs_json_ratio, 3),
+        fixed(f.json_service_cpu_us_per_event, 1),
+        fixed(f.mixed_service_cpu_us_per_event, 1),
+        fixed(f.json_postgres_cpu_us_per_event, 1),
+        fixed(f.mixed_postgres_cpu_us_per_event, 1),
+        count(f.records_mismatched),
+        count(f.records_missing),
     );
 }
 

@@ -15,6 +15,7 @@ use crate::clock::Drain;
 use crate::cpu::{CpuBudget, CpuShares, Machine};
 use crate::drains::Rounds;
 use crate::env::Writes;
+use crate::formats::Formats;
 use crate::memory::{Memory, MemoryFigures};
 use crate::stats::{finite, percentile, round};
 use crate::steady::Steady;
@@ -36,6 +37,7 @@ pub struct Report {
     pub floor: FloorFigures,
     #[serde(flatten)]
     pub rounds: RoundFigures,
+    pub formats: FormatFigures,
     #[serde(flatten)]
     pub records: RecordFigures,
     #[serde(flatten)]
@@ -193,12 +195,31 @@ pub struct OpenCallFigures {
 }
 
 /// What the report is built from.
+/// The default mix against the all-JSON storm (`formats`).
+#[derive(Debug, Serialize)]
+pub struct FormatFigures {
+    pub json_drain_events_per_s: Option<f64>,
+    pub mixed_drain_events_per_s: Option<f64>,
+    /// Mixed over all-JSON.
+    pub mixed_vs_json_ratio: Option<f64>,
+    pub mixed_protobuf_share_of_messages: Option<f64>,
+    /// CPU per event of the service and of PostgreSQL in each drain (process start to the last
+    /// record), in microseconds.
+    pub json_service_cpu_us_per_event: Option<f64>,
+    pub mixed_service_cpu_us_per_event: Option<f64>,
+    pub json_postgres_cpu_us_per_event: Option<f64>,
+    pub mixed_postgres_cpu_us_per_event: Option<f64>,
+    pub records_mismatched: usize,
+    pub records_missing: usize,
+}
+
 pub struct Phases<'a> {
     pub mode: &'static str,
     pub machine: Machine,
     pub options: &'a StormOptions,
     pub storm: &'a Storm,
     pub rounds: &'a Rounds,
+    pub formats: &'a Formats,
     pub seed: &'a Drain,
     pub steady: &'a Steady,
     /// Calls of the steady state's storm.
@@ -221,6 +242,7 @@ impl Report {
             service: ServiceFigures::new(p.rounds),
             floor: FloorFigures::new(p.rounds),
             rounds: RoundFigures::new(p.rounds),
+            formats: FormatFigures::new(p.formats),
             records: RecordFigures {
                 records_verified: p.rounds.services.iter().map(|s| s.records_verified).sum(),
                 records_mismatched: p.rounds.services.iter().map(|s| s.records_mismatched).sum(),
@@ -241,6 +263,28 @@ impl Report {
                 memory_resting: p.memory.resting.figures(),
                 memory_actors: p.memory.actors.figures(),
             },
+        }
+    }
+}
+
+impl FormatFigures {
+    fn new(f: &Formats) -> FormatFigures {
+        let per_event_us = |d: &crate::service_drain::ServiceDrain, cpu: f64| {
+            finite(cpu * 1e6 / d.drain.events.max(1) as f64, 2)
+        };
+        let service_us = |d| per_event_us(d, d.cpu_whole.seconds().service);
+        let postgres_us = |d| per_event_us(d, d.cpu_whole.seconds().postgres);
+        FormatFigures {
+            json_drain_events_per_s: finite(f.json.drain.rate(), 0),
+            mixed_drain_events_per_s: finite(f.mixed.drain.rate(), 0),
+            mixed_vs_json_ratio: finite(f.ratio(), 3),
+            mixed_protobuf_share_of_messages: finite(f.mixed_protobuf_share, 3),
+            json_service_cpu_us_per_event: service_us(&f.json),
+            mixed_service_cpu_us_per_event: service_us(&f.mixed),
+            json_postgres_cpu_us_per_event: postgres_us(&f.json),
+            mixed_postgres_cpu_us_per_event: postgres_us(&f.mixed),
+            records_mismatched: f.json.records_mismatched + f.mixed.records_mismatched,
+            records_missing: f.json.records_missing + f.mixed.records_missing,
         }
     }
 }
