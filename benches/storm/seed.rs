@@ -41,7 +41,7 @@ async fn seed_handle(conn: &mut PgConnection, e: &event::Envelope) -> anyhow::Re
     .bind(&e.call_id)
     .bind(&e.event_type)
     .bind(e.timestamp)
-    .bind(&e.body)
+    .bind(e.payload_json())
     .bind(e.received_at)
     .bind(&e.trace_id)
     .bind(e.timestamp_inferred)

@@ -71,8 +71,9 @@ pub struct StormOptions {
     /// the signaling and media services, `application/protobuf` from the agent service), the
     /// others as JSON, as older producers do; a call mixes both. Only events that today's
     /// producers send as protobuf can be: `call.started`, `call.answered`, the identification,
-    /// `call.recording.available`, `call.ended` and `call.terminate.request`, in forms other
-    /// than the JSON producers' own (see --variants). The format has a random stream of its
+    /// `call.recording.available`, `call.ended`, and as `GenericEvent`s
+    /// `call.terminate.request`, dialog turns and usage reports, in forms other than the JSON
+    /// producers' own (see --variants). The format has a random stream of its
     /// own: the calls and their expected records are the same whatever the share.
     #[arg(long, default_value_t = 0.8, value_parser = share)]
     pub protobuf: f64,

@@ -4,9 +4,9 @@
 //! protobuf twin carry the same facts, and turn it into its twin here.
 //!
 //! Only the forms a current producer sends exist: the typed messages of `call.started`,
-//! `call.ended`, `call.recording.available` and the identification, and the `GenericEvent`s
-//! of `call.answered` and `call.terminate.request`. The other event types (dialog turns, usage
-//! reports, unknown call-scoped events) have no protobuf producer and stay JSON.
+//! `call.ended`, `call.recording.available` and the identification, and `GenericEvent`s for
+//! `call.answered`, `call.terminate.request`, and the agent and AI services' dialog turns and
+//! usage reports (their JSON keys in `payload_json`). Unknown call-scoped events stay JSON.
 
 use cdr_core::event::{PLACEHOLDER_TENANT, parse_timestamp};
 use cdr_core::proto::{
@@ -51,6 +51,9 @@ pub fn encode(event: &Value) -> Option<ProtobufEvent> {
             (identified(o).encode_to_vec(), Some(PROTOBUF_CONTENT_TYPE))
         }
         "call.terminate.request" => (terminate(o).encode_to_vec(), Some(PROTOBUF_CONTENT_TYPE)),
+        "dialog.turn.completed" | "cost.usage.reported" => {
+            (with_payload(o).encode_to_vec(), Some(PROTOBUF_CONTENT_TYPE))
+        }
         _ => return None,
     };
     Some(ProtobufEvent { body, content_type })
@@ -164,6 +167,25 @@ fn terminate(o: &Map<String, Value>) -> GenericEvent {
         tenant_id: String::new(),
         payload_json: json!({ "callId": text(o, &["callId"]), "reason": TERMINATE_REASON })
             .to_string(),
+    }
+}
+
+/// An event without a message of its own, as the agent and AI services publish it: a
+/// `GenericEvent` whose payload is the JSON event's keys other than the message's own fields
+/// (the call id among them).
+fn with_payload(o: &Map<String, Value>) -> GenericEvent {
+    const OWN_FIELDS: [&str; 3] = ["eventType", "traceId", "timestamp"];
+    let payload: Map<String, Value> = o
+        .iter()
+        .filter(|(k, _)| !OWN_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    GenericEvent {
+        event_type: text(o, &["eventType"]),
+        trace_id: text(o, &["traceId"]),
+        timestamp: timestamp(o),
+        tenant_id: String::new(),
+        payload_json: Value::Object(payload).to_string(),
     }
 }
 
@@ -330,13 +352,33 @@ mod tests {
     }
 
     #[test]
+    fn dialog_turns_and_usage_reports_are_generic_events_with_their_keys_as_payload() {
+        let at = event::format_timestamp(t0());
+        let turn = json!({"eventType": "dialog.turn.completed", "callId": "c", "traceId": "c",
+            "timestamp": at, "turnIndex": 2, "userText": "merhaba", "aiText": "selam",
+            "ragSources": [{"doc": "faq", "score": 0.5}], "sttMs": 120});
+        let usage = json!({"eventType": "cost.usage.reported", "callId": "c", "traceId": "c",
+            "timestamp": at, "service": "stt-whisper-service", "resourceType": "stt_second",
+            "quantity": 12.5, "usageId": "u-1"});
+        for json_event in [turn, usage] {
+            let encoded = encode(&json_event).unwrap();
+            assert_eq!(encoded.content_type, Some(PROTOBUF_CONTENT_TYPE));
+            let generic = GenericEvent::decode(&encoded.body[..]).unwrap();
+            let payload: Value = serde_json::from_str(&generic.payload_json).unwrap();
+            assert_eq!(payload.get("timestamp"), None, "the message's own field");
+            assert_eq!(payload["callId"], "c");
+            let twin = event::decode(&encoded.body, t0(), LIMITS).unwrap();
+            let original = event::decode(json_event.to_string().as_bytes(), t0(), LIMITS).unwrap();
+            assert_eq!(twin.format, Format::Protobuf);
+            assert_eq!(twin.kind, original.kind);
+            assert_eq!(twin.timestamp, original.timestamp);
+            assert!(!matches!(twin.kind, event::EventKind::Other));
+        }
+    }
+
+    #[test]
     fn events_without_a_protobuf_producer_have_no_twin() {
-        for event_type in [
-            "dialog.turn.completed",
-            "cost.usage.reported",
-            "call.transfer.requested",
-            "user.identified.for.call",
-        ] {
+        for event_type in ["call.transfer.requested", "user.identified.for.call"] {
             let e = json!({"eventType": event_type, "callId": "c", "traceId": "c"});
             assert_eq!(encode(&e), None, "{event_type}");
         }

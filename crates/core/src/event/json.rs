@@ -134,18 +134,9 @@ fn describe(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{LIMITS, now};
     use super::super::{Reject, decode};
     use super::*;
-    use chrono::{DateTime, Utc};
-
-    const LIMITS: Limits = Limits {
-        max_body_bytes: 1024 * 1024,
-        max_json_depth: 32,
-    };
-
-    fn now() -> DateTime<Utc> {
-        "2025-09-24T10:00:00Z".parse().unwrap()
-    }
 
     #[test]
     fn depth_guard_ignores_brackets_inside_strings() {

@@ -342,12 +342,13 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    /// The limits and receive time of this module's tests (the formats' tests share them).
+    pub(super) const LIMITS: Limits = Limits {
         max_body_bytes: 1024 * 1024,
         max_json_depth: 32,
     };
 
-    fn now() -> DateTime<Utc> {
+    pub(super) fn now() -> DateTime<Utc> {
         "2025-09-24T10:00:00Z".parse().unwrap()
     }
 

@@ -378,9 +378,11 @@ fn events_go_out_as_their_producers_send_them() {
         assert_eq!(e.kind, twin.kind, "{}", e.payload_json());
         let content_type = match e.event_type.as_str() {
             "call.started" | "call.answered" | "call.ended" | "call.recording.available" => None,
-            "user.identified.for_call" | "user.created.for_call" | "call.terminate.request" => {
-                Some(PROTOBUF_CONTENT_TYPE)
-            }
+            "user.identified.for_call"
+            | "user.created.for_call"
+            | "call.terminate.request"
+            | "dialog.turn.completed"
+            | "cost.usage.reported" => Some(PROTOBUF_CONTENT_TYPE),
             other => panic!("{other} has no protobuf producer"),
         };
         assert_eq!(m.content_type, content_type, "{}", e.event_type);
@@ -390,7 +392,7 @@ fn events_go_out_as_their_producers_send_them() {
         }
     }
     assert!(by_format[&Format::Protobuf] > 0 && by_format[&Format::Json] > 0);
-    // Dialog turns and usage reports, at least, have no protobuf form: calls mix both.
+    // The JSON producers' forms stay JSON: calls mix both.
     assert!(formats_per_call.values().any(|f| f.len() == 2));
 
     // Without the JSON producers' forms, every event a current producer sends as protobuf
@@ -406,10 +408,7 @@ fn events_go_out_as_their_producers_send_them() {
     for m in canonical.main.iter().chain(&canonical.late) {
         if let MessageKind::Event { .. } | MessageKind::Duplicate { .. } = m.kind {
             let e = event::decode(&m.body, now, LIMITS).unwrap();
-            let has_twin = !matches!(
-                e.event_type.as_str(),
-                "dialog.turn.completed" | "cost.usage.reported" | "call.transfer.requested"
-            );
+            let has_twin = e.event_type != "call.transfer.requested";
             assert_eq!(e.format == Format::Protobuf, has_twin, "{}", e.event_type);
         }
     }
