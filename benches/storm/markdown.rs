@@ -76,7 +76,11 @@ fn format_rows(md: &mut String, r: &Report) {
     let f = &r.formats;
     let _ = writeln!(
         md,
-        "| service drain, all-JSON storm / default mix ({} of its messages protobuf), back to back | {} / {} events/s |\n         | default mix / all-JSON drain rate | {} |\n         | service CPU per event, all-JSON / default mix | {} / {} µs |\n         | PostgreSQL CPU per event, all-JSON / default mix | {} / {} µs |\n         | records mismatched / missing (both format drains) | {} / {} |",
+        "| service drain, all-JSON storm / default mix ({} of its messages protobuf), back to back | {} / {} events/s |\n\
+         | default mix / all-JSON drain rate | {} |\n\
+         | service CPU per event, all-JSON / default mix | {} / {} µs |\n\
+         | PostgreSQL CPU per event, all-JSON / default mix | {} / {} µs |\n\
+         | records mismatched / missing (both format drains) | {} / {} |",
         fixed(f.mixed_protobuf_share_of_messages.map(|s| s * 100.0), 0) + "%",
         fixed(f.json_drain_events_per_s, 0),
         fixed(f.mixed_drain_events_per_s, 0),
