@@ -377,6 +377,12 @@ async fn every_dashboard_expression_has_data_in_a_real_prometheus() {
     .await;
     faults.clear();
     assert!(app.metric("cdr_actor_restarts_total").await >= 1.0);
+    // A platform event that is not about a call: acknowledged and counted.
+    app.publisher
+        .publish(&json!({"eventType": "user.created", "userId": "u-1"}))
+        .await
+        .unwrap();
+
     // A recording after the record was written: a late event.
     let late = call("late-1");
     for e in [
