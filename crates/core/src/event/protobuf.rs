@@ -368,3 +368,100 @@ fn contact(c: Contact) -> Map<String, Value> {
         .flag("isPrimary", c.is_primary)
         .0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{LIMITS, now};
+    use super::super::{Envelope, decode};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid `call.started` with every nested message, to be broken.
+    fn started_body() -> Vec<u8> {
+        CallStartedEvent {
+            event_type: "call.started".into(),
+            trace_id: "c@h".into(),
+            call_id: "c@h".into(),
+            from_uri: "<sip:905551234567@203.0.113.5>;tag=a".into(),
+            to_uri: "sip:902124440000@10.0.0.1".into(),
+            timestamp: Some(Timestamp {
+                seconds: 1_758_708_062,
+                nanos: 123_456_789,
+            }),
+            dialplan_resolution: Some(ResolveDialplanResponse {
+                dialplan_id: "dp".into(),
+                tenant_id: "t".into(),
+                action: Some(DialplanAction {
+                    action: "a".into(),
+                    r#type: 2,
+                    action_data: [("k".to_owned(), "v".to_owned())].into(),
+                }),
+                matched_user: Some(User {
+                    id: "5e170000-0000-4000-8000-000000000001".into(),
+                    contacts: vec![Contact {
+                        id: 7,
+                        ..Contact::default()
+                    }],
+                    ..User::default()
+                }),
+                matched_contact: None,
+                inbound_route: Some(InboundRoute::default()),
+            }),
+            media_info: Some(MediaInfo {
+                caller_rtp_addr: "203.0.113.5:4000".into(),
+                server_rtp_port: 10_000,
+            }),
+        }
+        .encode_to_vec()
+    }
+
+    /// What every accepted body must give: a NUL-free JSON object as its rendering, with the
+    /// event's own type.
+    fn well_formed(e: &Envelope) -> Result<(), TestCaseError> {
+        let rendering: Value = serde_json::from_str(e.payload_json())
+            .map_err(|err| TestCaseError::fail(format!("rendering is not JSON: {err}")))?;
+        let object = rendering
+            .as_object()
+            .ok_or_else(|| TestCaseError::fail("rendering is not an object"))?;
+        prop_assert!(!has_nul(object));
+        prop_assert_eq!(
+            object.get("eventType"),
+            Some(&Value::from(e.event_type.as_str()))
+        );
+        Ok(())
+    }
+
+    proptest! {
+        /// A valid message with bytes overwritten, cut short or inserted: decoded or refused
+        /// with a reason, never a panic, and what is accepted renders well.
+        #[test]
+        fn a_broken_message_is_refused_or_decoded_never_a_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut body = started_body();
+            for (at, byte, how) in edits {
+                let i = at.index(body.len().max(1));
+                match how {
+                    0 if !body.is_empty() => body[i] = byte,
+                    1 => body.truncate(i),
+                    _ => body.insert(i.min(body.len()), byte),
+                }
+            }
+            if let Ok(e) = decode(&body, now(), LIMITS) {
+                well_formed(&e)?;
+            }
+        }
+
+        /// Any bytes after the protobuf tag of field 1: the same.
+        #[test]
+        fn any_bytes_as_protobuf_are_refused_or_decoded(
+            rest in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut body = vec![0x0A];
+            body.extend(rest);
+            if let Ok(e) = decode(&body, now(), LIMITS) {
+                well_formed(&e)?;
+            }
+        }
+    }
+}
