@@ -66,6 +66,9 @@ pub struct AmqpSettings {
     /// every event, by default; see README for a narrower list.
     #[serde(deserialize_with = "one_or_many")]
     pub binding_keys: Vec<String>,
+    /// The earlier name, one key: when set (an older configuration), it is the binding.
+    #[serde(default, skip_serializing)]
+    pub binding_key: Option<String>,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
     /// Classic-queue storage version (`x-queue-version`) the service declares its queues with;
@@ -190,9 +193,12 @@ impl Settings {
         for (key, value) in prefixed {
             figment = figment.merge(Serialized::default(&key, env_value(&value)));
         }
-        let settings: Settings = figment
+        let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Load(describe_figment_error(e)))?;
+        if let Some(key) = settings.amqp.binding_key.take() {
+            settings.amqp.binding_keys = vec![key];
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -250,6 +256,19 @@ impl Settings {
                 "amqp.binding_keys",
                 "[]",
                 "must name at least one routing key (`#` for every event)",
+            ));
+        }
+        if let Some(key) = self
+            .amqp
+            .binding_keys
+            .iter()
+            .find(|k| k.contains([',', ' ']) || k.len() > 255)
+        {
+            return Err(invalid(
+                "amqp.binding_keys",
+                key,
+                "each routing key is one word pattern of up to 255 characters, without commas \
+                 or spaces (several keys are a list: [\"call.#\", \"user.identified.for_call\"])",
             ));
         }
         if self.amqp.exchange == self.amqp.dead_letter_exchange {
@@ -548,6 +567,15 @@ mod tests {
         assert_eq!(s.amqp.binding_keys, ["call.#"]);
         let e = Settings::load_from(None, env(&[("CDR__AMQP__BINDING_KEYS", "[]")])).unwrap_err();
         assert!(e.to_string().contains("amqp.binding_keys"), "{e}");
+        let e = Settings::load_from(
+            None,
+            env(&[("CDR__AMQP__BINDING_KEYS", "call.#,user.identified.for_call")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("without commas"), "{e}");
+        // The earlier name still works, and wins over the default list.
+        let s = Settings::load_from(None, env(&[("CDR__AMQP__BINDING_KEY", "call.#")])).unwrap();
+        assert_eq!(s.amqp.binding_keys, ["call.#"]);
     }
 
     #[test]

@@ -738,9 +738,9 @@ async fn a_call_rebuilt_from_the_log_after_a_restart_has_its_live_row() {
         let pool = env.pool().await;
         cdr_service::db::migrate(&pool).await.expect("migrate");
         sqlx::query(
-            "INSERT INTO cost_models (resource_type, cost_per_unit, currency, start_date) VALUES \
-               ('telephony_minute', 0.0125, 'USD', '2025-01-01T00:00:00Z'), \
-               ('stt_second', 0.0004, 'USD', '2025-01-01T00:00:00Z')",
+            "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) VALUES \
+               ('tel-2025', 'telephony_minute', 0.0125, 'USD', '2025-01-01'), \
+               ('stt-2025', 'stt_second', 0.0004, 'USD', '2025-01-01')",
         )
         .execute(&pool)
         .await

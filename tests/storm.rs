@@ -33,15 +33,16 @@ async fn storm_verify_passes_with_every_fault_share() {
         s.tracker.rest_after = Duration::from_millis(50);
     })
     .await;
-    // Unit prices, one of them changing in the middle of the storm's timeline (calls are
-    // priced at their start); the service reads them at start, so start it again.
+    // Unit prices as the platform keeps them (named ids, a start date), one of them changing
+    // at midnight in the middle of the storm's timeline (it starts two minutes before; calls
+    // are priced at their start); the service reads them at start, so start it again.
     sqlx::query(
-        "INSERT INTO cost_models (resource_type, cost_per_unit, currency, start_date) VALUES \
-           ('telephony_minute', 0.012, 'USD', '1970-01-01T00:00:00Z'), \
-           ('telephony_minute', 0.010, 'USD', '2025-09-24T10:02:00Z'), \
-           ('stt_second', 0.0004, 'USD', '1970-01-01T00:00:00Z'), \
-           ('llm_token', 0.000002, 'USD', '1970-01-01T00:00:00Z'), \
-           ('tts_character', 0.000015, 'USD', '1970-01-01T00:00:00Z')",
+        "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) VALUES \
+           ('tel-1970', 'telephony_minute', 0.012, 'USD', '1970-01-01'), \
+           ('tel-2025-09-24', 'telephony_minute', 0.010, 'USD', '2025-09-24'), \
+           ('stt-1970', 'stt_second', 0.0004, 'USD', '1970-01-01'), \
+           ('llm-1970', 'llm_token', 0.000002, 'USD', '1970-01-01'), \
+           ('tts-1970', 'tts_character', 0.000015, 'USD', '1970-01-01')",
     )
     .execute(&app.pool)
     .await
@@ -57,6 +58,8 @@ async fn storm_verify_passes_with_every_fault_share() {
         &CALLS.to_string(),
         "--seed",
         &seed.to_string(),
+        "--base-time",
+        "2025-09-23T23:58:00Z",
         "--reorder-window",
         "100",
         "--duplicates",
@@ -177,6 +180,7 @@ async fn storm_verify_passes_with_every_fault_share() {
         poison: 0.005,
         platform_events: 0.002,
         variants: 0.5,
+        base_time: "2025-09-23T23:58:00Z".parse().unwrap(),
         ..StormOptions::default()
     };
     let generated = storm::generate(&options, storm::limits(&app.settings));

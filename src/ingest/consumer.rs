@@ -2,7 +2,8 @@
 //! bad input inline, and hands a batch to the committer once it is due (full, or
 //! `ingest.batch_max_age` old) and the committer is free.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Instant;
 
 use chrono::{SubsecRound, Utc};
@@ -39,9 +40,6 @@ pub(super) struct Consumer<'a> {
     pub batch: Batch,
     /// `cdr_events_received_total` by event type and format, resolved once per pair.
     received: HashMap<(&'static str, Format), metrics::Counter>,
-    /// `cdr_platform_events_total` by event type and format, for at most
-    /// `PLATFORM_EVENT_TYPES` types (the rest count as `other`): producers name them.
-    platform: HashMap<(String, Format), metrics::Counter>,
     /// The open batch is due (old or full enough) and goes to the committer when it is free.
     due: Option<Instant>,
 }
@@ -58,7 +56,6 @@ impl<'a> Consumer<'a> {
             in_flight,
             batch: Batch::with_capacity(settings.batch_size),
             received: HashMap::new(),
-            platform: HashMap::new(),
             due: None,
         }
     }
@@ -150,7 +147,9 @@ impl<'a> Consumer<'a> {
                 }
             }
             Err(Reject::NotCallEvent { event_type, format }) => {
-                self.count_platform_event(event_type, format);
+                counter!(metric::PLATFORM_EVENTS.name,
+                    "event_type" => platform_label(&event_type), "format" => format.as_str())
+                .increment(1);
                 delivery.acker.ack(BasicAckOptions::default()).await?;
                 self.in_flight.settled(1);
             }
@@ -166,27 +165,34 @@ impl<'a> Consumer<'a> {
     }
 }
 
-impl Consumer<'_> {
-    fn count_platform_event(&mut self, event_type: String, format: Format) {
-        let known = self.platform.len() < PLATFORM_EVENT_TYPES
-            || self.platform.contains_key(&(event_type.clone(), format));
-        let label = if known {
-            event_type
-        } else {
-            "other".to_owned()
-        };
-        self.platform
-            .entry((label, format))
-            .or_insert_with_key(|(label, format)| {
-                counter!(metric::PLATFORM_EVENTS.name,
-                    "event_type" => label.clone(), "format" => format.as_str())
-            })
-            .increment(1);
-    }
-}
-
 /// How many platform event types get a series of their own.
 const PLATFORM_EVENT_TYPES: usize = 64;
+
+/// The event types with a series of their own in `cdr_platform_events_total`, for the whole
+/// process (every broker session's consumer shares them).
+static LABELLED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+/// The label of a platform event's type. Producers name the types, so the label's values are
+/// bounded: the first `PLATFORM_EVENT_TYPES` plain names (letters, digits, `.`, `_`, `-`, up
+/// to 64 characters) have their own; any other type counts as `other`.
+fn platform_label(event_type: &str) -> String {
+    const OTHER: &str = "other";
+    let plain = event_type.len() <= 64
+        && event_type
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !plain {
+        return OTHER.to_owned();
+    }
+    let mut labelled = LABELLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if labelled.contains(event_type)
+        || (labelled.len() < PLATFORM_EVENT_TYPES && labelled.insert(event_type.to_owned()))
+    {
+        event_type.to_owned()
+    } else {
+        OTHER.to_owned()
+    }
+}
 
 /// The committer task's result, a panic or cancellation counted as its failure.
 pub(super) fn flatten_join(

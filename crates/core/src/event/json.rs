@@ -7,7 +7,7 @@ use super::{CallIdField, Limits, Parsed, Reject, parse_timestamp};
 /// Reads a JSON body's envelope; its content is the object itself.
 pub(super) fn parse(body: &[u8], limits: Limits) -> Result<Parsed, Reject> {
     let text = std::str::from_utf8(body).map_err(|e| Reject::InvalidUtf8(e.valid_up_to()))?;
-    let object = parse_object(text, limits)?;
+    let object = parse_any_object(text, limits)?;
     let event_type = match object.get("eventType") {
         None | Some(Value::Null) => return Err(Reject::MissingEventType),
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
@@ -19,10 +19,10 @@ pub(super) fn parse(body: &[u8], limits: Limits) -> Result<Parsed, Reject> {
         Some(other) => CallIdField::Invalid(json_type_name(other)),
     };
     let timestamp = match object.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(parse_timestamp(s)?),
-        Some(other) => return Err(Reject::BadTimestamp(describe(other))),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => parse_timestamp(s).map(Some),
+        Some(other) => Err(Reject::BadTimestamp(describe(other))),
     };
     let trace_id = ["traceId", "trace_id"]
         .iter()
@@ -33,22 +33,29 @@ pub(super) fn parse(body: &[u8], limits: Limits) -> Result<Parsed, Reject> {
         call_id,
         trace_id,
         timestamp,
+        holds_nul: holds_nul(text, &object),
         content: object,
     })
 }
 
 /// Parses a JSON object under the depth limit, refusing NUL characters (which the log's
-/// `jsonb` cannot store). Also reads a protobuf event's `payload_json`.
+/// `jsonb` cannot store): a protobuf event's `payload_json`.
 pub(super) fn parse_object(text: &str, limits: Limits) -> Result<Map<String, Value>, Reject> {
-    check_depth(text.as_bytes(), limits.max_json_depth)?;
-    let value: Value = serde_json::from_str(text).map_err(|e| Reject::NotJson(e.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(Reject::NotObject(json_type_name(&value)));
-    };
+    let object = parse_any_object(text, limits)?;
     if holds_nul(text, &object) {
         return Err(Reject::NulCharacter);
     }
     Ok(object)
+}
+
+/// Parses a JSON object under the depth limit.
+fn parse_any_object(text: &str, limits: Limits) -> Result<Map<String, Value>, Reject> {
+    check_depth(text.as_bytes(), limits.max_json_depth)?;
+    let value: Value = serde_json::from_str(text).map_err(|e| Reject::NotJson(e.to_string()))?;
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(Reject::NotObject(json_type_name(&other))),
+    }
 }
 
 /// Rejects nesting deeper than `max` without building anything: a cheap guard that runs

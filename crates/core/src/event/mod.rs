@@ -205,9 +205,14 @@ pub fn decode_hinted(
         trace_id,
         timestamp,
         content,
+        holds_nul,
     } = parsed;
+    // The call id first: a platform event is acknowledged whatever else is wrong with it.
     let call_id = resolve_call_id(&event_type, call_id, format)?;
-    let (timestamp, timestamp_inferred) = match timestamp {
+    if holds_nul {
+        return Err(Reject::NulCharacter);
+    }
+    let (timestamp, timestamp_inferred) = match timestamp? {
         Some(t) => (t, false),
         None => (received_at, true),
     };
@@ -264,10 +269,13 @@ struct Parsed {
     event_type: String,
     call_id: CallIdField,
     trace_id: Option<String>,
-    /// None when the event carries none.
-    timestamp: Option<DateTime<Utc>>,
+    /// None when the event carries none; an error when it carries one that is not a time,
+    /// which only matters for a call event.
+    timestamp: Result<Option<DateTime<Utc>>, Reject>,
     /// The content as a JSON object: the body itself, or the protobuf message's rendering.
     content: Map<String, Value>,
+    /// A key or string of the content holds a NUL character, which the log cannot store.
+    holds_nul: bool,
 }
 
 /// The call id as the message carries it.
@@ -407,6 +415,16 @@ mod tests {
             &br#"{"eventType":"user.created","userId":"u"}"#[..],
             br#"{"eventType":"dialplan.updated","callId":null}"#,
             br#"{"eventType":"dialplan.updated","callId":" "}"#,
+        ] {
+            assert!(matches!(
+                decode(body, now(), LIMITS),
+                Err(Reject::NotCallEvent { .. })
+            ));
+        }
+        // Whatever else is wrong with it: a bad timestamp, a NUL.
+        for body in [
+            &br#"{"eventType":"user.created","timestamp":1727172000}"#[..],
+            br#"{"eventType":"user.created","note":"a\u0000b"}"#,
         ] {
             assert!(matches!(
                 decode(body, now(), LIMITS),

@@ -38,8 +38,14 @@ pub(super) fn parse(body: &[u8], limits: Limits) -> Result<Parsed, Reject> {
         }
         "acoustic.mood.shifted" => mood(AcousticMoodShiftedEvent::decode(body).map_err(broken)?)?,
         t if NON_CALL_MESSAGES.contains(&t) => return Err(platform_event(event_type)),
-        _ => match GenericEvent::decode(body) {
-            Ok(generic) => self::generic(generic, limits)?,
+        _ => match GenericEvent::decode(body).map(|m| self::generic(m, limits)) {
+            Ok(Ok(parsed)) => parsed,
+            // A payload that is not a JSON object hides any call id: an event that is not a
+            // call event type is then a platform event, acknowledged as the others.
+            Ok(Err(_)) if !is_call_event_type(&event_type) => {
+                return Err(platform_event(event_type));
+            }
+            Ok(Err(e)) => return Err(e),
             // A message of its own that this service does not know, about no call: the
             // header was well formed, so it is a platform event, not garbage.
             Err(_) if !is_call_event_type(&event_type) => {
@@ -50,10 +56,11 @@ pub(super) fn parse(body: &[u8], limits: Limits) -> Result<Parsed, Reject> {
     };
     // A string holding NUL puts a zero byte in the body; so does little else that proto3
     // writes (an explicitly set empty `optional` string's length), so most bodies skip the walk.
-    if memchr::memchr(0, body).is_some() && has_nul(&parsed.content) {
-        return Err(Reject::NulCharacter);
-    }
-    Ok(parsed)
+    let holds_nul = memchr::memchr(0, body).is_some() && has_nul(&parsed.content);
+    Ok(Parsed {
+        holds_nul,
+        ..parsed
+    })
 }
 
 fn platform_event(event_type: String) -> Reject {
@@ -67,19 +74,23 @@ fn broken(e: prost::DecodeError) -> Reject {
     Reject::BadProtobuf(e.to_string())
 }
 
-/// A message's `Timestamp`: absent, or at its default (0, 0), is no timestamp.
+/// The seconds PostgreSQL's `timestamptz` can hold: from 4713 BC to 294276 AD.
+const STORABLE_SECONDS: std::ops::RangeInclusive<i64> = -210_866_803_200..=9_224_318_015_999;
+
+/// A message's `Timestamp`: absent, or at its default (0, 0), is no timestamp. One the log
+/// could not store is refused here, as JSON's four-digit years never are.
 fn timestamp(t: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, Reject> {
     let Some(t) = t.filter(|t| *t != Timestamp::default()) else {
         return Ok(None);
     };
     u32::try_from(t.nanos)
         .ok()
-        .filter(|&n| n < 1_000_000_000)
+        .filter(|&n| n < 1_000_000_000 && STORABLE_SECONDS.contains(&t.seconds))
         .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
         .map(Some)
         .ok_or_else(|| {
             Reject::BadTimestamp(format!(
-                "seconds {} and nanos {} are not a time",
+                "seconds {} and nanos {} are not a time the log can store",
                 t.seconds, t.nanos
             ))
         })
@@ -139,22 +150,17 @@ struct Common {
     event_type: String,
     trace_id: String,
     call_id: String,
-    timestamp: Option<DateTime<Utc>>,
+    timestamp: Result<Option<DateTime<Utc>>, Reject>,
 }
 
 impl Common {
-    fn new(
-        event_type: String,
-        trace_id: String,
-        call_id: String,
-        t: Option<Timestamp>,
-    ) -> Result<Self, Reject> {
-        Ok(Common {
+    fn new(event_type: String, trace_id: String, call_id: String, t: Option<Timestamp>) -> Self {
+        Common {
             event_type,
             trace_id,
             call_id,
-            timestamp: timestamp(t)?,
-        })
+            timestamp: timestamp(t),
+        }
     }
 
     fn object(&self) -> Object {
@@ -162,7 +168,7 @@ impl Common {
             .text("eventType", &self.event_type)
             .text("traceId", &self.trace_id)
             .text("callId", &self.call_id)
-            .time("timestamp", self.timestamp)
+            .time("timestamp", self.timestamp.clone().ok().flatten())
     }
 
     fn parsed(self, content: Object) -> Parsed {
@@ -176,12 +182,13 @@ impl Common {
             timestamp: self.timestamp,
             event_type: self.event_type,
             content: content.0,
+            holds_nul: false,
         }
     }
 }
 
 fn started(m: CallStartedEvent) -> Result<Parsed, Reject> {
-    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp);
     let content = common
         .object()
         .text("fromUri", &m.from_uri)
@@ -192,13 +199,13 @@ fn started(m: CallStartedEvent) -> Result<Parsed, Reject> {
 }
 
 fn ended(m: CallEndedEvent) -> Result<Parsed, Reject> {
-    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp);
     let content = common.object().text("reason", &m.reason);
     Ok(common.parsed(content))
 }
 
 fn recording(m: CallRecordingAvailableEvent) -> Result<Parsed, Reject> {
-    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp);
     let content = common
         .object()
         .text("recordingUri", &m.recording_uri)
@@ -208,12 +215,18 @@ fn recording(m: CallRecordingAvailableEvent) -> Result<Parsed, Reject> {
 
 /// The user and contact, and their ids flat as the JSON-era producers sent them.
 fn identified(m: UserIdentifiedForCallEvent) -> Result<Parsed, Reject> {
-    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
-    let user_id = m.user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
-    let user_id = match user_id {
-        "" => m.contact.as_ref().map(|c| c.user_id.as_str()).unwrap_or(""),
-        id => id,
-    };
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp);
+    // The user's id, else the contact's: whichever is a real UUID (not blank, not nil).
+    let usable = |id: &&str| uuid::Uuid::parse_str(id.trim()).is_ok_and(|u| !u.is_nil());
+    let user_id = [
+        m.user.as_ref().map(|u| u.id.as_str()),
+        m.contact.as_ref().map(|c| c.user_id.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(usable)
+    .or(m.user.as_ref().map(|u| u.id.as_str()))
+    .unwrap_or_default();
     let content = common
         .object()
         .text("userId", user_id)
@@ -231,7 +244,7 @@ fn identified(m: UserIdentifiedForCallEvent) -> Result<Parsed, Reject> {
 }
 
 fn mood(m: AcousticMoodShiftedEvent) -> Result<Parsed, Reject> {
-    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp)?;
+    let common = Common::new(m.event_type, m.trace_id, m.call_id, m.timestamp);
     let content = common.object();
     Ok(common.parsed(content))
 }
@@ -243,7 +256,7 @@ const GENERIC_FIELDS: [&str; 4] = ["eventType", "traceId", "timestamp", "tenantI
 /// call id is the payload's `callId`, else, for a call event type, the trace id (which
 /// today's producers set to the call id).
 fn generic(m: GenericEvent, limits: Limits) -> Result<Parsed, Reject> {
-    let timestamp = timestamp(m.timestamp)?;
+    let timestamp = timestamp(m.timestamp);
     let payload = if m.payload_json.trim().is_empty() {
         Map::new()
     } else {
@@ -260,7 +273,7 @@ fn generic(m: GenericEvent, limits: Limits) -> Result<Parsed, Reject> {
     let mut content = Object::default()
         .text("eventType", &m.event_type)
         .text("traceId", &m.trace_id)
-        .time("timestamp", timestamp)
+        .time("timestamp", timestamp.clone().ok().flatten())
         .text("tenantId", &m.tenant_id)
         .0;
     for (key, value) in payload {
@@ -288,6 +301,7 @@ fn generic(m: GenericEvent, limits: Limits) -> Result<Parsed, Reject> {
         trace_id: (!m.trace_id.is_empty()).then_some(m.trace_id),
         timestamp,
         content,
+        holds_nul: false,
     })
 }
 
@@ -372,7 +386,7 @@ fn contact(c: Contact) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{LIMITS, now};
-    use super::super::{Envelope, decode};
+    use super::super::{Envelope, Format, Reject, decode};
     use super::*;
     use proptest::prelude::*;
 
@@ -429,6 +443,91 @@ mod tests {
             Some(&Value::from(e.event_type.as_str()))
         );
         Ok(())
+    }
+
+    #[test]
+    fn a_platform_event_is_acknowledged_whatever_else_is_wrong_with_it() {
+        let broken_payload = GenericEvent {
+            event_type: "agent.status".into(),
+            trace_id: "x".into(),
+            payload_json: "online".into(),
+            ..GenericEvent::default()
+        };
+        let bad_time = GenericEvent {
+            event_type: "user.created".into(),
+            timestamp: Some(Timestamp {
+                seconds: 1,
+                nanos: 2_000_000_000,
+            }),
+            ..GenericEvent::default()
+        };
+        for m in [broken_payload, bad_time] {
+            assert!(matches!(
+                decode(&m.encode_to_vec(), now(), LIMITS),
+                Err(Reject::NotCallEvent {
+                    format: Format::Protobuf,
+                    ..
+                })
+            ));
+        }
+        // A call event type with the same faults is broken.
+        let answered = GenericEvent {
+            event_type: "call.answered".into(),
+            trace_id: "c@h".into(),
+            payload_json: "online".into(),
+            ..GenericEvent::default()
+        };
+        assert_eq!(
+            decode(&answered.encode_to_vec(), now(), LIMITS)
+                .unwrap_err()
+                .as_code(),
+            "bad_protobuf"
+        );
+    }
+
+    #[test]
+    fn a_time_the_log_cannot_store_is_a_bad_timestamp() {
+        let ended = |seconds| CallEndedEvent {
+            event_type: "call.ended".into(),
+            call_id: "c@h".into(),
+            timestamp: Some(Timestamp { seconds, nanos: 0 }),
+            ..CallEndedEvent::default()
+        };
+        for seconds in [-300_000_000_000, 9_300_000_000_000] {
+            assert_eq!(
+                decode(&ended(seconds).encode_to_vec(), now(), LIMITS)
+                    .unwrap_err()
+                    .as_code(),
+                "bad_timestamp"
+            );
+        }
+        // Year 1 is storable.
+        assert!(decode(&ended(-62_135_596_800).encode_to_vec(), now(), LIMITS).is_ok());
+    }
+
+    #[test]
+    fn a_placeholder_user_id_gives_way_to_the_contacts() {
+        let real = "5e170000-0000-4000-8000-000000000009";
+        let m = UserIdentifiedForCallEvent {
+            event_type: "user.identified.for_call".into(),
+            call_id: "c@h".into(),
+            user: Some(User {
+                id: "00000000-0000-0000-0000-000000000000".into(),
+                ..User::default()
+            }),
+            contact: Some(Contact {
+                id: 4,
+                user_id: real.into(),
+                ..Contact::default()
+            }),
+            ..UserIdentifiedForCallEvent::default()
+        };
+        let e = decode(&m.encode_to_vec(), now(), LIMITS).unwrap();
+        let super::super::EventKind::Identified(identity) = e.kind else {
+            panic!("{:?}", e.kind)
+        };
+        assert_eq!(identity.user_id, Some(real.parse().unwrap()));
+        assert_eq!(identity.contact_id, Some(4));
     }
 
     proptest! {
