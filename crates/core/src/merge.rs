@@ -230,11 +230,16 @@ pub struct CallRecord {
     pub disposition: Disposition,
     pub recording_url: Option<String>,
     pub total_cost: Option<Decimal>,
+    /// `INBOUND` when the dialplan resolved an inbound route; None when no event says (the
+    /// platform's column then takes its default, `INBOUND`: no producer marks a call outbound).
     pub direction: Option<String>,
     pub caller_number: Option<String>,
     pub callee_number: Option<String>,
+    /// The SIP response code the end implies, where one is known (`sip_code`).
+    pub sip_hangup_cause: Option<i32>,
     /// The end event's `reason` as sent.
-    pub sip_hangup_cause: Option<String>,
+    pub end_reason: Option<String>,
+    /// Who hung up: `CALLER`, `CALLEE` or `SYSTEM` (the platform's values).
     pub hangup_source: Option<String>,
     /// Which of start/answer/end stand on a receive time, comma-separated; None when all were sent.
     pub inferred_times: Option<String>,
@@ -427,10 +432,11 @@ impl CallState {
             disposition,
             recording_url: self.recording.as_ref().map(|r| r.value.clone()),
             total_cost: self.cost(start_time, billable_seconds, prices),
-            direction: self.inbound.then(|| "inbound".to_owned()),
+            direction: self.inbound.then(|| "INBOUND".to_owned()),
             caller_number: started.and_then(|s| s.caller_number.clone()),
             callee_number: started.and_then(|s| s.callee_number.clone()),
-            sip_hangup_cause: reason,
+            sip_hangup_cause: sip_code(answered, reason.as_deref()),
+            end_reason: reason,
             hangup_source,
             inferred_times: (!inferred.is_empty()).then(|| inferred.join(",")),
         }
@@ -495,15 +501,30 @@ fn disposition(answered: bool, reason: Option<&str>) -> Disposition {
     }
 }
 
-/// Who hung up, by the end's reason; the agent when it asked for the hang-up
-/// (`terminate_requested`, of an ended call) and the reason does not say.
+/// The SIP response code of a call's end, where the events make one known: the 200 OK that
+/// answered it, or the failure its end reason names (486 Busy Here, 503 Service Unavailable,
+/// 500 Server Internal Error). None otherwise: the reason alone does not say which code
+/// ended an unanswered call.
+fn sip_code(answered: bool, reason: Option<&str>) -> Option<i32> {
+    match reason.map(str::to_ascii_lowercase).as_deref() {
+        Some("busy" | "user_busy") => Some(486),
+        Some("network_failure") => Some(503),
+        Some("failure") => Some(500),
+        _ if answered && reason.is_some() => Some(200),
+        _ => None,
+    }
+}
+
+/// Who hung up, in the platform's values, by the end's reason: `CALLER` (the caller cleared),
+/// `CALLEE` (the agent, the called side, asked for it: `terminated_by_request`, or a
+/// `call.terminate.request` of an ended call whose reason does not say), `SYSTEM` (the platform
+/// ended it, or the network failed).
 fn hangup_source(reason: Option<&str>, terminate_requested: bool) -> Option<String> {
     match reason {
-        Some("normal_clearing_by_user") => Some("caller"),
-        Some("terminated_by_request") => Some("agent"),
-        Some("system_terminated") => Some("system"),
-        Some("network_failure" | "failure") => Some("network"),
-        _ if terminate_requested => Some("agent"),
+        Some("normal_clearing_by_user") => Some("CALLER"),
+        Some("terminated_by_request") => Some("CALLEE"),
+        Some("system_terminated" | "network_failure" | "failure") => Some("SYSTEM"),
+        _ if terminate_requested => Some("CALLEE"),
         _ => None,
     }
     .map(str::to_owned)

@@ -27,6 +27,9 @@ pub struct Column {
     pub max_chars: Option<usize>,
 }
 
+/// `calls.direction` when no event says: the platform's column default.
+pub const DEFAULT_DIRECTION: &str = "INBOUND";
+
 /// The conflict key of the upsert: every other column is replaced.
 pub const KEY_COLUMN: &str = "call_id";
 
@@ -115,10 +118,14 @@ calls_row! {
     disposition: Option<String> => "text";
     recording_url: Option<String> => "text";
     total_cost: Option<Decimal> => "numeric";
-    direction: Option<String> => "text";
-    caller_number: Option<String> => "text", max_chars 255;
-    callee_number: Option<String> => "text", max_chars 255;
-    sip_hangup_cause: Option<String> => "text", max_chars 64;
+    /// NOT NULL in the platform's table: `INBOUND`, its default, when no event says.
+    direction: String => "text";
+    caller_number: Option<String> => "text", max_chars 50;
+    callee_number: Option<String> => "text", max_chars 50;
+    /// A SIP response code.
+    sip_hangup_cause: Option<i32> => "int";
+    /// The end event's reason (a column of this service's own).
+    end_reason: Option<String> => "text", max_chars 64;
     hangup_source: Option<String> => "text";
     inferred_times: Option<String> => "text";
     /// Distinct logged events folded into the row: its version.
@@ -188,10 +195,14 @@ impl CallRow {
             disposition: Some(r.disposition.as_str().to_owned()),
             recording_url: r.recording_url.clone(),
             total_cost: r.total_cost,
-            direction: r.direction.clone(),
+            direction: r
+                .direction
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DIRECTION.to_owned()),
             caller_number: r.caller_number.clone(),
             callee_number: r.callee_number.clone(),
-            sip_hangup_cause: r.sip_hangup_cause.clone(),
+            sip_hangup_cause: r.sip_hangup_cause,
+            end_reason: r.end_reason.clone(),
             hangup_source: r.hangup_source.clone(),
             inferred_times: r.inferred_times.clone(),
             event_count,
@@ -331,17 +342,16 @@ mod tests {
             direction: None,
             caller_number: Some(long.clone()),
             callee_number: None,
-            sip_hangup_cause: Some(long.clone()),
+            sip_hangup_cause: None,
+            end_reason: Some(long.clone()),
             hangup_source: None,
             inferred_times: Some("start".to_owned()),
         };
         let row = CallRow::from_record(&record, 4);
         assert_eq!(row.trace_id.as_deref(), Some("é".repeat(255).as_str()));
-        assert_eq!(row.caller_number.as_deref(), Some("é".repeat(255).as_str()));
-        assert_eq!(
-            row.sip_hangup_cause.as_deref(),
-            Some("é".repeat(64).as_str())
-        );
+        assert_eq!(row.caller_number.as_deref(), Some("é".repeat(50).as_str()));
+        assert_eq!(row.end_reason.as_deref(), Some("é".repeat(64).as_str()));
+        assert_eq!(row.direction, DEFAULT_DIRECTION, "the platform's default");
         assert_eq!(
             row.recording_url.as_deref(),
             Some(long.as_str()),

@@ -34,7 +34,8 @@ pub fn assert_full_record(r: &Row, c: &SyntheticCall) {
     assert_eq!(r.tenant_id.as_deref(), Some(c.tenant_id.as_str()));
     assert_eq!(r.caller_number.as_deref(), Some("905551234567"));
     assert_eq!(r.callee_number.as_deref(), Some("902124440000"));
-    assert_eq!(r.sip_hangup_cause.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.end_reason.as_deref(), Some("normal_clearing"));
+    assert_eq!(r.sip_hangup_cause, Some(200), "answered: its 200 OK");
     assert_eq!(r.trace_id.as_deref(), Some(c.trace_id.as_str()));
     assert_eq!(
         r.recording_url.as_deref(),

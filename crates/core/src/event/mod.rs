@@ -24,6 +24,9 @@ pub use kind::{
 /// The SIP Call-ID limit of the `calls.call_id` column.
 pub const MAX_CALL_ID_LEN: usize = 255;
 
+/// The limit of the platform's `call_events.event_type` column.
+pub const MAX_EVENT_TYPE_LEN: usize = 100;
+
 /// Why a message is not a call event. The code (`as_code`) travels in the dead-letter header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
@@ -211,6 +214,12 @@ pub fn decode_hinted(
     let call_id = resolve_call_id(&event_type, call_id, format)?;
     if holds_nul {
         return Err(Reject::NulCharacter);
+    }
+    let chars = event_type.chars().count();
+    if chars > MAX_EVENT_TYPE_LEN {
+        return Err(Reject::InvalidEventType(format!(
+            "{chars} characters, over {MAX_EVENT_TYPE_LEN}"
+        )));
     }
     let (timestamp, timestamp_inferred) = match timestamp? {
         Some(t) => (t, false),
@@ -439,6 +448,21 @@ mod tests {
             decode(br#"{"eventType":"call.whatever"}"#, now(), LIMITS).unwrap_err(),
             Reject::MissingCallId
         );
+        // A call event whose type the log could not store is refused; a platform event's is
+        // only counted.
+        let long = format!("call.{}", "x".repeat(96));
+        let body = format!(r#"{{"eventType":"{long}","callId":"c"}}"#);
+        assert_eq!(
+            decode(body.as_bytes(), now(), LIMITS)
+                .unwrap_err()
+                .as_code(),
+            "invalid_event_type"
+        );
+        let body = format!(r#"{{"eventType":"{}"}}"#, "y".repeat(200));
+        assert!(matches!(
+            decode(body.as_bytes(), now(), LIMITS),
+            Err(Reject::NotCallEvent { .. })
+        ));
         // A platform event type with a call id is call-scoped: kept with its call.
         let e = decode(br#"{"eventType":"note.added","callId":"c"}"#, now(), LIMITS).unwrap();
         assert_eq!(e.kind, EventKind::Other);
