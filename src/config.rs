@@ -28,6 +28,15 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// One of the platform's own variables (`LOG_FORMAT`, ...) holds a value it cannot take.
+    #[error(
+        "configuration: environment variable `{variable}` has invalid value {value:?}: {reason}"
+    )]
+    InvalidVariable {
+        variable: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -138,6 +147,13 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// The node's name, a `node_hostname` field on every JSON line when set (`NODE_HOSTNAME`).
+    #[serde(
+        default,
+        deserialize_with = "optional_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -180,7 +196,8 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Serialized::defaults(platform_overrides(&env)));
+        let platform = platform_overrides(&env, &figment)?;
+        figment = figment.merge(Serialized::defaults(platform));
         // `Env` reads the real process environment; feed it ours through a closure-free
         // provider so that tests stay hermetic.
         let prefixed: Vec<(String, String)> = env
@@ -402,8 +419,22 @@ fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError
     }
 }
 
-/// The platform's own variable names, which deployments already set.
-fn platform_overrides(env: &[(String, String)]) -> figment::value::Dict {
+/// The error for the platform's variable `variable` set to `value`.
+fn invalid_variable(variable: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::InvalidVariable {
+        variable,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The platform's own variable names, which deployments already set, as the keys they set.
+/// `below` is the configuration they layer over (defaults and file): `CDR_SERVICE_METRICS_PORT`
+/// keeps the host of its `http.listen`.
+fn platform_overrides(
+    env: &[(String, String)],
+    below: &Figment,
+) -> Result<figment::value::Dict, ConfigError> {
     let get = |name: &str| {
         env.iter()
             .find(|(k, _)| k == name)
@@ -427,16 +458,60 @@ fn platform_overrides(env: &[(String, String)]) -> figment::value::Dict {
         };
         log.insert("format".into(), format.into());
     }
+    // LOG_FORMAT wins over the format ENV implies.
+    if let Some(raw) = get("LOG_FORMAT") {
+        let format = match raw.trim().to_ascii_lowercase().as_str() {
+            "json" => "json",
+            "console" => "console",
+            _ => {
+                return Err(invalid_variable(
+                    "LOG_FORMAT",
+                    &raw,
+                    "must be `json` or `console`",
+                ));
+            }
+        };
+        log.insert("format".into(), format.into());
+    }
     if let Some(level) = get("LOG_LEVEL") {
         log.insert("level".into(), level.to_ascii_lowercase().into());
     }
+    if let Some(name) = get("NODE_HOSTNAME") {
+        log.insert("node_hostname".into(), name.into());
+    }
+    let mut http = figment::value::Dict::new();
+    if let Some(raw) = get("CDR_SERVICE_METRICS_PORT") {
+        let port = raw
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| {
+                invalid_variable(
+                    "CDR_SERVICE_METRICS_PORT",
+                    &raw,
+                    "must be a port number, 1 to 65535",
+                )
+            })?;
+        // A listen address the layers below got wrong is left as it is: its own error, naming
+        // `http.listen`, is the one reported.
+        if let Ok(mut listen) = below.extract_inner::<SocketAddr>("http.listen") {
+            listen.set_port(port);
+            http.insert("listen".into(), listen.to_string().into());
+        }
+    }
     let mut root = figment::value::Dict::new();
-    for (name, dict) in [("database", database), ("amqp", amqp), ("log", log)] {
+    for (name, dict) in [
+        ("database", database),
+        ("amqp", amqp),
+        ("log", log),
+        ("http", http),
+    ] {
         if !dict.is_empty() {
             root.insert(name.into(), dict.into());
         }
     }
-    root
+    Ok(root)
 }
 
 /// Environment values are strings; numbers and booleans are recognised the way TOML would,
@@ -487,6 +562,40 @@ mod duration {
             ))
         })
     }
+}
+
+/// An optional name: a string, or what the environment reads as a number or a boolean (a node
+/// may well be called `42`). Blank is none; the name is trimmed.
+fn optional_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Name;
+
+    impl serde::de::Visitor<'_> for Name {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a name (a string)")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+
+    let name = d.deserialize_any(Name)?;
+    let name = name.trim();
+    Ok((!name.is_empty()).then(|| name.to_owned()))
 }
 
 /// A list of strings, or one string as a list of one.
@@ -548,6 +657,194 @@ mod tests {
         assert_eq!(s.tracker.linger, Duration::from_millis(750));
         assert_eq!(s.amqp.prefetch, 9000);
         assert!(s.amqp.accept_existing_exchange_type);
+    }
+
+    /// A `--config` file with `text`, in a directory that lives as long as the returned guard.
+    fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn log_format_wins_over_env_and_gives_way_to_the_prefixed_key() {
+        let format =
+            |pairs: &[(&str, &str)]| Settings::load_from(None, env(pairs)).unwrap().log.format;
+        assert_eq!(format(&[("LOG_FORMAT", "json")]), LogFormat::Json);
+        assert_eq!(format(&[("LOG_FORMAT", "console")]), LogFormat::Console);
+        assert_eq!(
+            format(&[("LOG_FORMAT", "JSON")]),
+            LogFormat::Json,
+            "any case"
+        );
+        assert_eq!(
+            format(&[("ENV", "production"), ("LOG_FORMAT", "console")]),
+            LogFormat::Console,
+            "LOG_FORMAT wins over ENV=production"
+        );
+        assert_eq!(
+            format(&[("ENV", "development"), ("LOG_FORMAT", "json")]),
+            LogFormat::Json,
+            "LOG_FORMAT wins over another ENV"
+        );
+        assert_eq!(
+            format(&[("ENV", "production"), ("LOG_FORMAT", "")]),
+            LogFormat::Json,
+            "an empty LOG_FORMAT is unset"
+        );
+        assert_eq!(
+            format(&[("LOG_FORMAT", "json"), ("CDR__LOG__FORMAT", "console")]),
+            LogFormat::Console,
+            "CDR__LOG__FORMAT wins over LOG_FORMAT"
+        );
+        let (_dir, path) = config_file("[log]\nformat = \"console\"\n");
+        let s = Settings::load_from(Some(&path), env(&[("LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(
+            s.log.format,
+            LogFormat::Json,
+            "LOG_FORMAT wins over the file"
+        );
+    }
+
+    /// The error is about the platform's variable `name`, and its text names it and `value`.
+    fn assert_names_variable(e: &ConfigError, name: &str, value: &str) {
+        assert!(
+            matches!(e, ConfigError::InvalidVariable { variable, value: v, .. }
+                if *variable == name && v == value),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.contains(&format!("`{name}`")), "{text}");
+        assert!(text.contains(&format!("{value:?}")), "{text}");
+    }
+
+    #[test]
+    fn a_bad_log_format_names_the_variable_and_the_value() {
+        for value in ["xml", "text", "jsonl"] {
+            let e = Settings::load_from(None, env(&[("ENV", "production"), ("LOG_FORMAT", value)]))
+                .unwrap_err();
+            assert_names_variable(&e, "LOG_FORMAT", value);
+            assert!(e.to_string().contains("`json` or `console`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn node_hostname_is_a_setting_the_platform_name_sets() {
+        let host = |file: Option<&Path>, pairs: &[(&str, &str)]| {
+            Settings::load_from(file, env(pairs))
+                .unwrap()
+                .log
+                .node_hostname
+        };
+        assert_eq!(host(None, &[]), None, "none by default");
+        assert_eq!(
+            host(None, &[("NODE_HOSTNAME", "node-1")]).as_deref(),
+            Some("node-1")
+        );
+        assert_eq!(host(None, &[("NODE_HOSTNAME", "")]), None, "empty is unset");
+        assert_eq!(
+            host(None, &[("CDR__LOG__NODE_HOSTNAME", "node-2")]).as_deref(),
+            Some("node-2")
+        );
+        assert_eq!(
+            host(
+                None,
+                &[
+                    ("NODE_HOSTNAME", "node-1"),
+                    ("CDR__LOG__NODE_HOSTNAME", "node-2")
+                ]
+            )
+            .as_deref(),
+            Some("node-2"),
+            "CDR__LOG__NODE_HOSTNAME wins over NODE_HOSTNAME"
+        );
+        assert_eq!(
+            host(None, &[("CDR__LOG__NODE_HOSTNAME", "42")]).as_deref(),
+            Some("42"),
+            "digits are a name, not a number"
+        );
+        assert_eq!(
+            host(None, &[("CDR__LOG__NODE_HOSTNAME", "  ")]),
+            None,
+            "blank is unset"
+        );
+        let (_dir, path) = config_file("[log]\nnode_hostname = \"from-file\"\n");
+        assert_eq!(host(Some(&path), &[]).as_deref(), Some("from-file"));
+        assert_eq!(
+            host(Some(&path), &[("NODE_HOSTNAME", "node-1")]).as_deref(),
+            Some("node-1"),
+            "NODE_HOSTNAME wins over the file"
+        );
+    }
+
+    #[test]
+    fn metrics_port_sets_the_port_of_http_listen_and_keeps_its_host() {
+        let listen = |file: Option<&Path>, pairs: &[(&str, &str)]| {
+            Settings::load_from(file, env(pairs))
+                .unwrap()
+                .http
+                .listen
+                .to_string()
+        };
+        assert_eq!(listen(None, &[]), "0.0.0.0:12052");
+        assert_eq!(
+            listen(None, &[("CDR_SERVICE_METRICS_PORT", "9100")]),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(
+            listen(None, &[("CDR_SERVICE_METRICS_PORT", "")]),
+            "0.0.0.0:12052",
+            "empty is unset"
+        );
+        let (_dir, path) = config_file("[http]\nlisten = \"127.0.0.1:8000\"\n");
+        assert_eq!(
+            listen(Some(&path), &[("CDR_SERVICE_METRICS_PORT", "9100")]),
+            "127.0.0.1:9100",
+            "the file's host is kept"
+        );
+        let (_dir6, path6) = config_file("[http]\nlisten = \"[::1]:8000\"\n");
+        assert_eq!(
+            listen(Some(&path6), &[("CDR_SERVICE_METRICS_PORT", "9100")]),
+            "[::1]:9100"
+        );
+        assert_eq!(
+            listen(
+                Some(&path),
+                &[
+                    ("CDR_SERVICE_METRICS_PORT", "9100"),
+                    ("CDR__HTTP__LISTEN", "127.0.0.2:7000"),
+                ]
+            ),
+            "127.0.0.2:7000",
+            "CDR__HTTP__LISTEN wins over CDR_SERVICE_METRICS_PORT"
+        );
+    }
+
+    #[test]
+    fn a_bad_metrics_port_names_the_variable_and_the_value() {
+        for value in ["metrics", "0", "65536", "-1", "9100x", "12.5"] {
+            let e =
+                Settings::load_from(None, env(&[("CDR_SERVICE_METRICS_PORT", value)])).unwrap_err();
+            assert_names_variable(&e, "CDR_SERVICE_METRICS_PORT", value);
+            assert!(e.to_string().contains("port number"), "{e}");
+        }
+        // Even when CDR__HTTP__LISTEN would win: a bad value is not silently ignored.
+        let e = Settings::load_from(
+            None,
+            env(&[
+                ("CDR_SERVICE_METRICS_PORT", "metrics"),
+                ("CDR__HTTP__LISTEN", "127.0.0.1:7000"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("CDR_SERVICE_METRICS_PORT"), "{e}");
+        // A listen address the file got wrong is reported as itself.
+        let (_dir, path) = config_file("[http]\nlisten = \"nowhere\"\n");
+        let e = Settings::load_from(Some(&path), env(&[("CDR_SERVICE_METRICS_PORT", "9100")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.listen"), "{e}");
     }
 
     #[test]

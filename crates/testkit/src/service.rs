@@ -4,6 +4,7 @@
 //! (`CARGO_BIN_EXE_cdr-service`, at compile time), so they pass its path in:
 //! [`service_binary!`](crate::service_binary) expands to it where it is written.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,6 +40,29 @@ pub fn closed_pipe() -> (Stdio, Stdio) {
     (writer.into(), stderr.into())
 }
 
+/// Standard output or error for a child, read line by line as the child writes it, so that a
+/// chatty child never blocks on a full pipe; [`Captured::lines`] has them all once it exited.
+pub fn captured() -> (Stdio, Captured) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let thread = std::thread::spawn(move || {
+        BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+            .collect()
+    });
+    (writer.into(), Captured(thread))
+}
+
+/// The lines a child writes to the pipe of [`captured`].
+pub struct Captured(std::thread::JoinHandle<Vec<String>>);
+
+impl Captured {
+    /// Every line the child wrote; waits for it to close its end (to exit).
+    pub fn lines(self) -> Vec<String> {
+        self.0.join().expect("the pipe's reader")
+    }
+}
+
 /// The real binary as a child process on a test's settings.
 pub struct Service {
     pub child: Child,
@@ -71,11 +95,37 @@ impl Service {
             .stderr(stderr)
             .spawn()
             .expect("start cdr-service");
-        let mut service = Service { child, port };
+        Service { child, port }.ready().await
+    }
+
+    /// Starts `binary` with `run` and exactly the environment `vars` (nothing inherited from the
+    /// tests' own, so that a platform name set where they run changes nothing), and waits until
+    /// it is ready on `port` of 127.0.0.1: `vars` must make it listen there.
+    pub async fn start_with_env(
+        binary: &Path,
+        vars: Vec<(String, String)>,
+        port: u16,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Service {
+        let child = Command::new(binary)
+            .arg("run")
+            .env_clear()
+            .envs(vars)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start cdr-service");
+        Service { child, port }.ready().await
+    }
+
+    /// Waits until `/health/ready` answers on the service's port.
+    async fn ready(mut self) -> Service {
+        let port = self.port;
         let url = format!("http://127.0.0.1:{port}/health/ready");
         let started = Instant::now();
         loop {
-            if let Some(status) = service.child.try_wait().expect("wait") {
+            if let Some(status) = self.child.try_wait().expect("wait") {
                 panic!("the service exited before it was ready: {status}");
             }
             if matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) {
@@ -87,7 +137,7 @@ impl Service {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        service
+        self
     }
 
     /// SIGTERM, then wait for the exit; returns the exit code and how long it took.
