@@ -22,11 +22,11 @@ use crate::ingest::Ingest;
 use crate::log::EventLog;
 use crate::project::{Projector, ProjectorHandle};
 use crate::recovery::{Recovery, RecoveryError};
-use crate::retry::{Retry, Stop};
+use crate::retry::{Retry, Stop, Transient};
 use crate::telemetry::metric;
 use crate::tracker::{CallContext, Tracker};
 use crate::writer::RecordWriter;
-use crate::{db, dispatch, http, prices, telemetry};
+use crate::{db, dispatch, http, prices, schema_check, telemetry};
 
 /// How often the database is checked for readiness.
 const DB_PING: Duration = Duration::from_secs(1);
@@ -105,6 +105,12 @@ impl Application {
             return Ok(None);
         }
         health.set_database_up(true);
+        if !schema_fits(&pool, &health, shutdown).await? {
+            background.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Ok(None);
+        }
         let (mut running, log, projector_handle) =
             start_downstream(&settings, &pool, &health, tasks, background).await?;
         let tracker = running.tracker.clone();
@@ -235,6 +241,43 @@ async fn migrate(
         }
         Err(Stop::Cancelled) => Ok(false),
         Err(Stop::Refused(e)) => Err(e).context("database migrations"),
+    }
+}
+
+/// How often a schema the service cannot write is checked again.
+const SCHEMA_RECHECK: Duration = Duration::from_secs(15);
+
+/// Waits until the database's columns are ones the service can write (`schema_check`),
+/// checking again every `SCHEMA_RECHECK`: meanwhile it is not ready, says why in
+/// `/health/ready`, and consumes nothing. False if `shutdown` fired first.
+async fn schema_fits(
+    pool: &PgPool,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    loop {
+        match schema_check::check(pool).await {
+            Ok(problems) if problems.is_empty() => {
+                health.set_schema_problems(Vec::new());
+                return Ok(true);
+            }
+            Ok(problems) => {
+                for p in &problems {
+                    error!(table = %p.table, column = %p.column, expected = %p.expected,
+                        found = %p.found,
+                        "the database has a column the service cannot write; not ready, consuming nothing");
+                }
+                health.set_schema_problems(problems.iter().map(ToString::to_string).collect());
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "could not read the schema; checking again");
+            }
+            Err(e) => return Err(e).context("schema check"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(SCHEMA_RECHECK) => {}
+        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! What readiness is made of: the database and the broker reachable, recovery done.
+//! What readiness is made of: the database and the broker reachable, the schema one the
+//! service can write, recovery done.
 //! Shared by the components that learn it and the HTTP probes that report it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::gauge;
 
@@ -18,6 +19,8 @@ struct Inner {
     database_up: AtomicBool,
     broker_up: AtomicBool,
     recovered: AtomicBool,
+    /// What the schema check found that the service cannot write (`schema_check`).
+    schema_problems: Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -29,6 +32,24 @@ impl Health {
     pub fn set_broker_up(&self, up: bool) {
         self.inner.broker_up.store(up, Ordering::Relaxed);
         gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(up)));
+    }
+
+    /// The schema check's findings: none when the service can write every column it needs.
+    pub fn set_schema_problems(&self, problems: Vec<String>) {
+        gauge!(metric::SCHEMA_INCOMPATIBLE_COLUMNS.name).set(problems.len() as f64);
+        *self
+            .inner
+            .schema_problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problems;
+    }
+
+    pub fn schema_problems(&self) -> Vec<String> {
+        self.inner
+            .schema_problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_recovered(&self) {
@@ -48,6 +69,9 @@ impl Health {
     }
 
     pub fn ready(&self) -> bool {
-        self.database_up() && self.broker_up() && self.recovered()
+        self.database_up()
+            && self.broker_up()
+            && self.recovered()
+            && self.schema_problems().is_empty()
     }
 }

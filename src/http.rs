@@ -65,6 +65,7 @@ async fn ready(State(s): State<AppState>) -> Response {
         "database": s.health.database_up(),
         "broker": s.health.broker_up(),
         "recovered": s.health.recovered(),
+        "schema_problems": s.health.schema_problems(),
     });
     let code = if s.health.ready() {
         StatusCode::OK

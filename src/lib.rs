@@ -22,6 +22,7 @@ pub mod project;
 pub mod recovery;
 pub mod retry;
 pub mod runtime;
+pub mod schema_check;
 pub mod telemetry;
 pub mod tracker;
 pub mod writer;

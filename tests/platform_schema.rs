@@ -375,3 +375,130 @@ async fn an_earlier_calls_table_is_converted_in_place() {
     pool.close().await;
     env.cleanup(&env.settings()).await;
 }
+
+/// A column the service cannot write (here the platform's `calls.duration_seconds` made a
+/// text column): the service does not become ready, `/health/ready` names the table, the
+/// column, what it expects and what it found, and nothing is consumed. Once the column is
+/// fixed, the service becomes ready without a restart and consumes what waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let pool = env.pool().await;
+    for ddl in PLATFORM_CALLS {
+        let ddl = ddl.replace("duration_seconds int DEFAULT 0", "duration_seconds text");
+        // The test's own constant DDL, with one type changed.
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // The queue as a deployment has it, holding one call's events.
+    let c = call("unready");
+    let publisher =
+        cdr_storm::simulate::Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+            .await
+            .unwrap();
+    {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.queue_declare(
+            settings.amqp.queue.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            settings.amqp.queue.as_str().into(),
+            settings.amqp.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    for e in c.events(true) {
+        publisher.publish(&e).await.unwrap();
+    }
+
+    let app = cdr_service::app::Application::build(settings.clone())
+        .await
+        .unwrap();
+    let port = app.http_port();
+    let health = app.health();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(app.run(stop.clone()));
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the schema problem reported",
+        || {
+            let problems = health.schema_problems();
+            async move { !problems.is_empty() }
+        },
+    )
+    .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["schema_problems"],
+        serde_json::json!(["calls.duration_seconds: expected integer, found text"])
+    );
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::metrics::value(&text, "cdr_schema_incompatible_columns"),
+        Some(1.0)
+    );
+    assert_eq!(
+        queue_depth(&settings.amqp.queue).await,
+        5,
+        "nothing consumed"
+    );
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 0);
+
+    // Fixed by the operator: ready without a restart, and the call is recorded.
+    sqlx::query(
+        "ALTER TABLE calls ALTER COLUMN duration_seconds TYPE int USING duration_seconds::int",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "ready once fixed",
+        || {
+            let ready = health.ready();
+            async move { ready }
+        },
+    )
+    .await;
+    let r = wait_for_row(&pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    pool.close().await;
+    env.cleanup(&settings).await;
+}

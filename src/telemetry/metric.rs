@@ -208,6 +208,10 @@ pub const LOG_APPEND_RECHECKS: Metric = Metric::counter(
     "cdr_log_append_rechecks_total",
     "Log batches whose plain insert met a message logged earlier and went again with the conflict check",
 );
+pub const SCHEMA_INCOMPATIBLE_COLUMNS: Metric = Metric::gauge(
+    "cdr_schema_incompatible_columns",
+    "Columns of the database the service cannot write as they are (schema check at start): while above 0 it is not ready and consumes nothing",
+);
 pub const LOG_UNDECODABLE_EVENTS: Metric = Metric::counter(
     "cdr_log_undecodable_events_total",
     "Logged events whose stored bytes no longer decode when a call is rebuilt (read from their stored columns instead); always 0 unless the decoder changed",
@@ -337,6 +341,7 @@ pub const ALL: &[Metric] = &[
     DUPLICATES_DROPPED,
     LOG_APPEND_RECHECKS,
     LOG_UNDECODABLE_EVENTS,
+    SCHEMA_INCOMPATIBLE_COLUMNS,
     LOG_BATCH_SIZE,
     LOG_WRITE_DURATION,
     LOG_WRITE_RETRIES,
