@@ -22,6 +22,9 @@ const UUID: &[&str] = &["uuid"];
 const JSONB: &[&str] = &["jsonb"];
 const BYTEA: &[&str] = &["bytea"];
 
+/// A column's name and the types the service can work with.
+type Column = (&'static str, &'static [&'static str]);
+
 /// A column the service writes or reads, with the types it can work with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
@@ -77,7 +80,7 @@ pub fn expected() -> Vec<Expected> {
         column: "updated_at",
         types: TIMESTAMPTZ,
     });
-    let others: [(&str, &[(&str, &[&str])]); 6] = [
+    let others: [(&str, &[Column]); 6] = [
         (
             "call_events",
             &[
