@@ -16,8 +16,9 @@ async fn log_events(pool: &PgPool, call_id: &str, events: usize) -> Vec<i64> {
     let mut ids = Vec::new();
     for i in 0..events {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO call_events (call_id, event_type, payload, body_sha256, received_at) \
-             VALUES ($1, 'call.started', '{}'::jsonb, sha256(($1 || $2)::bytea), now()) \
+            "INSERT INTO call_events (call_id, event_type, payload, body_sha256, received_at, \
+                                      event_timestamp) \
+             VALUES ($1, 'call.started', '{}'::jsonb, sha256(($1 || $2)::bytea), now(), now()) \
              RETURNING event_id",
         )
         .bind(call_id)
@@ -119,8 +120,10 @@ async fn bookkeeping_reads_indexes_even_without_statistics() {
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO call_events (call_id, event_type, payload, body_sha256, received_at) \
-         SELECT 'plan-' || (g % 5000), 'call.started', '{}'::jsonb, sha256(g::text::bytea), now() \
+        "INSERT INTO call_events (call_id, event_type, payload, body_sha256, received_at, \
+                                  event_timestamp) \
+         SELECT 'plan-' || (g % 5000), 'call.started', '{}'::jsonb, sha256(g::text::bytea), now(), \
+                now() \
          FROM generate_series(1, 30000) g",
     )
     .execute(&pool)

@@ -294,6 +294,9 @@ async fn records_are_written_into_the_platforms_calls_table() {
     app.finish().await;
 }
 
+/// call_id, direction, sip_hangup_cause, end_reason, hangup_source.
+type ConvertedRow = (String, String, Option<i32>, Option<String>, Option<String>);
+
 /// `calls` and `call_events` as the first version of this service created them, with rows in
 /// them: converted to the platform's types in place, every row kept, its end reason moved to
 /// `end_reason` and its SIP code derived.
@@ -326,7 +329,7 @@ async fn an_earlier_calls_table_is_converted_in_place() {
     cdr_service::db::migrate(&pool)
         .await
         .expect("migrate again");
-    let rows: Vec<(String, String, Option<i32>, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<ConvertedRow> = sqlx::query_as(
         "SELECT call_id, direction, sip_hangup_cause, end_reason, hangup_source \
              FROM calls ORDER BY call_id",
     )
