@@ -505,3 +505,124 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
     pool.close().await;
     env.cleanup(&settings).await;
 }
+
+/// The platform's current CDR service replaced in place: its queue as it declared it (with
+/// `x-dead-letter-exchange` and nothing else), a backlog of today's protobuf events left in it,
+/// and its rows in the platform's tables. This service consumes that queue as it exists, keeps
+/// every old row as it was, and records the backlog's calls; old `call_events` rows it cannot
+/// decode (their `payload` often `{}`) never block it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_current_service_is_replaced_in_place() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let pool = env.pool().await;
+    for ddl in PLATFORM_CALLS {
+        sqlx::query(ddl).execute(&pool).await.unwrap();
+    }
+    // What the old service wrote: a finished call, and a call in progress at the switch.
+    sqlx::query(
+        "INSERT INTO calls (call_id, tenant_id, direction, caller_number, callee_number, \
+           start_time, answer_time, end_time, duration_seconds, status, disposition, \
+           sip_hangup_cause, hangup_source, total_cost) VALUES \
+         ('go-finished@h', 't-go', 'INBOUND', '905551110000', '902124440000', \
+          '2025-09-23T09:00:00Z', '2025-09-23T09:00:03Z', '2025-09-23T09:01:03Z', 60, \
+          'COMPLETED', 'ANSWERED', 200, 'APP', 0.0125), \
+         ('go-progress@h', 't-go', 'INBOUND', '905551112222', '902124440000', \
+          '2025-09-24T10:00:00Z', NULL, NULL, 0, 'STARTED', NULL, NULL, NULL, NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO call_events (call_id, event_type, event_timestamp, payload) VALUES \
+         ('go-finished@h', 'call.started', '2025-09-23T09:00:00Z', '{}'), \
+         ('go-finished@h', 'call.ended', '2025-09-23T09:01:03Z', '{}'), \
+         ('go-progress@h', 'call.started', '2025-09-24T10:00:00Z', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let old_row = |pool: PgPool| async move {
+        let row: serde_json::Value = sqlx::query_scalar(
+            "SELECT to_jsonb(c) - 'event_count' - 'trace_id' - 'billable_seconds' \
+               - 'inferred_times' - 'end_reason' FROM calls c WHERE call_id = 'go-finished@h'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        row
+    };
+    let before = old_row(pool.clone()).await;
+
+    // The queue as the old service declared it, holding today's producers' events.
+    let producer = Producer::connect(&settings.amqp.exchange).await;
+    {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(settings.amqp.dead_letter_exchange.as_str().into()),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.queue_declare(settings.amqp.queue.as_str().into(), durable, arguments)
+            .await
+            .unwrap();
+        ch.queue_bind(
+            settings.amqp.queue.as_str().into(),
+            settings.amqp.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    let backlog = call("backlog");
+    let mut progress_end = call("go-progress").ended();
+    progress_end["callId"] = "go-progress@h".into();
+    for e in backlog.events(true).iter().chain([&progress_end]) {
+        let twin = cdr_storm::protobuf::encode(e).expect("a protobuf producer");
+        let key = e["eventType"].as_str().unwrap();
+        producer.publish(key, &twin.body, twin.content_type).await;
+    }
+
+    let app = TestApp::start(env, settings).await;
+    let r = wait_for_row(&app.pool, &backlog.call_id, 5).await;
+    assert_full_record(&r, &backlog);
+    let r = wait_for_row(&app.pool, "go-progress@h", 2).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(r.end_time, Some(progress_end_time(&progress_end)));
+    assert_eq!(
+        old_row(app.pool.clone()).await,
+        before,
+        "the old service's finished call is kept as it was"
+    );
+    assert_eq!(queue_depth(&app.settings.amqp.queue).await, 0);
+    assert!(
+        drain_queue(&app.settings.amqp.dead_letter_queue)
+            .await
+            .is_empty(),
+        "nothing the old service accepted is dead-lettered"
+    );
+    let old_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_events WHERE payload = '{}'::jsonb")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(old_events, 3, "the old service's events are kept");
+    app.finish().await;
+}
+
+fn progress_end_time(ended: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    ended["timestamp"].as_str().unwrap().parse().unwrap()
+}
