@@ -385,9 +385,6 @@ async fn an_earlier_calls_table_is_converted_in_place() {
 /// fixed, the service becomes ready without a restart and consumes what waited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing() {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-
     let env = TestEnv::new().await;
     let settings = env.settings();
     let pool = env.pool().await;
@@ -405,33 +402,12 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
         cdr_storm::simulate::Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
             .await
             .unwrap();
-    {
-        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        ch.queue_declare(
-            settings.amqp.queue.as_str().into(),
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            settings.amqp.queue.as_str().into(),
-            settings.amqp.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let _ = conn.close(200, "bye".into()).await;
-    }
+    declare_bound_queue(
+        &settings.amqp.queue,
+        &settings.amqp.exchange,
+        lapin::types::FieldTable::default(),
+    )
+    .await;
     for e in c.events(true) {
         publisher.publish(&e).await.unwrap();
     }
@@ -513,7 +489,6 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
 /// decode (their `payload` often `{}`) never block it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_current_service_is_replaced_in_place() {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
     let env = TestEnv::new().await;
@@ -559,34 +534,12 @@ async fn the_current_service_is_replaced_in_place() {
 
     // The queue as the old service declared it, holding today's producers' events.
     let producer = Producer::connect(&settings.amqp.exchange).await;
-    {
-        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(settings.amqp.dead_letter_exchange.as_str().into()),
-        );
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        ch.queue_declare(settings.amqp.queue.as_str().into(), durable, arguments)
-            .await
-            .unwrap();
-        ch.queue_bind(
-            settings.amqp.queue.as_str().into(),
-            settings.amqp.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let _ = conn.close(200, "bye".into()).await;
-    }
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(settings.amqp.dead_letter_exchange.as_str().into()),
+    );
+    declare_bound_queue(&settings.amqp.queue, &settings.amqp.exchange, arguments).await;
     let backlog = call("backlog");
     let mut progress_end = call("go-progress").ended();
     progress_end["callId"] = "go-progress@h".into();

@@ -47,6 +47,33 @@ pub async fn queue_depth(queue: &str) -> u32 {
     depth.expect("queue exists")
 }
 
+/// Declares `queue` durable with `arguments` and binds it to `exchange` (which must exist)
+/// with `#`: a queue as a deployment, or the service it replaces, left it before the service
+/// starts.
+pub async fn declare_bound_queue(queue: &str, exchange: &str, arguments: lapin::types::FieldTable) {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, arguments)
+        .await
+        .expect("declare the queue");
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .expect("bind the queue");
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 /// Publishes raw bodies as a given producer does: its routing key and its content type, or
 /// none (today's signaling and media services set none, the agent service
 /// `application/protobuf`, JSON producers `application/json` or none). Each publish waits for
