@@ -75,11 +75,13 @@ pub fn expected() -> Vec<Expected> {
             types: column_types(c.array_type),
         })
         .collect();
-    all.push(Expected {
-        table: "calls",
-        column: "updated_at",
-        types: TIMESTAMPTZ,
-    });
+    for (column, types) in [("updated_at", TIMESTAMPTZ), ("adopted", BOOL)] {
+        all.push(Expected {
+            table: "calls",
+            column,
+            types,
+        });
+    }
     let others: [(&str, &[Column]); 6] = [
         (
             "call_events",

@@ -485,8 +485,9 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
 /// The platform's current CDR service replaced in place: its queue as it declared it (with
 /// `x-dead-letter-exchange` and nothing else), a backlog of today's protobuf events left in it,
 /// and its rows in the platform's tables. This service consumes that queue as it exists, keeps
-/// every old row as it was, and records the backlog's calls; old `call_events` rows it cannot
-/// decode (their `payload` often `{}`) never block it.
+/// every old row as it was, records the backlog's calls, and completes a call in progress at
+/// the switch keeping what the old service knew of it; old `call_events` rows it cannot decode
+/// (their `payload` often `{}`) never block it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_current_service_is_replaced_in_place() {
     use lapin::types::{AMQPValue, FieldTable};
@@ -523,7 +524,8 @@ async fn the_current_service_is_replaced_in_place() {
     let old_row = |pool: PgPool| async move {
         let row: serde_json::Value = sqlx::query_scalar(
             "SELECT to_jsonb(c) - 'event_count' - 'trace_id' - 'billable_seconds' \
-               - 'inferred_times' - 'end_reason' FROM calls c WHERE call_id = 'go-finished@h'",
+               - 'inferred_times' - 'end_reason' - 'adopted' \
+             FROM calls c WHERE call_id = 'go-finished@h'",
         )
         .fetch_one(&pool)
         .await
@@ -555,6 +557,46 @@ async fn the_current_service_is_replaced_in_place() {
     let r = wait_for_row(&app.pool, "go-progress@h", 2).await;
     assert_eq!(r.status.as_deref(), Some("COMPLETED"));
     assert_eq!(r.end_time, Some(progress_end_time(&progress_end)));
+    // What the old service knew of the call in progress, and its logged events do not carry,
+    // is kept; and kept again when a later event rewrites the row.
+    let inherited = |r: &Row| {
+        (
+            r.start_time,
+            r.tenant_id.clone(),
+            r.caller_number.clone(),
+            r.callee_number.clone(),
+        )
+    };
+    let kept = (
+        Some("2025-09-24T10:00:00Z".parse().unwrap()),
+        Some("t-go".to_owned()),
+        Some("905551112222".to_owned()),
+        Some("902124440000".to_owned()),
+    );
+    assert_eq!(inherited(&r), kept);
+    let mut recording = call("go-progress").recording();
+    recording["callId"] = "go-progress@h".into();
+    let twin = cdr_storm::protobuf::encode(&recording).unwrap();
+    producer
+        .publish("call.recording.available", &twin.body, twin.content_type)
+        .await;
+    let r = wait_for_row(&app.pool, "go-progress@h", 3).await;
+    assert!(r.recording_url.is_some());
+    assert_eq!(inherited(&r), kept);
+    let adopted: Vec<(String, bool)> =
+        sqlx::query_as("SELECT call_id, adopted FROM calls ORDER BY call_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        adopted,
+        [
+            (backlog.call_id.clone(), false),
+            ("go-finished@h".to_owned(), false),
+            ("go-progress@h".to_owned(), true),
+        ],
+        "only the old row this service rewrote is adopted"
+    );
     assert_eq!(
         old_row(app.pool.clone()).await,
         before,

@@ -143,17 +143,43 @@ pub static UPSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         .map(|(i, c)| format!("${}::{}[]", i + 1, c.array_type))
         .collect::<Vec<_>>()
         .join(", ");
+    // A row another service wrote (`event_count` 0: this service always folds at least one
+    // event) is adopted: from then on its inherited columns keep their value wherever the
+    // fold has none.
+    let adopted = "(c.adopted OR c.event_count = 0)";
     let replaced = COLUMNS
         .iter()
         .filter(|c| c.name != KEY_COLUMN)
-        .map(|c| format!("{0} = EXCLUDED.{0}, ", c.name))
+        .map(|c| {
+            if INHERITED_COLUMNS.contains(&c.name) {
+                format!(
+                    "{0} = CASE WHEN {adopted} THEN COALESCE(EXCLUDED.{0}, c.{0}) ELSE EXCLUDED.{0} END, ",
+                    c.name
+                )
+            } else {
+                format!("{0} = EXCLUDED.{0}, ", c.name)
+            }
+        })
         .collect::<String>();
     format!(
         "INSERT INTO calls AS c ({names}) SELECT * FROM UNNEST({arrays}) \
-         ON CONFLICT ({KEY_COLUMN}) DO UPDATE SET {replaced}updated_at = now() \
+         ON CONFLICT ({KEY_COLUMN}) DO UPDATE SET {replaced}adopted = {adopted}, \
+           updated_at = now() \
          WHERE c.event_count <= EXCLUDED.event_count"
     )
 });
+
+/// The columns a row written by the service this one replaced keeps where the fold has no
+/// value: what that service knew of a call in progress at the switch (its start, tenant,
+/// numbers and user), which the events logged before the switch may not carry.
+pub const INHERITED_COLUMNS: [&str; 6] = [
+    "start_time",
+    "tenant_id",
+    "caller_number",
+    "callee_number",
+    "user_id",
+    "contact_id",
+];
 
 /// Every column of `calls` the service writes, in order, for reading rows back.
 pub static SELECT_SQL: LazyLock<String> =
