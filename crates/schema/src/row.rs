@@ -311,16 +311,27 @@ mod tests {
             .collect();
         assert_eq!(arrays, want);
 
-        let replaced: Vec<&str> = between(&UPSERT_SQL, "DO UPDATE SET ", " WHERE")
-            .split(", ")
-            .collect();
+        let replaced = between(&UPSERT_SQL, "DO UPDATE SET ", " WHERE c.event_count");
+        let adopted = "(c.adopted OR c.event_count = 0)";
         let mut want: Vec<String> = names()
             .into_iter()
             .filter(|n| *n != KEY_COLUMN)
-            .map(|n| format!("{n} = EXCLUDED.{n}"))
+            .map(|n| {
+                if INHERITED_COLUMNS.contains(&n) {
+                    format!(
+                        "{n} = CASE WHEN {adopted} THEN COALESCE(EXCLUDED.{n}, c.{n}) ELSE EXCLUDED.{n} END"
+                    )
+                } else {
+                    format!("{n} = EXCLUDED.{n}")
+                }
+            })
             .collect();
+        want.push(format!("adopted = {adopted}"));
         want.push("updated_at = now()".to_owned());
-        assert_eq!(replaced, want);
+        assert_eq!(replaced, want.join(", "));
+        for inherited in INHERITED_COLUMNS {
+            assert!(names().contains(&inherited), "{inherited} is a column");
+        }
         assert!(UPSERT_SQL.contains(&format!("ON CONFLICT ({KEY_COLUMN})")));
         assert!(UPSERT_SQL.ends_with("WHERE c.event_count <= EXCLUDED.event_count"));
 
