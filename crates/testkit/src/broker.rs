@@ -78,45 +78,21 @@ pub async fn declare_bound_queue(queue: &str, exchange: &str, arguments: lapin::
 /// none (today's signaling and media services set none, the agent service
 /// `application/protobuf`, JSON producers `application/json` or none). Each publish waits for
 /// the broker's confirm.
-pub struct Producer {
-    _conn: Connection,
-    channel: lapin::Channel,
-    exchange: String,
-}
+pub struct Producer(cdr_storm::simulate::Publisher);
 
 impl Producer {
     pub async fn connect(exchange: &str) -> Producer {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        let publisher = cdr_storm::simulate::Publisher::connect(&amqp_url(), exchange)
             .await
-            .expect("amqp");
-        let channel = cdr_storm::simulate::publishing_channel(&conn, exchange)
-            .await
-            .expect("publishing channel");
-        Producer {
-            _conn: conn,
-            channel,
-            exchange: exchange.to_owned(),
-        }
+            .expect("publisher");
+        Producer(publisher)
     }
 
+    /// Publishes and waits for the broker's confirm; panics on a nack or an error.
     pub async fn publish(&self, routing_key: &str, body: &[u8], content_type: Option<&str>) {
-        let mut properties = lapin::BasicProperties::default().with_delivery_mode(2);
-        if let Some(content_type) = content_type {
-            properties = properties.with_content_type(content_type.into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                lapin::options::BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+        self.0
+            .publish_as(routing_key, body, content_type)
             .await
-            .expect("publish")
-            .await
-            .expect("publisher confirm");
-        assert!(!confirm.is_nack(), "the broker nacked the message");
+            .expect("publish, confirmed");
     }
 }
