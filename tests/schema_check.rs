@@ -1,0 +1,135 @@
+//! The schema check at start, in a process of its own: its gauge is the process's one, so
+//! no other test's service may set it meanwhile.
+
+use cdr_testkit as common;
+
+use common::*;
+
+/// `calls` as the platform's database scripts create it, with `duration_seconds` made text.
+const PLATFORM_CALLS_BAD_DURATION: [&str; 2] = [
+    "CREATE TABLE calls ( \
+       call_id varchar(255) PRIMARY KEY, \
+       tenant_id varchar(255), \
+       direction varchar(20) NOT NULL DEFAULT 'INBOUND', \
+       caller_number varchar(50), \
+       callee_number varchar(50), \
+       user_id uuid, \
+       contact_id int, \
+       start_time timestamptz, \
+       answer_time timestamptz, \
+       end_time timestamptz, \
+       duration_seconds text, \
+       status varchar(50), \
+       disposition varchar(50), \
+       sip_hangup_cause int, \
+       hangup_source varchar(50), \
+       recording_url text, \
+       total_cost numeric(10,5), \
+       created_at timestamptz DEFAULT now(), \
+       updated_at timestamptz DEFAULT now())",
+    "CREATE TABLE call_events ( \
+       event_id bigserial PRIMARY KEY, \
+       call_id varchar(255) NOT NULL, \
+       event_type varchar(100) NOT NULL, \
+       event_timestamp timestamptz NOT NULL, \
+       payload jsonb, \
+       created_at timestamptz DEFAULT now())",
+];
+
+/// A column the service cannot write (here the platform's `calls.duration_seconds` made a
+/// text column): the service does not become ready, `/health/ready` names the table, the
+/// column, what it expects and what it found, and nothing is consumed. Once the column is
+/// fixed, the service becomes ready without a restart and consumes what waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let pool = env.pool().await;
+    for ddl in PLATFORM_CALLS_BAD_DURATION {
+        sqlx::query(ddl).execute(&pool).await.unwrap();
+    }
+    // The queue as a deployment has it, holding one call's events.
+    let c = call("unready");
+    let publisher =
+        cdr_storm::simulate::Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+            .await
+            .unwrap();
+    declare_bound_queue(
+        &settings.amqp.queue,
+        &settings.amqp.exchange,
+        lapin::types::FieldTable::default(),
+    )
+    .await;
+    for e in c.events(true) {
+        publisher.publish(&e).await.unwrap();
+    }
+
+    let app = cdr_service::app::Application::build(settings.clone())
+        .await
+        .unwrap();
+    let port = app.http_port();
+    let health = app.health();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(app.run(stop.clone()));
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the schema problem reported",
+        || {
+            let problems = health.schema_problems();
+            async move { !problems.is_empty() }
+        },
+    )
+    .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["schema_problems"],
+        serde_json::json!(["calls.duration_seconds: expected integer, found text"])
+    );
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::metrics::value(&text, "cdr_schema_incompatible_columns"),
+        Some(1.0)
+    );
+    assert_eq!(
+        queue_depth(&settings.amqp.queue).await,
+        5,
+        "nothing consumed"
+    );
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 0);
+
+    // Fixed by the operator: ready without a restart, and the call is recorded.
+    sqlx::query(
+        "ALTER TABLE calls ALTER COLUMN duration_seconds TYPE int USING duration_seconds::int",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "ready once fixed",
+        || {
+            let ready = health.ready();
+            async move { ready }
+        },
+    )
+    .await;
+    let r = wait_for_row(&pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    pool.close().await;
+    env.cleanup(&settings).await;
+}
