@@ -298,6 +298,9 @@ async fn by_hand() -> (lapin::Connection, lapin::Channel) {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
+    // Publisher confirms: a publish awaited here has reached the queue, not just a send buffer
+    // that closing the connection may discard.
+    ch.confirm_select(Default::default()).await.unwrap();
     (conn, ch)
 }
 
@@ -450,17 +453,19 @@ async fn queue_declared_with_other_arguments_is_consumed_as_it_is() {
         .await
         .unwrap();
         for e in c.events(true) {
-            ch.basic_publish(
-                settings.amqp.exchange.as_str().into(),
-                "call.event".into(),
-                Default::default(),
-                e.to_string().as_bytes(),
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+            let confirmation = ch
+                .basic_publish(
+                    settings.amqp.exchange.as_str().into(),
+                    "call.event".into(),
+                    Default::default(),
+                    e.to_string().as_bytes(),
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirmation.is_ack(), "the broker took the event");
         }
         conn.close(200, "ok".into()).await.unwrap();
     }
