@@ -5,7 +5,7 @@
 //! See `ARCHITECTURE.md` for the codemap and the invariants.
 
 pub use cdr_core::{event, merge};
-pub use cdr_schema::row;
+pub use cdr_schema::{row, usage};
 
 pub mod app;
 pub mod backoff;

@@ -1,5 +1,6 @@
-//! Projections of the event log: dialog turns (`call_dialog_events`, one row per call and turn)
-//! and usage lines (`usage_records`, one row per call and usage key), written off the ack path.
+//! The projection of the event log: dialog turns (`call_dialog_events`, one row per call and
+//! turn), written off the ack path. (Usage lines are written with the record, which knows the
+//! call's tenant and prices: `writer`.)
 //!
 //! The committer's append carries only what an ack needs (the raw events and `open_calls`), so
 //! each commit is shorter and the broker gets its acks sooner. The projector writes the rows of
@@ -28,11 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::BackoffSettings;
-use crate::event::{DialogTurn, EventKind, Usage};
+use crate::event::{DialogTurn, EventKind};
 use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
 use crate::retry::{Retry, Stop};
-use crate::row::fit;
 use crate::telemetry::metric;
 
 /// Committed batches waiting for the projector. When it falls behind (a slow database), the
@@ -41,16 +41,12 @@ const QUEUE_BATCHES: usize = 64;
 /// Most rows in one projection statement when several batches are waiting.
 const MAX_ROWS_PER_WRITE: usize = 20_000;
 
-/// The upsert of both projections in one statement (one implicit transaction).
+/// The upsert of the dialog turns in one statement: between two versions of a turn the later
+/// one by content (timestamp, then body hash) wins, whatever the order they were written in.
 ///
-/// - `turns`: between two versions of a turn the later one by content (timestamp, then body
-///   hash) wins, whatever the order they were written in;
-/// - `usage`: between two versions of a usage line the larger (resource type, quantity) wins.
-///
-/// Each input holds a key at most once (`ProjectionRows` keeps one row per key): PostgreSQL
+/// The input holds a key at most once (`ProjectionRows` keeps one row per key): PostgreSQL
 /// refuses to update one row twice in a statement.
-pub const PROJECT_SQL: &str = "WITH turns AS ( \
-       INSERT INTO call_dialog_events AS d \
+pub const PROJECT_SQL: &str = "INSERT INTO call_dialog_events AS d \
          (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
        SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], \
                             $6::int[], $7::int[], $8::int[], $9::timestamptz[], $10::bytea[]) \
@@ -59,15 +55,7 @@ pub const PROJECT_SQL: &str = "WITH turns AS ( \
          rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
          llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
          event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
-       WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256) \
-     ) \
-     INSERT INTO usage_records AS u \
-       (call_id, usage_key, service, resource_type, quantity, event_timestamp) \
-     SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::numeric[], $16::timestamptz[]) \
-     ON CONFLICT (call_id, usage_key) DO UPDATE SET \
-       service = EXCLUDED.service, resource_type = EXCLUDED.resource_type, \
-       quantity = EXCLUDED.quantity, event_timestamp = EXCLUDED.event_timestamp \
-     WHERE (EXCLUDED.resource_type, EXCLUDED.quantity) > (u.resource_type, u.quantity)";
+       WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256)";
 
 /// One `call_dialog_events` row.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,22 +66,12 @@ pub struct TurnRow {
     pub body_hash: [u8; 32],
 }
 
-/// One `usage_records` row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UsageRow {
-    pub call_id: String,
-    pub key: String,
-    pub usage: Usage,
-    pub timestamp: DateTime<Utc>,
-}
-
-/// The projection rows of a set of events, one per key: for a turn the later version by
-/// content (timestamp, then body hash), for a usage line the larger (resource type, quantity).
+/// The projection rows of a set of events, one per key: the later version of a turn by content
+/// (timestamp, then body hash).
 /// Adding the same events again, or in another order, gives the same rows.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ProjectionRows {
     turns: HashMap<(String, i32), TurnRow>,
-    usage: HashMap<(String, String), UsageRow>,
 }
 
 impl ProjectionRows {
@@ -110,15 +88,11 @@ impl ProjectionRows {
     }
 
     pub fn len(&self) -> usize {
-        self.turns.len() + self.usage.len()
+        self.turns.len()
     }
 
     pub fn turns(&self) -> impl Iterator<Item = &TurnRow> {
         self.turns.values()
-    }
-
-    pub fn usage(&self) -> impl Iterator<Item = &UsageRow> {
-        self.usage.values()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,26 +101,13 @@ impl ProjectionRows {
 
     /// Adds one event's row, if it has one.
     pub fn add(&mut self, call_id: &str, e: &CallEvent) {
-        match &e.kind {
-            EventKind::DialogTurn(t) => {
-                let row = TurnRow {
-                    call_id: call_id.to_owned(),
-                    turn: t.as_ref().clone(),
-                    timestamp: e.timestamp,
-                    body_hash: e.body_hash,
-                };
-                self.add_turn(row);
-            }
-            EventKind::UsageReported(u) => {
-                let row = UsageRow {
-                    call_id: call_id.to_owned(),
-                    key: crate::merge::usage_key(u.usage_id.as_deref(), &e.body_hash),
-                    usage: u.clone(),
-                    timestamp: e.timestamp,
-                };
-                self.add_usage(row);
-            }
-            _ => {}
+        if let EventKind::DialogTurn(t) = &e.kind {
+            self.add_turn(TurnRow {
+                call_id: call_id.to_owned(),
+                turn: t.as_ref().clone(),
+                timestamp: e.timestamp,
+                body_hash: e.body_hash,
+            });
         }
     }
 
@@ -154,9 +115,6 @@ impl ProjectionRows {
     pub fn merge(&mut self, other: ProjectionRows) {
         for row in other.turns.into_values() {
             self.add_turn(row);
-        }
-        for row in other.usage.into_values() {
-            self.add_usage(row);
         }
     }
 
@@ -170,28 +128,11 @@ impl ProjectionRows {
         }
     }
 
-    fn add_usage(&mut self, row: UsageRow) {
-        let key = (row.call_id.clone(), row.key.clone());
-        let rank = |r: &UsageRow| (r.usage.resource_type.clone(), r.usage.quantity.normalize());
-        match self.usage.get(&key) {
-            Some(old) if rank(old) >= rank(&row) => {}
-            _ => {
-                self.usage.insert(key, row);
-            }
-        }
-    }
-
     /// The rows one at a time (to find the one the database refuses).
     fn split(self) -> impl Iterator<Item = ProjectionRows> {
-        let turns = self.turns.into_iter().map(|(k, row)| ProjectionRows {
+        self.turns.into_iter().map(|(k, row)| ProjectionRows {
             turns: HashMap::from([(k, row)]),
-            usage: HashMap::new(),
-        });
-        let usage = self.usage.into_iter().map(|(k, row)| ProjectionRows {
-            turns: HashMap::new(),
-            usage: HashMap::from([(k, row)]),
-        });
-        turns.chain(usage)
+        })
     }
 }
 
@@ -201,7 +142,6 @@ pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Err
         return Ok(());
     }
     let turns: Vec<&TurnRow> = rows.turns.values().collect();
-    let usage: Vec<&UsageRow> = rows.usage.values().collect();
     let column = |f: fn(&TurnRow) -> Option<&str>| turns.iter().map(|r| f(r)).collect::<Vec<_>>();
     sqlx::query(PROJECT_SQL)
         .bind(column(|r| Some(r.call_id.as_str())))
@@ -224,30 +164,6 @@ pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Err
                 .map(|r| r.body_hash.as_slice())
                 .collect::<Vec<_>>(),
         )
-        .bind(usage.iter().map(|r| r.call_id.as_str()).collect::<Vec<_>>())
-        .bind(usage.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
-        // Cut to their columns (`service` varchar(255), `resource_type` varchar(64)): a longer
-        // one would make the database refuse the statement. The whole value stays in the raw
-        // event.
-        .bind(
-            usage
-                .iter()
-                .map(|r| fit(r.usage.service.as_deref(), 255))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            usage
-                .iter()
-                .map(|r| fit(Some(&r.usage.resource_type), 64))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            usage
-                .iter()
-                .map(|r| r.usage.quantity.normalize())
-                .collect::<Vec<_>>(),
-        )
-        .bind(usage.iter().map(|r| r.timestamp).collect::<Vec<_>>())
         .execute(pool)
         .await?;
     Ok(())
@@ -310,18 +226,12 @@ fn report_refused(row: &ProjectionRows, e: &sqlx::Error) {
         error!(call_id = %t.call_id, turn_index = t.turn.turn_index, error = %e,
             "dialog turn refused by the database; its event stays in call_events");
     }
-    for u in row.usage.values() {
-        error!(call_id = %u.call_id, usage_key = %u.key, error = %e,
-            "usage line refused by the database; its event stays in call_events");
-    }
     counter!(metric::PROJECTION_ROWS_REFUSED.name).increment(row.len() as u64);
 }
 
 fn count_written(rows: &ProjectionRows) {
     counter!(metric::PROJECTION_ROWS.name, "table" => "call_dialog_events")
         .increment(rows.turns.len() as u64);
-    counter!(metric::PROJECTION_ROWS.name, "table" => "usage_records")
-        .increment(rows.usage.len() as u64);
 }
 
 /// A committed batch's projection rows, and the highest event id of the batch.
@@ -533,16 +443,14 @@ mod tests {
             ProjectionRows::of(evs.iter().map(|(c, e)| (c.as_str(), e)))
         };
         let expected = rows(&events);
-        assert_eq!(expected.len(), 4, "two turns and two usage lines");
+        assert_eq!(
+            expected.len(),
+            2,
+            "two turns; usage reports are not projected"
+        );
         assert_eq!(
             expected.turns[&("c".to_owned(), 0)].turn.ai_text.as_deref(),
             Some("second")
-        );
-        assert_eq!(
-            expected.usage[&("c".to_owned(), "id:u1".to_owned())]
-                .usage
-                .quantity,
-            rust_decimal::Decimal::from(12)
         );
         let n = events.len();
         for rotation in 0..n {

@@ -64,15 +64,21 @@ fn column_types(array_type: &str) -> &'static [&'static str] {
     }
 }
 
-/// Every column the service writes or reads: `calls` from the row's one definition, the
-/// others as the log, the projector, the writer and the price query use them.
+/// Every column the service writes or reads: `calls` and `usage_records` from their rows' one
+/// definitions, the others as the log, the projector, the writer and the price query use them.
 pub fn expected() -> Vec<Expected> {
-    let mut all: Vec<Expected> = cdr_schema::row::COLUMNS
+    let defined = [
+        ("calls", cdr_schema::row::COLUMNS),
+        ("usage_records", cdr_schema::usage::USAGE_COLUMNS),
+    ];
+    let mut all: Vec<Expected> = defined
         .iter()
-        .map(|c| Expected {
-            table: "calls",
-            column: c.name,
-            types: column_types(c.array_type),
+        .flat_map(|&(table, columns)| {
+            columns.iter().map(move |c| Expected {
+                table,
+                column: c.name,
+                types: column_types(c.array_type),
+            })
         })
         .collect();
     for (column, types) in [("updated_at", TIMESTAMPTZ), ("adopted", BOOL)] {
@@ -82,7 +88,7 @@ pub fn expected() -> Vec<Expected> {
             types,
         });
     }
-    let others: [(&str, &[Column]); 6] = [
+    let others: [(&str, &[Column]); 5] = [
         (
             "call_events",
             &[
@@ -125,17 +131,6 @@ pub fn expected() -> Vec<Expected> {
                 ("tts_ms", INT),
                 ("event_timestamp", TIMESTAMPTZ),
                 ("body_sha256", BYTEA),
-            ],
-        ),
-        (
-            "usage_records",
-            &[
-                ("call_id", TEXT),
-                ("usage_key", TEXT),
-                ("service", TEXT),
-                ("resource_type", TEXT),
-                ("quantity", NUMERIC),
-                ("event_timestamp", TIMESTAMPTZ),
             ],
         ),
         (
@@ -283,16 +278,21 @@ mod tests {
     }
 
     #[test]
-    fn every_calls_column_of_the_row_is_expected() {
+    fn every_column_of_the_defined_rows_is_expected() {
         let expected = expected();
-        for c in cdr_schema::row::COLUMNS {
-            assert!(
-                expected
-                    .iter()
-                    .any(|e| e.table == "calls" && e.column == c.name),
-                "{}",
-                c.name
-            );
+        for (table, columns) in [
+            ("calls", cdr_schema::row::COLUMNS),
+            ("usage_records", cdr_schema::usage::USAGE_COLUMNS),
+        ] {
+            for c in columns {
+                assert!(
+                    expected
+                        .iter()
+                        .any(|e| e.table == table && e.column == c.name),
+                    "{table}.{}",
+                    c.name
+                );
+            }
         }
     }
 }

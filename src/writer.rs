@@ -1,7 +1,9 @@
-//! The CDR writer: consolidated rows upserted into `calls` in batches, one statement per batch.
+//! The CDR writer: consolidated rows upserted into `calls` in batches, one statement per batch,
+//! with each written call's usage lines (`usage_records`) replaced in the same transaction.
 //!
 //! A row only ever replaces one folded from fewer events (`event_count` is its version), so a
-//! late or out-of-order write can never make a record go backwards.
+//! late or out-of-order write can never make a record go backwards; a call's usage lines are
+//! only replaced where its row was, so they are always those of the row's version.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,16 +16,19 @@ use tracing::{error, info, warn};
 
 use crate::config::{BackoffSettings, WriterSettings};
 use crate::health::Health;
-use crate::merge::CallRecord;
+use crate::merge::{CallRecord, UsageLine};
 use crate::project::Projected;
 use crate::retry::{Retry, Stop};
 use crate::row::CallRow;
 use crate::telemetry::metric;
+use crate::usage::UsageRow;
 
 /// A record to write, with what the writer needs beyond the row itself.
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
     pub record: CallRecord,
+    /// The call's usage lines, priced as the record's `total_cost` is.
+    pub usage: Vec<UsageLine>,
     /// Distinct logged events folded into the record: its version.
     pub event_count: i32,
     /// Highest event id folded into the record: the call leaves `open_calls` once a row
@@ -309,7 +314,8 @@ pub async fn upsert(
         .map(|r| CallRow::from_record(&r.record, r.event_count))
         .collect();
     let mut tx = pool.begin_with(crate::db::BEGIN_PREFERRING_INDEXES).await?;
-    let result = CallRow::upsert(stored).execute(&mut *tx).await?;
+    let written = CallRow::upsert(stored).fetch_all(&mut *tx).await?;
+    let lines = write_usage(&mut tx, &rows, &written).await?;
     // Same transaction: a call leaves open_calls only with a row that covers its last logged
     // event. A concurrent log append for the call holds the open_calls row lock, and the
     // re-checked condition then keeps the row.
@@ -325,5 +331,49 @@ pub async fn upsert(
         .await?;
     }
     tx.commit().await?;
-    Ok(result.rows_affected())
+    counter!(metric::USAGE_LINES_WRITTEN.name).increment(lines);
+    Ok(written.len() as u64)
+}
+
+/// Replaces the usage lines of the calls whose rows were `written`, billed to the tenant each
+/// row now has, inside the caller's transaction. A line whose quantity fits no column is left
+/// out, logged and counted (its event stays in the log). Returns how many lines it wrote.
+async fn write_usage(
+    tx: &mut sqlx::PgConnection,
+    requests: &[&WriteRequest],
+    written: &[crate::row::Written],
+) -> Result<u64, sqlx::Error> {
+    if written.is_empty() {
+        return Ok(0);
+    }
+    let by_call: HashMap<&str, &WriteRequest> = requests
+        .iter()
+        .map(|r| (r.record.call_id.as_str(), *r))
+        .collect();
+    let mut lines = Vec::new();
+    for w in written {
+        let Some(request) = by_call.get(w.call_id.as_str()) else {
+            continue;
+        };
+        for line in &request.usage {
+            match UsageRow::from_line(&w.call_id, w.tenant_id.as_deref(), line) {
+                Some(row) => lines.push(row),
+                None => {
+                    warn!(call_id = %w.call_id,
+                        trace_id = request.record.trace_id.as_deref().unwrap_or(""),
+                        usage_key = %line.key, quantity = %line.quantity,
+                        "usage line left out: its quantity does not fit usage_records.quantity");
+                    counter!(metric::USAGE_LINES_UNFIT.name).increment(1);
+                }
+            }
+        }
+    }
+    let call_ids: Vec<&str> = written.iter().map(|w| w.call_id.as_str()).collect();
+    let count = lines.len();
+    let [delete, insert] = UsageRow::replace(&call_ids, lines);
+    delete.execute(&mut *tx).await?;
+    if count > 0 {
+        insert.execute(&mut *tx).await?;
+    }
+    Ok(count as u64)
 }

@@ -215,11 +215,12 @@ fn dialog_and_usage(c: &SyntheticCall, start: DateTime<Utc>, versions: bool) -> 
     events
 }
 
-/// Projection rows as stored: (call, turn index, body hash) of each dialog turn and (call,
-/// usage key, quantity) of each usage line, sorted.
+/// What the tables derived from the events hold: (call, turn index, body hash) of each dialog
+/// turn and (call, usage key, quantity) of each usage line, sorted.
 type Projections = (Vec<(String, i32, Vec<u8>)>, Vec<(String, String, String)>);
 
-/// What the projections must hold: the rows of every distinct event.
+/// What those tables must hold: the dialog turns of every distinct event, and the usage lines
+/// of every call's record.
 fn expected_projections(calls: &[PlannedCall]) -> Projections {
     let events: Vec<(String, CallEvent)> = calls
         .iter()
@@ -234,14 +235,17 @@ fn expected_projections(calls: &[PlannedCall]) -> Projections {
         .turns()
         .map(|t| (t.call_id.clone(), t.turn.turn_index, t.body_hash.to_vec()))
         .collect();
-    let mut usage: Vec<(String, String, String)> = rows
-        .usage()
-        .map(|u| {
-            (
-                u.call_id.clone(),
-                u.key.clone(),
-                u.usage.quantity.normalize().to_string(),
-            )
+    let mut usage: Vec<(String, String, String)> = calls
+        .iter()
+        .flat_map(|call| {
+            let (_, lines) = fold(call).record_and_usage(&call.call_id, &PriceBook::default());
+            lines.into_iter().map(|l| {
+                (
+                    call.call_id.clone(),
+                    l.key,
+                    l.quantity.round_dp(5).normalize().to_string(),
+                )
+            })
         })
         .collect();
     turns.sort();
@@ -257,7 +261,8 @@ async fn stored_projections(pool: &PgPool) -> Projections {
     .await
     .expect("read call_dialog_events");
     let usage = sqlx::query_as(
-        "SELECT call_id, usage_key, trim_scale(quantity)::text FROM usage_records ORDER BY 1, 2, 3",
+        "SELECT call_id, usage_key, trim_scale(quantity)::text FROM usage_records \
+         ORDER BY 1, 2, 3",
     )
     .fetch_all(pool)
     .await
@@ -286,6 +291,11 @@ fn limits() -> Limits {
 
 /// The call's record by the merge rules: the fold of its distinct events.
 fn expected_record(call: &PlannedCall) -> CallRecord {
+    fold(call).record(&call.call_id, &PriceBook::default())
+}
+
+/// The fold of the call's distinct events.
+fn fold(call: &PlannedCall) -> CallState {
     let events: Vec<CallEvent> = call
         .bodies
         .iter()
@@ -295,7 +305,7 @@ fn expected_record(call: &PlannedCall) -> CallRecord {
             CallEvent::from(e)
         })
         .collect();
-    CallState::fold(&events).record(&call.call_id, &PriceBook::default())
+    CallState::fold(&events)
 }
 
 fn body_hash(body: &[u8]) -> Vec<u8> {

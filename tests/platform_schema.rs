@@ -151,40 +151,6 @@ async fn an_earlier_cost_models_is_converted_in_place() {
     env.cleanup(&env.settings()).await;
 }
 
-/// `calls` and `call_events` as the platform's database scripts create them.
-const PLATFORM_CALLS: [&str; 5] = [
-    "CREATE TABLE calls ( \
-       call_id varchar(255) PRIMARY KEY, \
-       tenant_id varchar(255), \
-       direction varchar(20) NOT NULL DEFAULT 'INBOUND', \
-       caller_number varchar(50), \
-       callee_number varchar(50), \
-       user_id uuid, \
-       contact_id int, \
-       start_time timestamptz, \
-       answer_time timestamptz, \
-       end_time timestamptz, \
-       duration_seconds int DEFAULT 0, \
-       status varchar(50), \
-       disposition varchar(50), \
-       sip_hangup_cause int, \
-       hangup_source varchar(50), \
-       recording_url text, \
-       total_cost numeric(10,5), \
-       created_at timestamptz DEFAULT now(), \
-       updated_at timestamptz DEFAULT now())",
-    "CREATE INDEX calls_tenant_start_idx ON calls (tenant_id, start_time)",
-    "CREATE INDEX calls_caller_idx ON calls (caller_number)",
-    "CREATE TABLE call_events ( \
-       event_id bigserial PRIMARY KEY, \
-       call_id varchar(255) NOT NULL, \
-       event_type varchar(100) NOT NULL, \
-       event_timestamp timestamptz NOT NULL, \
-       payload jsonb, \
-       created_at timestamptz DEFAULT now())",
-    "CREATE INDEX call_events_call_idx ON call_events (call_id)",
-];
-
 /// The platform's columns of `calls` and `call_events`, with their types.
 const PLATFORM_CALL_COLUMNS: [(&str, &str, &str); 21] = [
     ("calls", "call_id", "character varying(255)"),
@@ -245,27 +211,43 @@ fn expected_call_columns() -> Vec<(String, String, String, bool)> {
         .collect()
 }
 
-/// On the platform's own `calls` and `call_events`, the migrations change no type, and the
-/// records are written as the platform's readers expect them: a SIP code in
-/// `sip_hangup_cause` (the end reason in `end_reason`), `direction` and `hangup_source` in
-/// the platform's values, numbers that fit.
+/// On the platform's own tables, the migrations change no type, and the records are written as
+/// the platform's readers expect them: a SIP code in `sip_hangup_cause` (the end reason in
+/// `end_reason`), `direction` and `hangup_source` in the platform's values, numbers that fit;
+/// and each call's usage lines in `usage_records`' columns, billed to the call's tenant, priced
+/// from `cost_models`, the answered call's telephony minutes among them, summing to its
+/// `total_cost`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_are_written_into_the_platforms_calls_table() {
+async fn records_are_written_into_the_platforms_tables() {
     let env = TestEnv::new().await;
     let settings = env.settings();
     {
         let pool = env.pool().await;
-        for ddl in PLATFORM_CALLS {
-            sqlx::query(ddl).execute(&pool).await.unwrap();
-        }
+        create_platform_tables(&pool).await;
+        sqlx::query(
+            "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) \
+             VALUES ('tel', 'telephony_minute', 0.0125, 'USD', '2025-01-01'), \
+                    ('stt', 'stt_second', 0.0004, 'USD', '2025-01-01')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         cdr_service::db::migrate(&pool).await.expect("migrate");
         assert_eq!(platform_call_columns(&pool).await, expected_call_columns());
+        assert_eq!(usage_columns(&pool).await, platform_usage_columns());
+        assert_eq!(cost_model_columns(&pool).await, platform_types());
         pool.close().await;
     }
     let app = TestApp::start(env, settings).await;
     let answered = call("platform-answered");
-    for e in answered.events(true) {
-        app.publisher.publish(&e).await.unwrap();
+    let mut usage = answered.answered();
+    usage["eventType"] = "cost.usage.reported".into();
+    usage["usageId"] = "stt-1".into();
+    usage["service"] = "stt-whisper-service".into();
+    usage["resourceType"] = "stt_second".into();
+    usage["quantity"] = "42.5".into();
+    for e in answered.events(true).iter().chain([&usage]) {
+        app.publisher.publish(e).await.unwrap();
     }
     let busy = call("platform-busy");
     let mut ended = busy.ended();
@@ -274,15 +256,62 @@ async fn records_are_written_into_the_platforms_calls_table() {
     app.publisher.publish(&busy.started()).await.unwrap();
     app.publisher.publish(&ended).await.unwrap();
 
-    let r = wait_for_row(&app.pool, &answered.call_id, 5).await;
+    let r = wait_for_row(&app.pool, &answered.call_id, 6).await;
     assert_full_record(&r, &answered);
     assert_eq!(r.sip_hangup_cause, Some(200));
     assert_eq!(r.end_reason.as_deref(), Some("normal_clearing"));
     assert_eq!(r.direction, "INBOUND");
+    // 42.5 s of speech at 0.0004, and 42 s billable: one minute at 0.0125.
+    let lines = cdr_service::usage::by_call(&answered.call_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str, &str, &str, Decimal, Option<Decimal>)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.tenant_id.as_str(),
+                l.usage_key.as_str(),
+                l.service_name.as_str(),
+                l.resource_type.as_str(),
+                l.quantity.normalize(),
+                l.calculated_cost.map(|c| c.normalize()),
+            )
+        })
+        .collect();
+    let tenant = answered.tenant_id.as_str();
+    assert_eq!(
+        seen,
+        [
+            (
+                tenant,
+                "id:stt-1",
+                "stt-whisper-service",
+                "stt_second",
+                Decimal::new(425, 1),
+                Some(Decimal::new(17, 3))
+            ),
+            (
+                tenant,
+                "telephony",
+                "telephony-core",
+                "telephony_minute",
+                Decimal::ONE,
+                Some(Decimal::new(125, 4))
+            ),
+        ]
+    );
+    assert_eq!(lines[1].recorded_at, r.end_time.unwrap());
+    assert_eq!(r.total_cost.map(|c| c.normalize()), Some(Decimal::new(295, 4)));
     let r = wait_for_row(&app.pool, &busy.call_id, 2).await;
     assert_eq!(r.disposition.as_deref(), Some("BUSY"));
     assert_eq!(r.sip_hangup_cause, Some(486));
     assert_eq!(r.end_reason.as_deref(), Some("user_busy"));
+    let lines = cdr_service::usage::by_call(&busy.call_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(lines.is_empty(), "an unanswered call bills nothing: {lines:?}");
     let logged: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM call_events WHERE call_id = ANY($1) AND event_timestamp IS NOT NULL",
     )
@@ -290,7 +319,7 @@ async fn records_are_written_into_the_platforms_calls_table() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(logged, 7);
+    assert_eq!(logged, 8);
     app.finish().await;
 }
 
@@ -392,9 +421,7 @@ async fn the_current_service_is_replaced_in_place() {
     let env = TestEnv::new().await;
     let settings = env.settings();
     let pool = env.pool().await;
-    for ddl in PLATFORM_CALLS {
-        sqlx::query(ddl).execute(&pool).await.unwrap();
-    }
+    create_platform_tables(&pool).await;
     // What the old service wrote: a finished call, and a call in progress at the switch.
     sqlx::query(
         "INSERT INTO calls (call_id, tenant_id, direction, caller_number, callee_number, \
@@ -430,6 +457,33 @@ async fn the_current_service_is_replaced_in_place() {
         row
     };
     let before = old_row(pool.clone()).await;
+    // Its usage lines: the telephony minutes of the finished call, and of the call in progress
+    // (answered before the switch).
+    let old_ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO usage_records (tenant_id, call_id, service_name, resource_type, quantity, \
+           calculated_cost) VALUES \
+         ('t-go', 'go-finished@h', 'telephony-core', 'telephony_minute', 1, 0.0125), \
+         ('t-go', 'go-progress@h', 'telephony-core', 'telephony_minute', 1, 0.0125) \
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let old_lines = |pool: PgPool| {
+        let ids = old_ids.clone();
+        async move {
+            let lines: Vec<serde_json::Value> = sqlx::query_scalar(
+                "SELECT to_jsonb(u) - 'usage_key' FROM usage_records u WHERE id = ANY($1) \
+                 ORDER BY id",
+            )
+            .bind(ids)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            lines
+        }
+    };
+    let lines_before = old_lines(pool.clone()).await;
 
     // The queue as the old service declared it, holding today's producers' events.
     let producer = Producer::connect(&settings.amqp.exchange).await;
@@ -440,9 +494,15 @@ async fn the_current_service_is_replaced_in_place() {
     );
     declare_bound_queue(&settings.amqp.queue, &settings.amqp.exchange, arguments).await;
     let backlog = call("backlog");
+    let mut progress_answer = call("go-progress").answered();
+    progress_answer["callId"] = "go-progress@h".into();
     let mut progress_end = call("go-progress").ended();
     progress_end["callId"] = "go-progress@h".into();
-    for e in backlog.events(true).iter().chain([&progress_end]) {
+    for e in backlog
+        .events(true)
+        .iter()
+        .chain([&progress_answer, &progress_end])
+    {
         let twin = cdr_storm::protobuf::encode(e).expect("a protobuf producer");
         let key = e["eventType"].as_str().unwrap();
         producer.publish(key, &twin.body, twin.content_type).await;
@@ -451,8 +511,9 @@ async fn the_current_service_is_replaced_in_place() {
     let app = TestApp::start(env, settings).await;
     let r = wait_for_row(&app.pool, &backlog.call_id, 5).await;
     assert_full_record(&r, &backlog);
-    let r = wait_for_row(&app.pool, "go-progress@h", 2).await;
+    let r = wait_for_row(&app.pool, "go-progress@h", 3).await;
     assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(r.disposition.as_deref(), Some("ANSWERED"));
     assert_eq!(r.end_time, Some(progress_end_time(&progress_end)));
     // What the old service knew of the call in progress, and its logged events do not carry,
     // is kept; and kept again when a later event rewrites the row.
@@ -477,7 +538,7 @@ async fn the_current_service_is_replaced_in_place() {
     producer
         .publish("call.recording.available", &twin.body, twin.content_type)
         .await;
-    let r = wait_for_row(&app.pool, "go-progress@h", 3).await;
+    let r = wait_for_row(&app.pool, "go-progress@h", 4).await;
     assert!(r.recording_url.is_some());
     assert_eq!(inherited(&r), kept);
     let adopted: Vec<(String, bool)> =
@@ -499,6 +560,26 @@ async fn the_current_service_is_replaced_in_place() {
         before,
         "the old service's finished call is kept as it was"
     );
+    assert_eq!(
+        old_lines(app.pool.clone()).await,
+        lines_before,
+        "the old service's usage lines are kept as they were"
+    );
+    let progress_lines = cdr_service::usage::by_call("go-progress@h")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        progress_lines.is_empty(),
+        "the telephony minutes the old service wrote are not written twice: {progress_lines:?}"
+    );
+    let backlog_lines = cdr_service::usage::by_call(&backlog.call_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(backlog_lines.len(), 1, "{backlog_lines:?}");
+    assert_eq!(backlog_lines[0].resource_type, "telephony_minute");
+    assert_eq!(backlog_lines[0].tenant_id, backlog.tenant_id);
     assert_eq!(queue_depth(&app.settings.amqp.queue).await, 0);
     assert!(
         drain_queue(&app.settings.amqp.dead_letter_queue)

@@ -1,7 +1,7 @@
-//! The dialog-turn and usage projections, written after the commit (off the ack path), against
-//! the real database and broker: they end up right whatever the order of the events, a call
-//! leaves `open_calls` only with them written, and what a crash left unprojected is written
-//! again when the service starts.
+//! The dialog-turn projection, written after the commit (off the ack path), and the usage lines
+//! written with the record, against the real database and broker: they end up right whatever
+//! the order of the events, a call leaves `open_calls` only with them written, and what a crash
+//! left unwritten is written again when the service starts.
 
 use cdr_testkit as common;
 
@@ -62,16 +62,6 @@ async fn turns(pool: &PgPool, call: &str) -> Vec<(i32, Option<String>, Option<i3
     .expect("read dialog turns")
 }
 
-async fn usage(pool: &PgPool, call: &str) -> Vec<(String, String, Decimal)> {
-    sqlx::query_as(
-        "SELECT usage_key, resource_type, quantity FROM usage_records WHERE call_id = $1 ORDER BY resource_type",
-    )
-    .bind(call)
-    .fetch_all(pool)
-    .await
-    .expect("read usage lines")
-}
-
 async fn is_open(pool: &PgPool, call: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM open_calls WHERE call_id = $1)")
         .bind(call)
@@ -80,7 +70,7 @@ async fn is_open(pool: &PgPool, call: &str) -> bool {
         .expect("read open_calls")
 }
 
-/// What `call_with_turns_and_usage` must project to.
+/// What `call_with_turns_and_usage` must project to: its dialog turns.
 async fn assert_projected(pool: &PgPool, call: &str) {
     assert_eq!(
         turns(pool, call).await,
@@ -90,14 +80,48 @@ async fn assert_projected(pool: &PgPool, call: &str) {
         ],
         "dialog turns of {call}"
     );
-    let lines = usage(pool, call).await;
-    assert_eq!(lines.len(), 2, "usage lines of {call}: {lines:?}");
+}
+
+/// The usage lines of `call_with_turns_and_usage`'s record: each report once (of `u1`'s two
+/// versions the larger), and the answered call's telephony minute, billed to the unknown
+/// tenant (no event names one) and unpriced (no prices).
+async fn assert_usage_lines(pool: &PgPool, call: &str) {
+    let lines = cdr_service::usage::by_call(call)
+        .fetch_all(pool)
+        .await
+        .expect("read usage lines");
+    let seen: Vec<(&str, &str, &str, Decimal, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.usage_key.split(':').next().unwrap_or_default(),
+                l.service_name.as_str(),
+                l.resource_type.as_str(),
+                l.quantity.normalize(),
+                event::format_timestamp(l.recorded_at),
+            )
+        })
+        .collect();
     assert_eq!(
-        (lines[0].0.as_str(), lines[0].2),
-        ("id:u1", Decimal::from(12))
+        seen,
+        vec![
+            ("hash", "tts", "TTS_CHARACTERS", Decimal::from(7), at(6)),
+            ("id", "llm", "LLM_TOKENS", Decimal::from(12), at(5)),
+            (
+                "telephony",
+                "telephony-core",
+                "telephony_minute",
+                Decimal::from(1),
+                at(9)
+            ),
+        ],
+        "usage lines of {call}"
     );
-    assert!(lines[1].0.starts_with("hash:"), "{lines:?}");
-    assert_eq!(lines[1].2, Decimal::from(7));
+    assert_eq!(lines[1].usage_key, "id:u1");
+    for l in &lines {
+        assert_eq!(l.tenant_id, "system");
+        assert_eq!(l.calculated_cost, None);
+    }
 }
 
 /// Published in reverse order through the broker: once the call has left `open_calls` (its
@@ -119,7 +143,9 @@ async fn a_call_leaves_open_calls_only_with_its_projections_written() {
     })
     .await;
     assert_projected(&app.pool, call).await;
-    assert!(app.metric("cdr_projection_rows_total").await >= 4.0);
+    assert_usage_lines(&app.pool, call).await;
+    assert!(app.metric("cdr_projection_rows_total").await >= 2.0);
+    assert!(app.metric("cdr_usage_lines_written_total").await >= 3.0);
     app.finish().await;
 }
 
@@ -161,10 +187,16 @@ async fn projections_lost_in_a_crash_are_written_again_at_start() {
         async move { !is_open(&pool, "crashed").await }
     })
     .await;
+    assert_usage_lines(&app.pool, "crashed").await;
     assert!(
         row(&app.pool, "held").await.is_none(),
         "a quarantined call gets no record until it is released"
     );
+    let held = cdr_service::usage::by_call("held")
+        .fetch_all(&app.pool)
+        .await
+        .expect("read usage lines");
+    assert!(held.is_empty(), "nor usage lines: {held:?}");
     pool.close().await;
     app.finish().await;
 }
@@ -191,8 +223,10 @@ async fn logged_call(env: &TestEnv, call: &str) -> (PgPool, Vec<LoggedEvent>) {
 /// The request an actor would send for the call's logged events.
 fn record_of(call: &str, logged: &[LoggedEvent]) -> WriteRequest {
     let state = CallState::fold(logged.iter().map(|e| &e.event));
+    let (record, usage) = state.record_and_usage(call, &PriceBook::default());
     WriteRequest {
-        record: state.record(call, &PriceBook::default()),
+        record,
+        usage,
         event_count: logged.len() as i32,
         max_event_id: logged.iter().map(|e| e.event_id).max().unwrap(),
         end_received: None,
@@ -295,7 +329,7 @@ async fn a_projection_row_the_database_refuses_is_left_out_and_the_rest_written(
     logged.extend(appended.into_logged(batch));
 
     let rows = ProjectionRows::of_logged(&logged);
-    assert_eq!(rows.len(), 5, "three turns, two usage lines");
+    assert_eq!(rows.len(), 3, "three turns");
     assert!(
         project::write(&pool, &rows).await.is_err(),
         "the statement as a whole is refused"

@@ -247,7 +247,7 @@ pub const PROJECTION_QUEUE_BATCHES: Metric = Metric::gauge(
 );
 pub const PROJECTION_ROWS: Metric = Metric::counter(
     "cdr_projection_rows_total",
-    "Projection rows upserted, by table (call_dialog_events, usage_records)",
+    "Projection rows upserted, by table (call_dialog_events)",
 )
 .labelled(&["table"]);
 pub const PROJECTION_WRITE_DURATION: Metric = Metric::seconds(
@@ -277,6 +277,14 @@ pub const RECORDS_STALE_SKIPPED: Metric = Metric::counter(
 pub const RECORDS_REFUSED: Metric = Metric::counter(
     "cdr_records_refused_total",
     "Call records the database refused alone, left out (their events stay in the log)",
+);
+pub const USAGE_LINES_WRITTEN: Metric = Metric::counter(
+    "cdr_usage_lines_written_total",
+    "Usage lines (usage_records) written with their calls' records",
+);
+pub const USAGE_LINES_UNFIT: Metric = Metric::counter(
+    "cdr_usage_lines_unfit_total",
+    "Usage lines left out because their quantity does not fit usage_records.quantity",
 );
 pub const RECORD_BATCH_SIZE: Metric =
     Metric::batch_size("cdr_record_batch_size", "Call records per upsert batch");
@@ -356,6 +364,8 @@ pub const ALL: &[Metric] = &[
     RECORDS_WRITTEN,
     RECORDS_STALE_SKIPPED,
     RECORDS_REFUSED,
+    USAGE_LINES_WRITTEN,
+    USAGE_LINES_UNFIT,
     RECORD_BATCH_SIZE,
     RECORD_WRITE_DURATION,
     RECORD_WRITE_RETRIES,

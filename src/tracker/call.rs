@@ -16,7 +16,7 @@ use super::message::CallMsg;
 use super::phase::PhaseCell;
 use super::snapshot::CallSnapshot;
 use crate::log::LoggedEvent;
-use crate::merge::{CallRecord, PriceBook};
+use crate::merge::{CallRecord, PriceBook, UsageLine};
 use crate::retry::{Retry, Stop};
 use crate::telemetry::metric;
 use crate::writer::{FlushCause, WriteRequest};
@@ -91,9 +91,9 @@ impl CallActorState {
         }
     }
 
-    fn record(&self) -> CallRecord {
+    fn record(&self) -> (CallRecord, Vec<UsageLine>) {
         let prices = self.prices();
-        self.call.record(&self.call_id, &prices)
+        self.call.record_and_usage(&self.call_id, &prices)
     }
 
     fn prices(&self) -> Arc<PriceBook> {
@@ -108,7 +108,7 @@ impl CallActorState {
         if !self.call.dirty {
             return Ok(());
         }
-        let record = self.record();
+        let (record, usage) = self.record();
         debug!(
             call_id = %self.call_id,
             trace_id = self.call.trace_id().unwrap_or(""),
@@ -125,6 +125,7 @@ impl CallActorState {
         // actor per active call.
         Box::pin(self.ctx.writer.write(WriteRequest {
             record,
+            usage,
             event_count: i32::try_from(self.call.event_count()).unwrap_or(i32::MAX),
             max_event_id: self.call.max_event_id(),
             end_received: self.end_received.take(),

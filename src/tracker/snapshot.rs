@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::log::LoggedEvent;
-use crate::merge::{CallRecord, CallState, Phase, PriceBook};
+use crate::merge::{CallRecord, CallState, Phase, PriceBook, UsageLine};
 
 /// The live view of an active call.
 #[derive(Debug, Clone, Serialize)]
@@ -109,9 +109,13 @@ impl CallSnapshot {
         }
     }
 
-    /// The record as it would be written now.
-    pub(super) fn record(&self, call_id: &str, prices: &PriceBook) -> CallRecord {
-        self.state.record(call_id, prices)
+    /// The record and its usage lines as they would be written now.
+    pub(super) fn record_and_usage(
+        &self,
+        call_id: &str,
+        prices: &PriceBook,
+    ) -> (CallRecord, Vec<UsageLine>) {
+        self.state.record_and_usage(call_id, prices)
     }
 
     pub(super) fn trace_id(&self) -> Option<&str> {

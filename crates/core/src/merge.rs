@@ -133,7 +133,17 @@ pub struct CallState {
     dialog_turns: bool,
     terminate_requested: bool,
     /// Usage reports keyed by `usageId` (or body hash when absent), so each counts once.
-    usage: BTreeMap<String, (String, Decimal)>,
+    usage: BTreeMap<String, Reported>,
+}
+
+/// The version of a usage report kept for its key. Between two reports with one key the
+/// greater wins, field by field in this order, so arrival order never matters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Reported {
+    resource_type: String,
+    quantity: Decimal,
+    service: Option<String>,
+    at: DateTime<Utc>,
 }
 
 /// What a source of identity told about a call, field by field: each field holds the latest
@@ -313,7 +323,12 @@ impl CallState {
                 let key = usage_key(usage.usage_id.as_deref(), &e.body_hash);
                 // One value, one form: `30` and `30.0` are equal as Decimals, so without this
                 // the first to arrive would be kept and the cost's scale would follow arrival order.
-                let candidate = (usage.resource_type.clone(), usage.quantity.normalize());
+                let candidate = Reported {
+                    resource_type: usage.resource_type.clone(),
+                    quantity: usage.quantity.normalize(),
+                    service: usage.service.clone(),
+                    at: e.timestamp,
+                };
                 // Two reports with one usageId: keep one, chosen by content, so order never matters.
                 match self.usage.get(&key) {
                     Some(existing) if *existing >= candidate => {}
@@ -364,6 +379,16 @@ impl CallState {
 
     /// The record this state stands for. Deterministic in (state, prices).
     pub fn record(&self, call_id: &str, prices: &PriceBook) -> CallRecord {
+        self.record_and_usage(call_id, prices).0
+    }
+
+    /// The record and the call's usage lines (`usage_lines`), whose priced costs the record's
+    /// `total_cost` sums. Deterministic in (state, prices).
+    pub fn record_and_usage(
+        &self,
+        call_id: &str,
+        prices: &PriceBook,
+    ) -> (CallRecord, Vec<UsageLine>) {
         let start = self.started.as_ref().map(|r| r.stamp).or(self.first_seen);
         let start_time = start.map(|s| s.at);
         let answer_time = self.answered.map(|s| s.at);
@@ -413,7 +438,8 @@ impl CallState {
         }
 
         let started = self.started.as_ref().map(|r| &r.value);
-        CallRecord {
+        let usage = self.usage_lines(start_time, end_time, billable_seconds, prices);
+        let record = CallRecord {
             call_id: call_id.to_owned(),
             trace_id: self.trace_id().map(str::to_owned),
             user_id,
@@ -431,7 +457,7 @@ impl CallState {
             },
             disposition,
             recording_url: self.recording.as_ref().map(|r| r.value.clone()),
-            total_cost: self.cost(start_time, billable_seconds, prices),
+            total_cost: total_cost(&usage),
             direction: self.inbound.then(|| "INBOUND".to_owned()),
             caller_number: started.and_then(|s| s.caller_number.clone()),
             callee_number: started.and_then(|s| s.callee_number.clone()),
@@ -439,36 +465,90 @@ impl CallState {
             end_reason: reason,
             hangup_source,
             inferred_times: (!inferred.is_empty()).then(|| inferred.join(",")),
-        }
+        };
+        (record, usage)
     }
 
-    /// Usage reports priced at the call's start, plus telephony minutes (rounded up) unless a
-    /// producer reported them itself. None when nothing could be priced.
-    fn cost(
+    /// One line per usage report (each counted once), plus the telephony minutes of an
+    /// answered call that ended (billable seconds rounded up to whole minutes) unless a producer
+    /// reported them itself. Each is priced at the unit price in force at the call's start.
+    fn usage_lines(
         &self,
         start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
         billable_seconds: Option<i32>,
         prices: &PriceBook,
-    ) -> Option<Decimal> {
-        let at = start?;
-        let mut total: Option<Decimal> = None;
-        let mut add = |amount: Decimal| *total.get_or_insert(Decimal::ZERO) += amount;
-        let mut telephony_reported = false;
-        for (resource, quantity) in self.usage.values() {
-            telephony_reported |= resource == TELEPHONY_MINUTE;
-            if let Some(price) = prices.price_at(resource, at) {
-                add(price * quantity);
-            }
-        }
-        if !telephony_reported
-            && let (Some(secs), Some(price)) =
-                (billable_seconds, prices.price_at(TELEPHONY_MINUTE, at))
-        {
+    ) -> Vec<UsageLine> {
+        let price = |resource: &str, quantity: Decimal| {
+            let unit = prices.price_at(resource, start?)?;
+            // Checked: a quantity no real usage reaches leaves the line unpriced, never a panic.
+            unit.checked_mul(quantity)
+                .map(|c| c.round_dp(COST_DECIMALS))
+        };
+        let mut lines: Vec<UsageLine> = self
+            .usage
+            .iter()
+            .map(|(key, r)| UsageLine {
+                key: key.clone(),
+                service: r
+                    .service
+                    .clone()
+                    .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned()),
+                resource_type: r.resource_type.clone(),
+                quantity: r.quantity,
+                cost: price(&r.resource_type, r.quantity),
+                at: r.at,
+            })
+            .collect();
+        let telephony_reported = lines.iter().any(|l| l.resource_type == TELEPHONY_MINUTE);
+        if !telephony_reported && let (Some(secs), Some(end)) = (billable_seconds, end) {
             let minutes = Decimal::from((i64::from(secs) + 59) / 60);
-            add(price * minutes);
+            lines.push(UsageLine {
+                key: TELEPHONY_KEY.to_owned(),
+                service: TELEPHONY_SERVICE.to_owned(),
+                resource_type: TELEPHONY_MINUTE.to_owned(),
+                quantity: minutes,
+                cost: price(TELEPHONY_MINUTE, minutes),
+                at: end,
+            });
         }
-        total.map(|t| t.round_dp(5))
+        lines
     }
+}
+
+/// Decimal places of a cost (`numeric(10,5)` in `calls` and `usage_records`).
+const COST_DECIMALS: u32 = 5;
+
+/// The service named on a usage line whose report named none.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+/// The service named on the telephony-minute line, as the platform's readers know it.
+pub const TELEPHONY_SERVICE: &str = "telephony-core";
+/// The usage key of the telephony-minute line the service adds (report keys start with `id:`,
+/// `id-sha256:` or `hash:`).
+pub const TELEPHONY_KEY: &str = "telephony";
+
+/// One line of a call's usage (`usage_records`): a usage report counted once, or the call's
+/// telephony minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageLine {
+    /// Identity of the line within the call (`usage_key`).
+    pub key: String,
+    pub service: String,
+    pub resource_type: String,
+    pub quantity: Decimal,
+    /// Quantity times the unit price at the call's start; None when no price is known (or the
+    /// product is beyond any real cost).
+    pub cost: Option<Decimal>,
+    /// When the usage was reported; for telephony minutes, the call's end.
+    pub at: DateTime<Utc>,
+}
+
+/// The sum of the lines' priced costs; None when none is priced (or the sum is beyond any real
+/// cost).
+fn total_cost(lines: &[UsageLine]) -> Option<Decimal> {
+    let mut priced = lines.iter().filter_map(|l| l.cost).peekable();
+    priced.peek()?;
+    priced.try_fold(Decimal::ZERO, Decimal::checked_add)
 }
 
 /// Longest usage key: `usage_records.usage_key` is a varchar(255).

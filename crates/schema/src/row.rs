@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
-use sqlx::query::{Query, QueryAs};
+use sqlx::query::QueryAs;
 use uuid::Uuid;
 
 use cdr_core::merge::CallRecord;
@@ -32,6 +32,14 @@ pub const DEFAULT_DIRECTION: &str = "INBOUND";
 
 /// The conflict key of the upsert: every other column is replaced.
 pub const KEY_COLUMN: &str = "call_id";
+
+/// A row the upsert wrote: its call, and the tenant the row now has (an adopted row may keep
+/// the replaced service's).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Written {
+    pub call_id: String,
+    pub tenant_id: Option<String>,
+}
 
 /// A field whose expected and found values differ (`CallRow::diff`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,9 +80,9 @@ macro_rules! calls_row {
 
             /// Binds a batch, one array per column in column order: `$1` is `COLUMNS[0]`.
             fn bind_batch(
-                query: Query<'static, Postgres, PgArguments>,
+                query: QueryAs<'static, Postgres, Written, PgArguments>,
                 rows: Vec<CallRow>,
-            ) -> Query<'static, Postgres, PgArguments> {
+            ) -> QueryAs<'static, Postgres, Written, PgArguments> {
                 $( let mut $field: Vec<$ty> = Vec::with_capacity(rows.len()); )*
                 for row in rows {
                     $( $field.push(row.$field); )*
@@ -165,7 +173,8 @@ pub static UPSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         "INSERT INTO calls AS c ({names}) SELECT * FROM UNNEST({arrays}) \
          ON CONFLICT ({KEY_COLUMN}) DO UPDATE SET {replaced}adopted = {adopted}, \
            updated_at = now() \
-         WHERE c.event_count <= EXCLUDED.event_count"
+         WHERE c.event_count <= EXCLUDED.event_count \
+         RETURNING {KEY_COLUMN}, tenant_id"
     )
 });
 
@@ -220,7 +229,10 @@ impl CallRow {
             status: Some(r.status.as_str().to_owned()),
             disposition: Some(r.disposition.as_str().to_owned()),
             recording_url: r.recording_url.clone(),
-            total_cost: r.total_cost,
+            // A cost beyond its column is left out rather than refusing the record.
+            total_cost: r
+                .total_cost
+                .filter(|c| fits_numeric(*c, crate::usage::COST)),
             direction: r
                 .direction
                 .clone()
@@ -237,10 +249,11 @@ impl CallRow {
         row
     }
 
-    /// The upsert (`UPSERT_SQL`) of `rows`, bound and ready to execute. The rows must have
-    /// distinct call ids: one statement cannot change a row twice.
-    pub fn upsert(rows: Vec<CallRow>) -> Query<'static, Postgres, PgArguments> {
-        CallRow::bind_batch(sqlx::query(UPSERT_SQL.as_str()), rows)
+    /// The upsert (`UPSERT_SQL`) of `rows`, bound and ready to run; it returns the rows it
+    /// wrote (a stale version writes nothing). The rows must have distinct call ids: one
+    /// statement cannot change a row twice.
+    pub fn upsert(rows: Vec<CallRow>) -> QueryAs<'static, Postgres, Written, PgArguments> {
+        CallRow::bind_batch(sqlx::query_as(UPSERT_SQL.as_str()), rows)
     }
 
     /// Reads the row of `call_id` back (none when the call has no row).
@@ -262,6 +275,13 @@ pub fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
         Some((cut, _)) => &v[..cut],
         None => v,
     })
+}
+
+/// Whether `value` fits a `numeric(precision, scale)` column once rounded to `scale` places:
+/// a value that does not would make the whole statement fail.
+pub fn fits_numeric(value: Decimal, (precision, scale): (u32, u32)) -> bool {
+    let limit = Decimal::from(10u64.pow(precision - scale));
+    value.round_dp(scale).abs() < limit
 }
 
 /// Cuts an owned value in place to at most `max_chars` characters, as `fit` does.
@@ -333,7 +353,11 @@ mod tests {
             assert!(names().contains(&inherited), "{inherited} is a column");
         }
         assert!(UPSERT_SQL.contains(&format!("ON CONFLICT ({KEY_COLUMN})")));
-        assert!(UPSERT_SQL.ends_with("WHERE c.event_count <= EXCLUDED.event_count"));
+        assert!(
+            UPSERT_SQL.ends_with(
+                "WHERE c.event_count <= EXCLUDED.event_count RETURNING call_id, tenant_id"
+            )
+        );
 
         let selected: Vec<&str> = between(&SELECT_SQL, "SELECT ", " FROM calls")
             .split(", ")

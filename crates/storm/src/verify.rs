@@ -1,6 +1,6 @@
 //! `storm --verify`: waits until every call of the storm has its row in `calls` folded from all
-//! of its distinct events (or a deadline), then compares every row with the call's ground truth
-//! field by field, and checks that no poison message and no platform event was logged as a
+//! of its distinct events (or a deadline), then compares every row and the call's usage lines
+//! (`usage_records`) with the call's ground truth field by field, and checks that no poison message and no platform event was logged as a
 //! call event, and that the dead-letter queue grew by no more than the poison: a platform event
 //! that is not about a call is acknowledged, never dead-lettered.
 //!
@@ -13,13 +13,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cdr_core::merge::{CallRecord, PriceBook};
+use cdr_core::merge::{CallRecord, PriceBook, UsageLine};
 use chrono::{DateTime, Timelike, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::{Connection, ConnectionProperties};
 use sqlx::PgPool;
 
 use cdr_schema::row::CallRow;
+use cdr_schema::usage::UsageRow;
 
 use crate::generate::ExpectedCall;
 pub use crate::outcome::{FieldDiff, Mismatch, Missing, Outcome};
@@ -51,6 +52,39 @@ pub async fn load_rows(pool: &PgPool, call_ids: &[&str]) -> Result<Vec<CallRow>,
         rows.extend(CallRow::by_ids(chunk).fetch_all(pool).await?);
     }
     Ok(rows)
+}
+
+/// The usage lines this service wrote for `call_ids`, by call.
+pub async fn load_usage(
+    pool: &PgPool,
+    call_ids: &[&str],
+) -> Result<HashMap<String, Vec<UsageRow>>, sqlx::Error> {
+    let mut by_call: HashMap<String, Vec<UsageRow>> = HashMap::new();
+    for chunk in call_ids.chunks(CHUNK) {
+        for line in cdr_schema::usage::by_calls(chunk).fetch_all(pool).await? {
+            by_call.entry(line.call_id.clone()).or_default().push(line);
+        }
+    }
+    Ok(by_call)
+}
+
+/// The usage lines the service must write for `lines` of a call whose row bills `tenant_id`,
+/// with their times at the microseconds the database keeps, in key order.
+pub fn expected_usage(
+    call_id: &str,
+    tenant_id: Option<&str>,
+    lines: &[UsageLine],
+) -> Vec<UsageRow> {
+    let mut rows: Vec<UsageRow> = lines
+        .iter()
+        .filter_map(|l| UsageRow::from_line(call_id, tenant_id, l))
+        .map(|mut r| {
+            r.recorded_at = micros(Some(r.recorded_at)).unwrap_or(r.recorded_at);
+            r
+        })
+        .collect();
+    rows.sort_by(|a, b| a.usage_key.cmp(&b.usage_key));
+    rows
 }
 
 /// What --verify reads before the storm is published.
@@ -212,6 +246,7 @@ impl Verifier {
             .into_iter()
             .map(|r| (r.call_id.clone(), r))
             .collect();
+        let usage = load_usage(&self.pool, &ids).await?;
         let now = Utc::now();
         let window = (
             publish_started_at - chrono::Duration::seconds(2),
@@ -224,7 +259,8 @@ impl Verifier {
             } else {
                 window
             };
-            let (expected, fields) = compare(call, row, &prices, now, window);
+            let lines = usage.get(&call.call_id).map_or(&[][..], Vec::as_slice);
+            let (expected, fields) = compare(call, row, lines, &prices, now, window);
             *outcome
                 .by_outcome
                 .entry(format!(
@@ -341,10 +377,12 @@ fn announce_wait(
     wait
 }
 
-/// The expected record of a call and the fields in which the row differs from it.
+/// The expected record of a call and the fields in which the row, or the call's usage lines
+/// (`lines`, in key order), differ from it.
 fn compare(
     call: &ExpectedCall,
     row: Option<&CallRow>,
+    lines: &[UsageRow],
     prices: &PriceBook,
     now: DateTime<Utc>,
     window: (DateTime<Utc>, DateTime<Utc>),
@@ -352,9 +390,18 @@ fn compare(
     let Some(row) = row else {
         return (call.record(prices, now), Vec::new());
     };
+    let usage_diff = |expected: &[UsageLine]| {
+        let want = expected_usage(&call.call_id, row.tenant_id.as_deref(), expected);
+        (want != lines).then(|| FieldDiff {
+            field: "usage_records",
+            expected: format!("{want:?}"),
+            found: format!("{lines:?}"),
+        })
+    };
     if call.receive_dependent.is_none() {
-        let expected = call.record(prices, now);
-        let diffs = expected_row(&expected, call.distinct_events).diff(row);
+        let (expected, usage) = call.record_and_usage(prices, now);
+        let mut diffs = expected_row(&expected, call.distinct_events).diff(row);
+        diffs.extend(usage_diff(&usage));
         return (expected, diffs);
     }
     // The call's start stands on a receive time: the one the row shows, if it says so.
@@ -366,7 +413,7 @@ fn compare(
         (true, Some(t)) => t,
         _ => now,
     };
-    let expected = call.record(prices, receive);
+    let (expected, usage) = call.record_and_usage(prices, receive);
     let mut want = expected_row(&expected, call.distinct_events);
     let mut diffs = Vec::new();
     if inferred_start
@@ -386,6 +433,7 @@ fn compare(
         want.duration_seconds = row.duration_seconds;
     }
     diffs.extend(want.diff(row));
+    diffs.extend(usage_diff(&usage));
     (expected, diffs)
 }
 

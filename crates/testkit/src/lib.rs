@@ -11,6 +11,7 @@ mod broker;
 mod calls;
 mod env;
 pub mod metrics;
+mod platform;
 pub mod proxy;
 mod rows;
 pub mod service;
@@ -22,6 +23,9 @@ pub use broker::{Producer, declare_bound_queue, drain_queue, queue_depth};
 pub use calls::{assert_full_record, call, t0};
 pub use env::{TestEnv, amqp_url, create_database, env_vars, postgres_admin_url};
 pub use metrics::metric_at;
+pub use platform::{
+    PLATFORM_BILLING, PLATFORM_CALLS, create_platform_tables, platform_usage_columns, usage_columns,
+};
 pub use rows::{Row, logged_events, row, wait_for_row};
 
 /// Polls `check` until it is true; panics with `what` after `timeout`.

@@ -31,7 +31,7 @@ mod poison;
 mod producer;
 
 use cdr_core::event::{self, Format, Limits};
-use cdr_core::merge::{CallEvent, CallRecord, CallState, PriceBook};
+use cdr_core::merge::{CallEvent, CallRecord, CallState, PriceBook, UsageLine};
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -287,11 +287,19 @@ impl ExpectedCall {
     /// The expected record. `receive_time` stands in for missing timestamps; it only matters
     /// for receive-dependent calls.
     pub fn record(&self, prices: &PriceBook, receive_time: DateTime<Utc>) -> CallRecord {
+        self.record_and_usage(prices, receive_time).0
+    }
+
+    /// The expected record and usage lines, as `record`.
+    pub fn record_and_usage(
+        &self,
+        prices: &PriceBook,
+        receive_time: DateTime<Utc>,
+    ) -> (CallRecord, Vec<UsageLine>) {
         match &self.receive_dependent {
-            None => self.state.record(&self.call_id, prices),
-            Some(bodies) => {
-                fold_bodies(&self.call_id, bodies, receive_time).record(&self.call_id, prices)
-            }
+            None => self.state.record_and_usage(&self.call_id, prices),
+            Some(bodies) => fold_bodies(&self.call_id, bodies, receive_time)
+                .record_and_usage(&self.call_id, prices),
         }
     }
 }
