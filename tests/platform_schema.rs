@@ -599,3 +599,137 @@ async fn the_current_service_is_replaced_in_place() {
 fn progress_end_time(ended: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
     ended["timestamp"].as_str().unwrap().parse().unwrap()
 }
+
+/// A database the previous release of this service migrated (migrations up to 0007), with its
+/// usage lines in its own columns (`service`, `event_timestamp`, no tenant, no cost): the
+/// migrations bring `usage_records` to the platform's columns in place, every line kept, billed
+/// to its call's tenant and priced as the call's cost was, with the telephony minutes of each
+/// answered call added; and the service then writes new calls' lines into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_release_database_gets_the_platforms_usage_records() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let pool = env.pool().await;
+    let previous = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0008" {
+            std::fs::copy(&path, previous.path().join(name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(previous.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .expect("the previous release's migrations");
+    for sql in [
+        "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) VALUES \
+           ('tel', 'telephony_minute', 0.0125, 'USD', '2025-01-01'), \
+           ('llm', 'llm_token', 0.000002, 'USD', '2025-01-01')",
+        "INSERT INTO calls (call_id, tenant_id, start_time, answer_time, end_time, \
+           duration_seconds, billable_seconds, status, disposition, total_cost, event_count) VALUES \
+         ('prev@h', 't1', '2025-09-24T10:00:00Z', '2025-09-24T10:00:02Z', \
+          '2025-09-24T10:01:32Z', 90, 90, 'COMPLETED', 'ANSWERED', 0.028, 6), \
+         ('prev-anon@h', NULL, '2025-09-24T11:00:00Z', NULL, '2025-09-24T11:00:09Z', \
+          9, NULL, 'COMPLETED', 'NO_ANSWER', 0.001, 2)",
+        "INSERT INTO usage_records (call_id, usage_key, service, resource_type, quantity, \
+           event_timestamp) VALUES \
+         ('prev@h', 'id:u1', 'llm-svc', 'llm_token', 1500, '2025-09-24T10:00:05Z'), \
+         ('prev-anon@h', 'id:u2', NULL, 'llm_token', 500, '2025-09-24T11:00:05Z')",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    cdr_service::db::migrate(&pool)
+        .await
+        .expect("migrate again");
+    assert_eq!(usage_columns(&pool).await, platform_usage_columns());
+
+    type Line = (String, String, String, String, Decimal, Option<Decimal>, String);
+    let lines = |call: &'static str, pool: PgPool| async move {
+        cdr_service::usage::by_call(call)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                (
+                    l.tenant_id,
+                    l.usage_key,
+                    l.service_name,
+                    l.resource_type,
+                    l.quantity.normalize(),
+                    l.calculated_cost.map(|c| c.normalize()),
+                    l.recorded_at.to_rfc3339(),
+                )
+            })
+            .collect::<Vec<Line>>()
+    };
+    let line = |tenant: &str, key: &str, service: &str, resource: &str, q: i64, cost, at: &str| {
+        (
+            tenant.to_owned(),
+            key.to_owned(),
+            service.to_owned(),
+            resource.to_owned(),
+            Decimal::from(q),
+            cost,
+            at.to_owned(),
+        )
+    };
+    assert_eq!(
+        lines("prev@h", pool.clone()).await,
+        [
+            line(
+                "t1",
+                "id:u1",
+                "llm-svc",
+                "llm_token",
+                1500,
+                Some(Decimal::new(3, 3)),
+                "2025-09-24T10:00:05+00:00"
+            ),
+            line(
+                "t1",
+                "telephony",
+                "telephony-core",
+                "telephony_minute",
+                2,
+                Some(Decimal::new(25, 3)),
+                "2025-09-24T10:01:32+00:00"
+            ),
+        ]
+    );
+    assert_eq!(
+        lines("prev-anon@h", pool.clone()).await,
+        [line(
+            "system",
+            "id:u2",
+            "unknown",
+            "llm_token",
+            500,
+            Some(Decimal::new(1, 3)),
+            "2025-09-24T11:00:05+00:00"
+        )]
+    );
+    pool.close().await;
+
+    // The service writes into the converted table.
+    let app = TestApp::start(env, settings).await;
+    let c = call("after-conversion");
+    for e in c.events(true) {
+        app.publisher.publish(&e).await.unwrap();
+    }
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    assert_eq!(r.total_cost.map(|c| c.normalize()), Some(Decimal::new(125, 4)));
+    let written = cdr_service::usage::by_call(&c.call_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].tenant_id, c.tenant_id);
+    assert_eq!(written[0].calculated_cost, r.total_cost);
+    app.finish().await;
+}
