@@ -75,10 +75,16 @@ BEGIN
         UPDATE usage_records SET service_name = 'unknown' WHERE service_name IS NULL;
         ALTER TABLE usage_records ALTER COLUMN service_name SET NOT NULL;
     END IF;
+    -- Other services may bill usage outside a call, and write no usage_key.
     IF EXISTS (SELECT 1 FROM information_schema.columns
                 WHERE table_schema = current_schema() AND table_name = 'usage_records'
                   AND column_name = 'call_id' AND is_nullable = 'NO') THEN
         ALTER TABLE usage_records ALTER COLUMN call_id DROP NOT NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'usage_records'
+                  AND column_name = 'usage_key' AND is_nullable = 'NO') THEN
+        ALTER TABLE usage_records ALTER COLUMN usage_key DROP NOT NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM information_schema.columns
                 WHERE table_schema = current_schema() AND table_name = 'usage_records'

@@ -170,7 +170,8 @@ async fn start_downstream(
         background.clone(),
     ));
 
-    let (projector, projector_handle) = Projector::new(pool.clone(), settings.backoff.clone());
+    let (projector, projector_handle) =
+        Projector::new(pool.clone(), settings.backoff.clone(), health.clone());
     let expired = CancellationToken::new();
     let projector_task = tasks.spawn(projector.run(expired.clone()));
     let (writer, writer_handle) = RecordWriter::new(

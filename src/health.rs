@@ -1,7 +1,8 @@
 //! What readiness is made of: the database and the broker reachable, the schema one the
-//! service can write, recovery done.
+//! service can write, recovery done, and no table whose every row the database refuses.
 //! Shared by the components that learn it and the HTTP probes that report it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -21,6 +22,9 @@ struct Inner {
     recovered: AtomicBool,
     /// What the schema check found that the service cannot write (`schema_check`).
     schema_problems: Mutex<Vec<String>>,
+    /// The tables whose latest write the database refused row by row, with its error: set
+    /// when not one row of a write could be written, cleared by the next write that succeeds.
+    refused: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Health {
@@ -52,6 +56,32 @@ impl Health {
             .clone()
     }
 
+    /// A write of `table` the database refused, every row of it, with `error`.
+    pub fn set_write_refused(&self, table: &'static str, error: String) {
+        gauge!(metric::WRITES_REFUSED.name, "table" => table).set(1.0);
+        self.refused().insert(table, error);
+    }
+
+    /// A write of `table` that the database took (wholly or in part).
+    pub fn set_write_succeeded(&self, table: &'static str) {
+        let mut refused = self.refused();
+        if refused.remove(table).is_some() {
+            gauge!(metric::WRITES_REFUSED.name, "table" => table).set(0.0);
+        }
+    }
+
+    /// The tables whose latest write was refused, and why.
+    pub fn refused_writes(&self) -> BTreeMap<&'static str, String> {
+        self.refused().clone()
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn set_recovered(&self) {
         self.inner.recovered.store(true, Ordering::Relaxed);
     }
@@ -73,5 +103,6 @@ impl Health {
             && self.broker_up()
             && self.recovered()
             && self.schema_problems().is_empty()
+            && self.refused().is_empty()
     }
 }

@@ -66,6 +66,7 @@ async fn ready(State(s): State<AppState>) -> Response {
         "broker": s.health.broker_up(),
         "recovered": s.health.recovered(),
         "schema_problems": s.health.schema_problems(),
+        "writes_refused": s.health.refused_writes(),
     });
     let code = if s.health.ready() {
         StatusCode::OK

@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::BackoffSettings;
 use crate::event::{DialogTurn, EventKind};
+use crate::health::Health;
 use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
 use crate::retry::{Retry, Stop};
@@ -172,11 +173,13 @@ pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Err
 /// Writes the rows, retrying while the database is away. A set the database refuses is
 /// written row by row and a row refused alone is left out (logged and counted: its event stays
 /// in the log), so one bad row never holds back the others nor the calls waiting on them.
+/// When not one row could be written, readiness says so until a later write succeeds.
 /// False only if `abort` fired first.
 pub async fn write_with_retry(
     pool: &PgPool,
     rows: ProjectionRows,
     settings: &BackoffSettings,
+    health: &Health,
     abort: &CancellationToken,
 ) -> bool {
     if rows.is_empty() {
@@ -184,27 +187,45 @@ pub async fn write_with_retry(
     }
     let retry = Retry::new(settings, abort);
     let e = match retry.run(|| write_timed(pool, &rows), retrying).await {
-        Ok(()) => return true,
+        Ok(()) => {
+            health.set_write_succeeded(TABLE);
+            return true;
+        }
         Err(Stop::Cancelled) => return false,
         Err(Stop::Refused(e)) => e,
     };
     warn!(error = %e, rows = rows.len(), "projection rows refused; writing them one by one");
     let parts: Vec<ProjectionRows> = rows.split().collect();
+    let mut taken = false;
+    let mut last_refusal = e.to_string();
     let isolated = retry
         .isolate(
             parts.len(),
             |i| write_timed(pool, &parts[i]),
             |i, outcome| {
-                if let Err(e) = outcome {
-                    report_refused(&parts[i], &e);
+                match outcome {
+                    Ok(()) => taken = true,
+                    Err(e) => {
+                        report_refused(&parts[i], &e);
+                        last_refusal = e.to_string();
+                    }
                 }
                 async { Ok::<(), std::convert::Infallible>(()) }
             },
             retrying,
         )
-        .await;
-    isolated.is_ok()
+        .await
+        .is_ok();
+    if taken {
+        health.set_write_succeeded(TABLE);
+    } else if isolated {
+        health.set_write_refused(TABLE, last_refusal);
+    }
+    isolated
 }
+
+/// What readiness names when the database refuses the projection.
+const TABLE: &str = "call_dialog_events";
 
 /// Upserts the rows and measures it.
 async fn write_timed(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
@@ -246,6 +267,7 @@ struct Committed {
 #[derive(Clone)]
 pub struct ProjectorHandle {
     pool: PgPool,
+    health: Health,
     tx: mpsc::Sender<Committed>,
     projected: watch::Receiver<i64>,
 }
@@ -279,7 +301,7 @@ impl ProjectorHandle {
         backoff: &BackoffSettings,
         abort: &CancellationToken,
     ) -> bool {
-        write_with_retry(&self.pool, rows, backoff, abort).await
+        write_with_retry(&self.pool, rows, backoff, &self.health, abort).await
     }
 
     /// Declares every event up to `upto` projected: recovery calls it once it has re-projected
@@ -327,23 +349,26 @@ impl Projected {
 /// The task that writes committed batches' projections.
 pub struct Projector {
     pool: PgPool,
+    health: Health,
     backoff: BackoffSettings,
     rx: mpsc::Receiver<Committed>,
     done: watch::Sender<i64>,
 }
 
 impl Projector {
-    pub fn new(pool: PgPool, backoff: BackoffSettings) -> (Self, ProjectorHandle) {
+    pub fn new(pool: PgPool, backoff: BackoffSettings, health: Health) -> (Self, ProjectorHandle) {
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let (done, projected) = watch::channel(0);
         let handle = ProjectorHandle {
             pool: pool.clone(),
+            health: health.clone(),
             tx,
             projected,
         };
         (
             Projector {
                 pool,
+                health,
                 backoff,
                 rx,
                 done,
@@ -377,7 +402,7 @@ impl Projector {
                 }
             }
             gauge!(metric::PROJECTION_QUEUE_BATCHES.name).set(self.rx.len() as f64);
-            if !write_with_retry(&self.pool, rows, &self.backoff, &abort).await {
+            if !write_with_retry(&self.pool, rows, &self.backoff, &self.health, &abort).await {
                 warn!(
                     pending = self.rx.len(),
                     "projector stopped before writing everything; the next start re-projects those calls"

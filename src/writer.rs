@@ -154,7 +154,8 @@ impl RecordWriter {
 
     /// Writes one batch, retrying while the database is unavailable. A batch the database
     /// refuses is written row by row, and a row refused alone is logged and counted (its events
-    /// stay in the log and the call in `open_calls`). False if aborted.
+    /// stay in the log and the call in `open_calls`); when not one row could be written,
+    /// readiness says so until a later write succeeds. False if aborted.
     async fn write_with_retry(
         &mut self,
         batch: &[WriteRequest],
@@ -179,6 +180,7 @@ impl RecordWriter {
         let e = match retry.run(attempt, retrying).await {
             Ok(written) => {
                 health.set_database_up(true);
+                health.set_write_succeeded(TABLE);
                 observe(batch, written, started.elapsed());
                 return true;
             }
@@ -187,7 +189,9 @@ impl RecordWriter {
         };
         // The data itself was refused: find the rows at fault, write the rest.
         warn!(error = %e, records = batch.len(), "record batch refused; writing rows one by one");
-        retry
+        let mut taken = false;
+        let mut last_refusal = e.to_string();
+        let isolated = retry
             .isolate(
                 batch.len(),
                 |i| upsert(pool, &batch[i..=i], close),
@@ -195,9 +199,11 @@ impl RecordWriter {
                     let request = &batch[i];
                     match outcome {
                         Ok(written) => {
+                            taken = true;
                             observe(std::slice::from_ref(request), written, Duration::ZERO)
                         }
                         Err(e) => {
+                            last_refusal = e.to_string();
                             error!(
                                 call_id = %request.record.call_id,
                                 trace_id = request.record.trace_id.as_deref().unwrap_or(""),
@@ -212,7 +218,13 @@ impl RecordWriter {
                 retrying,
             )
             .await
-            .is_ok()
+            .is_ok();
+        if taken {
+            health.set_write_succeeded(TABLE);
+        } else if isolated {
+            health.set_write_refused(TABLE, last_refusal);
+        }
+        isolated
     }
 
     /// Waits until the projections cover every event the batch's records folded, so that the
@@ -244,6 +256,9 @@ impl RecordWriter {
         }
     }
 }
+
+/// What readiness names when the database refuses the records.
+const TABLE: &str = "calls";
 
 /// Counts a written batch: its size, its time, and each record by status, disposition and cause.
 fn observe(batch: &[WriteRequest], written: u64, took: Duration) {

@@ -392,10 +392,11 @@ proptest! {
         prop_assert_eq!(&original, &shuffled);
         // `Decimal` equality ignores the scale (30 == 30.0); the debug form does not.
         prop_assert_eq!(format!("{original:?}"), format!("{shuffled:?}"));
-        let a = original.record(CALL_ID, &prices);
-        let b = shuffled.record(CALL_ID, &prices);
+        let (a, lines_a) = original.record_and_usage(CALL_ID, &prices);
+        let (b, lines_b) = shuffled.record_and_usage(CALL_ID, &prices);
         prop_assert_eq!(json(&a), json(&b));
         prop_assert_eq!(a, b);
+        prop_assert_eq!(format!("{lines_a:?}"), format!("{lines_b:?}"));
 
         // Re-applying everything to a folded state changes nothing.
         let mut again = shuffled.clone();
@@ -412,7 +413,7 @@ proptest! {
         split in any::<Index>(),
     ) {
         let prices = prices();
-        let all = CallState::fold(&events).record(CALL_ID, &prices);
+        let (all, all_lines) = CallState::fold(&events).record_and_usage(CALL_ID, &prices);
         let cut = split.index(scrambled.len() + 1);
         let (first, rest) = scrambled.split_at(cut);
         let mut state = CallState::fold(first);
@@ -421,9 +422,10 @@ proptest! {
         for e in rest {
             state.apply(e);
         }
-        let late = state.record(CALL_ID, &prices);
+        let (late, late_lines) = state.record_and_usage(CALL_ID, &prices);
         prop_assert_eq!(json(&late), json(&all));
         prop_assert_eq!(late, all);
+        prop_assert_eq!(format!("{late_lines:?}"), format!("{all_lines:?}"));
     }
 
     /// 2b. Two states folded from any two parts, each completed with the other part's events,
@@ -458,7 +460,7 @@ proptest! {
     #[test]
     fn record_follows_the_merge_rules((events, scrambled) in call_scrambled()) {
         let prices = prices();
-        let record = CallState::fold(&scrambled).record(CALL_ID, &prices);
+        let (record, lines) = CallState::fold(&scrambled).record_and_usage(CALL_ID, &prices);
         prop_assert!(record.duration_seconds.is_none_or(|d| d >= 0));
         prop_assert!(record.billable_seconds.is_none_or(|d| d >= 0));
 
@@ -589,7 +591,8 @@ proptest! {
         prop_assert_eq!(record.tenant_id.clone(), pick(&events, |i| i.tenant_id.clone()));
 
         // Cost: each usage report once (two reports sharing a usageId: one of them, chosen by
-        // content), priced at the start, plus telephony minutes rounded up unless reported.
+        // content), priced at the start, plus telephony minutes rounded up unless reported;
+        // one usage line each, its cost rounded to 5 places, the total their sum.
         let mut usage: BTreeMap<String, (String, Decimal)> = BTreeMap::new();
         for e in &events {
             if let EventKind::UsageReported(u) = &e.kind {
@@ -603,20 +606,37 @@ proptest! {
         }
         let start = record.start_time;
         let mut expected: Option<Decimal> = None;
-        for (resource, quantity) in usage.values() {
-            if let Some(price) = start.and_then(|s| prices.price_at(resource, s)) {
-                *expected.get_or_insert(Decimal::ZERO) += price * quantity;
+        let mut expected_lines = Vec::new();
+        for (key, (resource, quantity)) in &usage {
+            let cost = start
+                .and_then(|s| prices.price_at(resource, s))
+                .map(|price| (price * quantity).round_dp(5));
+            if let Some(cost) = cost {
+                *expected.get_or_insert(Decimal::ZERO) += cost;
             }
+            expected_lines.push((key.clone(), resource.clone(), quantity.normalize(), cost));
         }
         let telephony_reported = usage.values().any(|(r, _)| r == TELEPHONY_MINUTE);
         if let (false, Some(a), Some(e), Some(s)) =
             (telephony_reported, record.answer_time, record.end_time, start)
         {
-            let minutes = ((e - a).num_seconds().max(0) + 59) / 60;
+            let minutes = Decimal::from(((e - a).num_seconds().max(0) + 59) / 60);
             let price = prices.price_at(TELEPHONY_MINUTE, s).unwrap();
-            *expected.get_or_insert(Decimal::ZERO) += price * Decimal::from(minutes);
+            let cost = (price * minutes).round_dp(5);
+            *expected.get_or_insert(Decimal::ZERO) += cost;
+            expected_lines.push((
+                "telephony".to_owned(),
+                TELEPHONY_MINUTE.to_owned(),
+                minutes,
+                Some(cost),
+            ));
         }
-        prop_assert_eq!(record.total_cost, expected.map(|c| c.round_dp(5)));
+        prop_assert_eq!(record.total_cost, expected);
+        let found: Vec<_> = lines
+            .iter()
+            .map(|l| (l.key.clone(), l.resource_type.clone(), l.quantity.normalize(), l.cost))
+            .collect();
+        prop_assert_eq!(found, expected_lines);
     }
 }
 
@@ -1319,4 +1339,31 @@ fn equal_quantities_written_differently_cost_the_same_in_every_order() {
         x.total_cost.map(|c| c.to_string()).as_deref(),
         Some("0.0030")
     );
+}
+
+/// A quantity whose cost overflows any number (here the largest `Decimal` at a price of 2)
+/// leaves that line unpriced and the record whole: no arithmetic on event data panics.
+#[test]
+fn an_absurd_quantity_leaves_its_line_unpriced_and_the_record_whole() {
+    let prices = PriceBook::new([("llm_token".to_owned(), at(-10), dec("2"))]);
+    let events = vec![
+        start_at("start", 0),
+        ev(
+            "huge",
+            at(3),
+            usage_kind(Some("u-huge"), "llm_token", "79228162514264337593543950335"),
+        ),
+        ev(
+            "small",
+            at(4),
+            usage_kind(Some("u-small"), "llm_token", "3"),
+        ),
+        ev("end", at(9), ended_kind(Some("normal_clearing"))),
+    ];
+    let (record, lines) = CallState::fold(&events).record_and_usage(CALL_ID, &prices);
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.total_cost, Some(dec("6")));
+    let costs: Vec<(&str, Option<Decimal>)> =
+        lines.iter().map(|l| (l.key.as_str(), l.cost)).collect();
+    assert_eq!(costs, [("id:u-huge", None), ("id:u-small", Some(dec("6")))]);
 }

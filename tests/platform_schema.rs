@@ -266,7 +266,8 @@ async fn records_are_written_into_the_platforms_tables() {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    let seen: Vec<(&str, &str, &str, &str, Decimal, Option<Decimal>)> = lines
+    type Seen<'a> = (&'a str, &'a str, &'a str, &'a str, Decimal, Option<Decimal>);
+    let seen: Vec<Seen> = lines
         .iter()
         .map(|l| {
             (
@@ -302,7 +303,10 @@ async fn records_are_written_into_the_platforms_tables() {
         ]
     );
     assert_eq!(lines[1].recorded_at, r.end_time.unwrap());
-    assert_eq!(r.total_cost.map(|c| c.normalize()), Some(Decimal::new(295, 4)));
+    assert_eq!(
+        r.total_cost.map(|c| c.normalize()),
+        Some(Decimal::new(295, 4))
+    );
     let r = wait_for_row(&app.pool, &busy.call_id, 2).await;
     assert_eq!(r.disposition.as_deref(), Some("BUSY"));
     assert_eq!(r.sip_hangup_cause, Some(486));
@@ -311,7 +315,10 @@ async fn records_are_written_into_the_platforms_tables() {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    assert!(lines.is_empty(), "an unanswered call bills nothing: {lines:?}");
+    assert!(
+        lines.is_empty(),
+        "an unanswered call bills nothing: {lines:?}"
+    );
     let logged: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM call_events WHERE call_id = ANY($1) AND event_timestamp IS NOT NULL",
     )
@@ -647,7 +654,15 @@ async fn a_previous_release_database_gets_the_platforms_usage_records() {
         .expect("migrate again");
     assert_eq!(usage_columns(&pool).await, platform_usage_columns());
 
-    type Line = (String, String, String, String, Decimal, Option<Decimal>, String);
+    type Line = (
+        String,
+        String,
+        String,
+        String,
+        Decimal,
+        Option<Decimal>,
+        String,
+    );
     let lines = |call: &'static str, pool: PgPool| async move {
         cdr_service::usage::by_call(call)
             .fetch_all(&pool)
@@ -723,7 +738,10 @@ async fn a_previous_release_database_gets_the_platforms_usage_records() {
     }
     let r = wait_for_row(&app.pool, &c.call_id, 5).await;
     assert_full_record(&r, &c);
-    assert_eq!(r.total_cost.map(|c| c.normalize()), Some(Decimal::new(125, 4)));
+    assert_eq!(
+        r.total_cost.map(|c| c.normalize()),
+        Some(Decimal::new(125, 4))
+    );
     let written = cdr_service::usage::by_call(&c.call_id)
         .fetch_all(&app.pool)
         .await

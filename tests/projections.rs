@@ -244,7 +244,8 @@ async fn the_writer_closes_a_call_only_once_its_projections_are_covered() {
     let (pool, logged) = logged_call(&env, "gated").await;
     let request = record_of("gated", &logged);
 
-    let (projector, handle) = Projector::new(pool.clone(), settings.backoff.clone());
+    let (projector, handle) =
+        Projector::new(pool.clone(), settings.backoff.clone(), Health::default());
     let projector_task = tokio::spawn(projector.run(CancellationToken::new()));
     let (writer, writer_handle) = RecordWriter::new(
         pool.clone(),
@@ -334,10 +335,23 @@ async fn a_projection_row_the_database_refuses_is_left_out_and_the_rest_written(
         project::write(&pool, &rows).await.is_err(),
         "the statement as a whole is refused"
     );
+    let health = Health::default();
+    let abort = CancellationToken::new();
+    // Only the bad row: the database refuses every row of the write, and readiness says so.
+    let only_bad = ProjectionRows::of_logged(&logged[logged.len() - 1..]);
+    assert!(project::write_with_retry(&pool, only_bad, &settings.backoff, &health, &abort).await);
+    let refused = health.refused_writes();
     assert!(
-        project::write_with_retry(&pool, rows, &settings.backoff, &CancellationToken::new()).await
+        refused
+            .get("call_dialog_events")
+            .is_some_and(|e| e.contains("test_refuses")),
+        "{refused:?}"
     );
+    assert!(!health.ready());
+    // With the others, those are written, and a write that succeeds clears it.
+    assert!(project::write_with_retry(&pool, rows, &settings.backoff, &health, &abort).await);
     assert_projected(&pool, "refused").await;
+    assert!(health.refused_writes().is_empty());
 
     pool.close().await;
     env.cleanup(&settings).await;

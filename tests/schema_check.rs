@@ -1,5 +1,6 @@
-//! The schema check at start, in a process of its own: its gauge is the process's one, so
-//! no other test's service may set it meanwhile.
+//! The schema check at start, and the database refusing a running service's writes, in a
+//! process of their own: their gauges are the process's, so no other test's service may set
+//! them meanwhile.
 
 use cdr_testkit as common;
 
@@ -132,4 +133,51 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
     run.await.unwrap().unwrap();
     pool.close().await;
     env.cleanup(&settings).await;
+}
+
+/// A running service whose records the database refuses (here through a constraint added while
+/// it runs) says so: `/health/ready` is 503 and names the table and the error, and
+/// `cdr_writes_refused{table="calls"}` is 1, until a record is written again; the refused
+/// call stays in `open_calls` with its events logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_make_the_running_service_say_so() {
+    let app = TestApp::spawn().await;
+    sqlx::query("ALTER TABLE calls ADD CONSTRAINT test_refuses CHECK (call_id NOT LIKE 'refuse%')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let refused = call("refused-record");
+    for e in refused.events(true) {
+        app.publisher.publish(&e).await.unwrap();
+    }
+    app.wait_ready(false, "unready with its records refused")
+        .await;
+    let ready = reqwest::get(app.url("/health/ready")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    let error = body["writes_refused"]["calls"].as_str().unwrap_or_default();
+    assert!(error.contains("test_refuses"), "{body}");
+    assert_eq!(body["database"], true);
+    let text = app.scrape().await;
+    assert_eq!(
+        common::metrics::value(&text, "cdr_writes_refused{table=\"calls\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(row(&app.pool, &refused.call_id).await.is_none());
+    assert_eq!(logged_events(&app.pool, &refused.call_id).await, 5);
+
+    // A record written again clears it.
+    let good = call("written-record");
+    for e in good.events(true) {
+        app.publisher.publish(&e).await.unwrap();
+    }
+    wait_for_row(&app.pool, &good.call_id, 5).await;
+    app.wait_ready(true, "ready again").await;
+    let text = app.scrape().await;
+    assert_eq!(
+        common::metrics::value(&text, "cdr_writes_refused{table=\"calls\"}"),
+        Some(0.0)
+    );
+    app.finish().await;
 }

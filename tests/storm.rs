@@ -243,7 +243,10 @@ async fn storm_verify_passes_on(platform_tables: bool) {
     .fetch_one(&app.pool)
     .await
     .expect("compare costs and lines");
-    assert_eq!(unbalanced, 0, "calls whose usage lines do not sum to their cost");
+    assert_eq!(
+        unbalanced, 0,
+        "calls whose usage lines do not sum to their cost"
+    );
     let lines: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM usage_records WHERE resource_type = 'telephony_minute' \
            AND service_name = 'telephony-core' AND calculated_cost IS NOT NULL",

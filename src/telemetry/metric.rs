@@ -212,6 +212,11 @@ pub const SCHEMA_INCOMPATIBLE_COLUMNS: Metric = Metric::gauge(
     "cdr_schema_incompatible_columns",
     "Columns of the database the service cannot write as they are (schema check at start): while above 0 it is not ready and consumes nothing",
 );
+pub const WRITES_REFUSED: Metric = Metric::gauge(
+    "cdr_writes_refused",
+    "1 while the database refuses every row of the latest write of a table (calls, call_dialog_events): the service is then not ready; 0 once a write succeeds",
+)
+.labelled(&["table"]);
 pub const LOG_UNDECODABLE_EVENTS: Metric = Metric::counter(
     "cdr_log_undecodable_events_total",
     "Logged events whose stored bytes no longer decode when a call is rebuilt (read from their stored columns instead); always 0 unless the decoder changed",
@@ -350,6 +355,7 @@ pub const ALL: &[Metric] = &[
     LOG_APPEND_RECHECKS,
     LOG_UNDECODABLE_EVENTS,
     SCHEMA_INCOMPATIBLE_COLUMNS,
+    WRITES_REFUSED,
     LOG_BATCH_SIZE,
     LOG_WRITE_DURATION,
     LOG_WRITE_RETRIES,

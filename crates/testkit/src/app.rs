@@ -128,6 +128,11 @@ impl TestApp {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Waits until the service's readiness is `ready`; panics with `what` after 30 s.
+    pub async fn wait_ready(&self, ready: bool, what: &str) {
+        self.running.wait_ready(ready, what).await;
+    }
+
     /// The text of `/metrics`.
     pub async fn scrape(&self) -> String {
         metrics::scrape(self.port).await
