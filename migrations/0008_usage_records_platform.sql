@@ -8,9 +8,10 @@
 -- `usage_key`, the identity of a line this service wrote, was added by 0001). One created by an
 -- earlier version of this service is converted in place, its lines kept: `service` and
 -- `event_timestamp` are copied into `service_name` and `recorded_at` and stay as nullable
--- columns nothing reads, so that an earlier version still running during a rolling update keeps
--- writing; each line is priced as the calls' costs were, and every answered call this service
--- recorded gets its telephony-minute line.
+-- columns nothing reads, and `tenant_id`/`service_name` get defaults, so that an earlier
+-- version still running during a rolling update keeps writing; each line is priced as the
+-- calls' costs were, and every answered call this service recorded gets its telephony-minute
+-- line.
 ALTER TABLE usage_records
     ADD COLUMN IF NOT EXISTS tenant_id varchar(255),
     ADD COLUMN IF NOT EXISTS saga_id uuid,
@@ -32,7 +33,11 @@ BEGIN
          WHERE u.service_name IS NULL;
         ALTER TABLE usage_records
             ALTER COLUMN service DROP NOT NULL,
-            ALTER COLUMN event_timestamp DROP NOT NULL;
+            ALTER COLUMN event_timestamp DROP NOT NULL,
+            -- An earlier version still running writes neither: its lines stay insertable
+            -- (and this version replaces them when it writes their call's record).
+            ALTER COLUMN tenant_id SET DEFAULT 'system',
+            ALTER COLUMN service_name SET DEFAULT 'unknown';
         -- Priced at the call's start, as its total cost was.
         UPDATE usage_records u
            SET calculated_cost = round(u.quantity * (

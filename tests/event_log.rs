@@ -1,13 +1,16 @@
 //! The event log's batch append against a real PostgreSQL: each distinct message logged once,
-//! the new events handed back in log order, the call marked open; and the projections (dialog
-//! turns, usage lines) that the projector writes from what the log hands back, holding one row
-//! per key, the same whatever the order and the duplicates of the batches.
+//! the new events handed back in log order, the call marked open; the dialog-turn projection
+//! that the projector writes from what the log hands back, holding one row per key, the same
+//! whatever the order and the duplicates of the batches; and the usage lines the writer writes
+//! from a call's logged usage reports, fitted to their columns.
 
 use cdr_testkit as common;
 
 use cdr_service::event::{self, Envelope, Limits};
 use cdr_service::log::{Appended, EventLog, LoggedEvent};
+use cdr_service::merge::{CallState, PriceBook};
 use cdr_service::project::{self, ProjectionRows};
+use cdr_service::writer::{FlushCause, WriteRequest};
 use chrono::Duration;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -179,14 +182,8 @@ async fn logged_once_with_projections(remembered: usize) {
         ("b".to_owned(), 0, Some("other call".to_owned()), Some(120)),
     ];
     assert_eq!(dialog_rows(&pool).await, expected_turns);
-    let usage_lines = usage_rows(&pool).await;
-    assert_eq!(usage_lines.len(), 2, "{usage_lines:?}");
-    assert_eq!(
-        usage_lines[1],
-        ("a".to_owned(), "id:u1".to_owned(), Decimal::from(12))
-    );
-    assert!(usage_lines[0].1.starts_with("hash:"));
-    assert_eq!(usage_lines[0].2, Decimal::from(7));
+    // Usage reports are logged, not projected: their lines come with the record.
+    assert!(usage_rows(&pool).await.is_empty());
 
     // The whole batch redelivered, reversed, with an older version of turn 0 and of `u1`:
     // nothing new is logged and no projection goes back.
@@ -199,7 +196,6 @@ async fn logged_once_with_projections(remembered: usize) {
     assert_eq!(new, 2, "only the two older versions are new");
     assert_eq!(duplicates, 10);
     assert_eq!(dialog_rows(&pool).await, expected_turns);
-    assert_eq!(usage_rows(&pool).await, usage_lines);
 
     // Older versions alone in a later batch: the stored rows keep the later versions.
     let stale = [turn("a", 1, 0, "stale bye"), usage("a", Some("u1"), "11")];
@@ -207,7 +203,7 @@ async fn logged_once_with_projections(remembered: usize) {
     let (new, _) = append_and_project(&log, &pool, &envelopes).await;
     assert_eq!(new, 2);
     assert_eq!(dialog_rows(&pool).await, expected_turns);
-    assert_eq!(usage_rows(&pool).await, usage_lines);
+    assert!(usage_rows(&pool).await.is_empty());
 
     pool.close().await;
     env.cleanup(&env.settings()).await;
@@ -308,9 +304,9 @@ async fn what_the_log_loads_it_remembers() {
 }
 
 /// A usage report whose values are longer than their `usage_records` columns is logged, and
-/// its usage line projected, rather than refused by the database: the service and resource
-/// type are cut to their columns, and a `usageId` too long for the key is named by its hash, so
-/// two long ids that differ only at the end stay two lines.
+/// its usage line written with the call's record, rather than refused by the database: the
+/// service and resource type are cut to their columns, and a `usageId` too long for the key is
+/// named by its hash, so two long ids that differ only at the end stay two lines.
 #[tokio::test]
 async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line() {
     let (env, pool) = migrated_database().await;
@@ -328,12 +324,27 @@ async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line
     ];
 
     let log = EventLog::remembering(pool.clone(), 1000);
-    let (new, _) = append_and_project(&log, &pool, &batch).await;
-    assert_eq!(new, 2);
+    let appended = log.append(&batch).await.expect("append");
+    assert_eq!(appended.new_events(), 2);
     assert_eq!(count(&pool, "SELECT count(*) FROM call_events").await, 2);
+    let logged = appended.into_logged(batch.to_vec());
+    let state = CallState::fold(logged.iter().map(|e| &e.event));
+    let (record, usage) = state.record_and_usage("c", &PriceBook::default());
+    let request = WriteRequest {
+        record,
+        usage,
+        event_count: 2,
+        max_event_id: logged.iter().map(|e| e.event_id).max().unwrap(),
+        end_received: None,
+        cause: FlushCause::IdleTimeout,
+    };
+    cdr_service::writer::upsert(&pool, &[request], false)
+        .await
+        .expect("write the record and its lines");
 
     let lines: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT usage_key, service, resource_type FROM usage_records ORDER BY usage_key",
+        "SELECT usage_key, service_name, resource_type FROM usage_records \
+         ORDER BY usage_key COLLATE \"C\"",
     )
     .fetch_all(&pool)
     .await
@@ -343,8 +354,8 @@ async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line
     for (key, service, resource_type) in &lines {
         assert!(key.starts_with("id-sha256:"), "{key}");
         assert!(key.chars().count() <= cdr_service::merge::MAX_USAGE_KEY_CHARS);
-        assert_eq!(service, &"s".repeat(255));
-        assert_eq!(resource_type.chars().count(), 64);
+        assert_eq!(service, &"s".repeat(100));
+        assert_eq!(resource_type.chars().count(), 50);
         assert!(resource_type.starts_with("LLM_TOKENS_x"));
     }
     let expected_keys: Vec<String> = {

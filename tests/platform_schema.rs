@@ -653,6 +653,15 @@ async fn a_previous_release_database_gets_the_platforms_usage_records() {
         .await
         .expect("migrate again");
     assert_eq!(usage_columns(&pool).await, platform_usage_columns());
+    // The previous release, still running during a rolling update, writes its lines as before.
+    sqlx::query(
+        "INSERT INTO usage_records AS u (call_id, usage_key, service, resource_type, quantity, \
+           event_timestamp) VALUES ('rolling@h', 'id:u3', 'llm-svc', 'llm_token', 7, now()) \
+         ON CONFLICT (call_id, usage_key) DO UPDATE SET quantity = EXCLUDED.quantity",
+    )
+    .execute(&pool)
+    .await
+    .expect("the previous release's insert");
 
     type Line = (
         String,
