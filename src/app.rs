@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics::gauge;
+use metrics::{counter, gauge};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -17,8 +17,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::health::Health;
+use crate::health::{Health, Role};
 use crate::ingest::Ingest;
+use crate::lease::{Fence, Lease};
 use crate::log::EventLog;
 use crate::project::{Projector, ProjectorHandle};
 use crate::recovery::{Recovery, RecoveryError};
@@ -62,21 +63,12 @@ impl Application {
         self.health.clone()
     }
 
-    /// Starts, runs until `shutdown` fires (or ingest ends on its own), then stops within
-    /// `shutdown.timeout`.
+    /// Runs until `shutdown` fires: HTTP (health is reported from the first moment), the
+    /// migrations and the schema check, then, as long as it runs, the lease: standby until
+    /// this instance holds it, then active (`activate`) until `shutdown` (a graceful stop
+    /// within `shutdown.timeout`, the lease released last) or until the lease is lost (every
+    /// component stopped at once, its in-memory calls dropped, and back to standby).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Some(mut running) = self.start(&shutdown).await? else {
-            return Ok(());
-        };
-        running.until_stopped(&shutdown).await;
-        running.stop().await;
-        Ok(())
-    }
-
-    /// Starts every component in flow order: HTTP (so that health is reported from the
-    /// first moment), the schema, prices, projector, writer, tracker, recovery, dispatcher,
-    /// ingest. None if `shutdown` fired before the schema was ready.
-    pub async fn start(self, shutdown: &CancellationToken) -> anyhow::Result<Option<Running>> {
         let Application {
             settings,
             pool,
@@ -88,81 +80,209 @@ impl Application {
         publish_process_info();
         health.set_database_up(false);
         health.set_broker_up(false);
-        let tasks = TaskTracker::new();
+        health.set_role(Role::Starting);
+        let serving = TaskTracker::new();
         let background = CancellationToken::new();
-        let tracker_slot: http::TrackerSlot = std::sync::Arc::default();
-        tasks.spawn(http::serve(
+        let tracker_slot = http::TrackerSlot::default();
+        serving.spawn(http::serve(
             listener,
             health.clone(),
             metrics,
             tracker_slot.clone(),
             background.clone(),
         ));
-        if !migrate(&settings, &pool, shutdown).await? {
-            background.cancel();
-            tasks.close();
-            tasks.wait().await;
-            return Ok(None);
-        }
-        health.set_database_up(true);
-        if !schema_fits(&pool, &health, shutdown).await? {
-            background.cancel();
-            tasks.close();
-            tasks.wait().await;
-            return Ok(None);
-        }
-        let (mut running, log, projector_handle) =
-            start_downstream(&settings, &pool, &health, tasks, background).await?;
-        let tracker = running.tracker.clone();
-        let _ = tracker_slot.set(tracker.clone());
-
-        let recovered = Recovery {
-            log: &log,
-            tracker: &tracker,
-            projector: &projector_handle,
-            backoff: &settings.backoff,
-            shutdown,
-        }
-        .run()
-        .await;
-        match recovered {
-            Ok(()) | Err(RecoveryError::Cancelled) => health.set_recovered(),
-            Err(e) => {
-                running.stop().await;
-                return Err(e.into());
-            }
-        }
-
-        let (committed, dispatcher) = dispatch::channel(projector_handle, tracker);
-        running.dispatcher = Some(running.tasks.spawn(dispatcher.run()));
-        let ingest = Ingest::new(
-            settings.amqp.clone(),
-            settings.ingest.clone(),
-            settings.backoff.clone(),
-            log,
-            health,
-            committed,
-        );
-        running.ingest = Some(running.tasks.spawn(ingest.run(shutdown.clone())));
-        info!(http = %settings.http.listen, "cdr-service running");
-        Ok(Some(running))
+        let result = run_lease_terms(&settings, &pool, &health, &tracker_slot, &shutdown).await;
+        background.cancel();
+        serving.close();
+        serving.wait().await;
+        pool.close().await;
+        result
     }
 }
 
-/// Starts what follows the log, in flow order: the database watch and the price refresh, the
-/// projector, the writer and the tracker.
+/// Migrates, checks the schema, then takes turns: standby until the lease is held, active
+/// until it is lost or `shutdown` fires.
+async fn run_lease_terms(
+    settings: &Settings,
+    pool: &PgPool,
+    health: &Health,
+    tracker_slot: &http::TrackerSlot,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if !migrate(settings, pool, shutdown).await? {
+        return Ok(());
+    }
+    health.set_database_up(true);
+    if !schema_fits(pool, health, shutdown).await? {
+        return Ok(());
+    }
+    let watch = CancellationToken::new();
+    tokio::spawn(watch_database(pool.clone(), health.clone(), watch.clone()));
+    let _watching = watch.drop_guard();
+    let options = db::connect_options(&settings.database)?;
+    let key = settings.cluster.key(&settings.amqp.queue).to_owned();
+    let holder = holder_name(settings);
+    let check = settings.cluster.lease_check;
+    loop {
+        let Some(lease) = Lease::acquire(
+            &options,
+            &key,
+            &holder,
+            check,
+            &settings.backoff,
+            health,
+            shutdown,
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        counter!(metric::LEASE_TAKEN.name).increment(1);
+        let took = Instant::now();
+        health.set_role(Role::Active);
+        let fence = lease.fence();
+        // `active` stops ingest (and recovery): on shutdown, or at once when the lease is lost.
+        let active = shutdown.child_token();
+        let lost = CancellationToken::new();
+        let done_watching = CancellationToken::new();
+        let watcher = tokio::spawn(watch_lease(
+            lease,
+            check,
+            active.clone(),
+            lost.clone(),
+            done_watching.clone(),
+        ));
+        let mut running = match activate(settings, pool, health, fence, &active).await {
+            Ok(running) => running,
+            Err(e) => {
+                done_watching.cancel();
+                if let Ok(lease) = watcher.await {
+                    lease.release().await;
+                }
+                return Err(e);
+            }
+        };
+        tracker_slot.set(running.tracker.clone());
+        info!(took = ?took.elapsed(), "active: consuming");
+        let ended = running.until_stopped(shutdown, &lost).await;
+        tracker_slot.clear();
+        match ended {
+            Ended::Lost => {
+                running.abandon().await;
+                health.stand_down();
+                counter!(metric::LEASE_LOST.name).increment(1);
+                if let Ok(lease) = watcher.await {
+                    // Lost: whatever is left of it goes.
+                    drop(lease);
+                }
+                warn!(
+                    "standing by: the lease was lost; in-memory calls dropped, the log keeps them"
+                );
+            }
+            Ended::Shutdown | Ended::IngestStopped => {
+                running.stop().await;
+                done_watching.cancel();
+                if let Ok(lease) = watcher.await {
+                    lease.release().await;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Holds the lease until it is lost (then cancels `active` and fires `lost`) or until `done`;
+/// hands it back for release.
+async fn watch_lease(
+    mut lease: Lease,
+    check: Duration,
+    active: CancellationToken,
+    lost: CancellationToken,
+    done: CancellationToken,
+) -> Lease {
+    tokio::select! {
+        why = lease.watch(check) => {
+            error!(reason = %why, "lease lost: stopping consumption and writes at once");
+            active.cancel();
+            lost.cancel();
+        }
+        () = done.cancelled() => {}
+    }
+    lease
+}
+
+/// The name this instance gives itself in `cluster_lease`: its node's name and its process id.
+fn holder_name(settings: &Settings) -> String {
+    let node = settings
+        .log
+        .node_hostname
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{node}/{}", std::process::id())
+}
+
+/// Starts the active instance's components in flow order: prices, projector, writer, tracker,
+/// recovery (every open call rebuilt from the log), dispatcher, ingest; every write fenced by
+/// the lease. Recovery and ingest stop when `active` fires.
+async fn activate(
+    settings: &Settings,
+    pool: &PgPool,
+    health: &Health,
+    fence: Fence,
+    active: &CancellationToken,
+) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    let tasks = TaskTracker::new();
+    let background = CancellationToken::new();
+    let (mut running, log, projector_handle) =
+        start_downstream(settings, pool, health, fence, tasks, background).await?;
+    let tracker = running.tracker.clone();
+    let recovered = Recovery {
+        log: &log,
+        tracker: &tracker,
+        projector: &projector_handle,
+        backoff: &settings.backoff,
+        shutdown: active,
+    }
+    .run()
+    .await;
+    match recovered {
+        Ok(()) => {
+            health.set_recovered();
+            info!(took = ?started.elapsed(), "recovery done");
+        }
+        Err(RecoveryError::Cancelled) => {}
+        Err(e) => {
+            running.stop().await;
+            return Err(e.into());
+        }
+    }
+    let (committed, dispatcher) = dispatch::channel(projector_handle, tracker);
+    running.dispatcher = Some(running.tasks.spawn(dispatcher.run()));
+    let ingest = Ingest::new(
+        settings.amqp.clone(),
+        settings.ingest.clone(),
+        settings.backoff.clone(),
+        log,
+        health.clone(),
+        committed,
+    );
+    running.ingest = Some(running.tasks.spawn(ingest.run(active.clone())));
+    info!(http = %settings.http.listen, "cdr-service running");
+    Ok(running)
+}
+
+/// Starts what follows the log, in flow order: the price refresh, the projector, the writer and
+/// the tracker, their writes fenced by `fence`.
 async fn start_downstream(
     settings: &Settings,
     pool: &PgPool,
     health: &Health,
+    fence: Fence,
     tasks: TaskTracker,
     background: CancellationToken,
 ) -> anyhow::Result<(Running, EventLog, ProjectorHandle)> {
-    tasks.spawn(watch_database(
-        pool.clone(),
-        health.clone(),
-        background.clone(),
-    ));
     let prices = prices::initial(pool).await;
     tasks.spawn(prices::refresh(
         pool.clone(),
@@ -170,8 +290,12 @@ async fn start_downstream(
         background.clone(),
     ));
 
-    let (projector, projector_handle) =
-        Projector::new(pool.clone(), settings.backoff.clone(), health.clone());
+    let (projector, projector_handle) = Projector::new(
+        pool.clone(),
+        fence.clone(),
+        settings.backoff.clone(),
+        health.clone(),
+    );
     let expired = CancellationToken::new();
     let projector_task = tasks.spawn(projector.run(expired.clone()));
     let (writer, writer_handle) = RecordWriter::new(
@@ -181,10 +305,12 @@ async fn start_downstream(
         health.clone(),
         projector_handle.projected(),
     );
+    let writer = writer.fenced(fence.clone());
     let writer_drain = CancellationToken::new();
     let writer_task = tasks.spawn(writer.run(writer_drain.clone(), expired.clone()));
 
-    let log = EventLog::remembering(pool.clone(), settings.ingest.remembered_messages);
+    let log =
+        EventLog::remembering(pool.clone(), settings.ingest.remembered_messages).fenced(fence);
     let quarantined = log.quarantined_calls().await.unwrap_or_else(|e| {
         warn!(error = %e, "could not read quarantined calls; none are held back");
         Vec::new()
@@ -204,7 +330,6 @@ async fn start_downstream(
     let (tracker, supervisor) = Tracker::start(context, &settings.tracker, quarantined).await?;
     let running = Running {
         bound: settings.shutdown.timeout,
-        pool: pool.clone(),
         tasks,
         background,
         expired,
@@ -292,12 +417,20 @@ fn publish_process_info() {
 }
 
 /// A started service: its components' tasks, and the signals that stop them in order.
+/// How an active term ended.
+enum Ended {
+    Shutdown,
+    /// The lease was lost: stand down at once.
+    Lost,
+    IngestStopped,
+}
+
+/// An active instance's components.
 pub struct Running {
     bound: Duration,
-    pool: PgPool,
-    /// Every task the application spawned.
+    /// Every task the active term spawned.
     tasks: TaskTracker,
-    /// Stops the tasks that serve the others: HTTP, the database watch, the price refresh.
+    /// Stops the tasks that serve the others: the price refresh.
     background: CancellationToken,
     /// Fires when the shutdown deadline has passed: the projector and the writer return at
     /// once, leaving what they hold to the log.
@@ -313,18 +446,66 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until `shutdown` fires, or ingest ends on its own (it should not).
-    pub async fn until_stopped(&mut self, shutdown: &CancellationToken) {
+    /// Waits until `shutdown` fires, the lease is `lost`, or ingest ends on its own (it
+    /// should not).
+    async fn until_stopped(
+        &mut self,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+    ) -> Ended {
         let Some(ingest) = self.ingest.as_mut() else {
-            return shutdown.cancelled().await;
+            return tokio::select! {
+                _ = shutdown.cancelled() => Ended::Shutdown,
+                _ = lost.cancelled() => Ended::Lost,
+            };
         };
         tokio::select! {
-            _ = shutdown.cancelled() => {}
+            biased;
+            _ = lost.cancelled() => Ended::Lost,
+            _ = shutdown.cancelled() => Ended::Shutdown,
             r = ingest => {
                 error!(result = ?r, "ingest ended unexpectedly");
                 self.ingest = None;
+                if lost.is_cancelled() { Ended::Lost } else { Ended::IngestStopped }
             }
         }
+    }
+
+    /// Stands down at once, the lease lost: no more deliveries taken, acked or committed, every
+    /// component stopped without finishing its work, the calls in memory dropped. Unacked
+    /// deliveries go back to the queue when the broker connection closes; whatever was
+    /// committed is the next active's to recover (its writes are fenced meanwhile).
+    async fn abandon(mut self) {
+        let started = Instant::now();
+        self.expired.cancel();
+        for task in [self.ingest.take(), self.dispatcher.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+        self.tracker.abandon();
+        for task in [
+            self.projector.take(),
+            self.supervisor.take(),
+            self.writer.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+        self.background.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(self.bound, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("tasks of the lost term did not stop within the bound");
+        }
+        info!(took = ?started.elapsed(), "stood down");
     }
 
     /// Stops in flow order within the shutdown bound: no new deliveries (ingest commits and
@@ -366,7 +547,6 @@ impl Running {
         {
             warn!("background tasks did not stop within the bound");
         }
-        self.pool.close().await;
         info!(took = ?started.elapsed(), "stopped");
     }
 }

@@ -52,6 +52,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub runtime: RuntimeSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -161,6 +162,29 @@ pub struct LogSettings {
 pub struct ShutdownSettings {
     #[serde(with = "duration")]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The lease's key: instances with the same key (on the same database) have at most one
+    /// active among them. Empty: the queue's name.
+    pub lease_key: String,
+    /// How often a standby checks whether the lease is free, and the active that it still
+    /// holds it.
+    #[serde(with = "duration")]
+    pub lease_check: Duration,
+}
+
+impl ClusterSettings {
+    /// The lease's key for a service consuming `queue`.
+    pub fn key<'a>(&'a self, queue: &'a str) -> &'a str {
+        if self.lease_key.is_empty() {
+            queue
+        } else {
+            &self.lease_key
+        }
+    }
 }
 
 /// The most worker threads `runtime.worker_threads` accepts.
@@ -383,6 +407,15 @@ impl Settings {
                 "backoff.max",
                 humantime::format_duration(self.backoff.max),
                 "backoff.initial must be non-zero and backoff.max at least backoff.initial",
+            ));
+        }
+        if self.cluster.lease_check < Duration::from_millis(100)
+            || self.cluster.lease_check > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "cluster.lease_check",
+                humantime::format_duration(self.cluster.lease_check),
+                "must be between 100ms and 60s",
             ));
         }
         if self.runtime.worker_threads > MAX_WORKER_THREADS {

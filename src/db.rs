@@ -32,16 +32,21 @@ pub const BEGIN_PREFERRING_INDEXES: &str = "BEGIN; SET LOCAL enable_seqscan = of
 /// A lazily connecting pool: the service starts (and reports not-ready) while the database is
 /// down, and every user of the pool retries on its own schedule.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = settings.url.parse().map_err(|source| DbError::BadUrl {
-        url: redact(&settings.url),
-        source,
-    })?;
-    let options = options.application_name("cdr-service");
+    let options = connect_options(settings)?;
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options))
+}
+
+/// How the service connects (the pool, and the lease's connection of its own).
+pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbError> {
+    let options: PgConnectOptions = settings.url.parse().map_err(|source| DbError::BadUrl {
+        url: redact(&settings.url),
+        source,
+    })?;
+    Ok(options.application_name("cdr-service"))
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
@@ -57,9 +62,11 @@ impl Transient for sqlx::Error {
             sqlx::Error::Database(db) => {
                 // Class 08: connection exception; 53: insufficient resources; 57: operator
                 // intervention (admin shutdown, cannot connect now); 40: serialization/deadlock;
-                // 58: system error (an I/O error on the server).
+                // 58: system error (an I/O error on the server); CD: `cdr_fence` (this instance
+                // no longer holds the lease: nothing commits, and the lease watch stands it
+                // down within one check).
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                ["08", "53", "57", "40", "58"]
+                ["08", "53", "57", "40", "58", "CD"]
                     .iter()
                     .any(|class| code.starts_with(class))
             }

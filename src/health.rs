@@ -1,14 +1,39 @@
-//! What readiness is made of: the database and the broker reachable, the schema one the
-//! service can write, recovery done, and no table whose every row the database refuses.
+//! What readiness is made of: the database reachable, the schema one the service can write, no
+//! table whose every row the database refuses, and the instance's role: a standby (another
+//! instance holds the lease) is ready; the active one once recovery is done and the broker
+//! connected.
 //! Shared by the components that learn it and the HTTP probes that report it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::gauge;
 
 use crate::telemetry::metric;
+
+/// What this instance is doing (`lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not yet known whether another instance holds the lease.
+    Starting,
+    /// Another instance holds the lease: connected and migrated, consuming nothing.
+    Standby,
+    /// This instance holds the lease: it consumes and writes.
+    Active,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Starting, Role::Standby, Role::Active];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Standby => "standby",
+            Role::Active => "active",
+        }
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct Health {
@@ -20,6 +45,8 @@ struct Inner {
     database_up: AtomicBool,
     broker_up: AtomicBool,
     recovered: AtomicBool,
+    /// `Role` as its index in `Role::ALL`.
+    role: AtomicU8,
     /// What the schema check found that the service cannot write (`schema_check`).
     schema_problems: Mutex<Vec<String>>,
     /// The tables whose latest write the database refused row by row, with its error: set
@@ -86,6 +113,29 @@ impl Health {
         self.inner.recovered.store(true, Ordering::Relaxed);
     }
 
+    pub fn set_role(&self, role: Role) {
+        let index = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        self.inner.role.store(index as u8, Ordering::Relaxed);
+        for r in Role::ALL {
+            gauge!(metric::CLUSTER_ROLE.name, "role" => r.as_str())
+                .set(f64::from(u8::from(r == role)));
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        Role::ALL[usize::from(self.inner.role.load(Ordering::Relaxed)).min(Role::ALL.len() - 1)]
+    }
+
+    /// The lease lost: a standby again, nothing recovered, no broker session, no write pending.
+    pub fn stand_down(&self) {
+        self.inner.recovered.store(false, Ordering::Relaxed);
+        self.set_broker_up(false);
+        for table in self.refused_writes().into_keys() {
+            self.set_write_succeeded(table);
+        }
+        self.set_role(Role::Standby);
+    }
+
     pub fn database_up(&self) -> bool {
         self.inner.database_up.load(Ordering::Relaxed)
     }
@@ -99,9 +149,13 @@ impl Health {
     }
 
     pub fn ready(&self) -> bool {
-        self.database_up()
-            && self.broker_up()
-            && self.recovered()
+        let role_ready = match self.role() {
+            Role::Starting => false,
+            Role::Standby => true,
+            Role::Active => self.broker_up() && self.recovered(),
+        };
+        role_ready
+            && self.database_up()
             && self.schema_problems().is_empty()
             && self.refused().is_empty()
     }

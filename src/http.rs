@@ -18,11 +18,36 @@ use crate::tracker::Tracker;
 struct AppState {
     health: Health,
     metrics: PrometheusHandle,
-    tracker: std::sync::Arc<tokio::sync::OnceCell<Tracker>>,
+    tracker: TrackerSlot,
 }
 
-/// The tracker is set once it has started; until then the live view answers 503.
-pub type TrackerSlot = std::sync::Arc<tokio::sync::OnceCell<Tracker>>;
+/// The active term's tracker; while there is none (starting, standby) the live view answers
+/// 503.
+#[derive(Clone, Default)]
+pub struct TrackerSlot(std::sync::Arc<std::sync::RwLock<Option<Tracker>>>);
+
+impl TrackerSlot {
+    pub fn set(&self, tracker: Tracker) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tracker);
+    }
+
+    pub fn clear(&self) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    fn get(&self) -> Option<Tracker> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
 
 pub async fn serve(
     listener: TcpListener,
@@ -62,6 +87,7 @@ async fn live() -> Json<serde_json::Value> {
 async fn ready(State(s): State<AppState>) -> Response {
     let body = json!({
         "ready": s.health.ready(),
+        "role": s.health.role().as_str(),
         "database": s.health.database_up(),
         "broker": s.health.broker_up(),
         "recovered": s.health.recovered(),

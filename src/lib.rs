@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod lease;
 pub mod log;
 pub mod prices;
 pub mod project;

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tracing::{debug, warn};
 
 use crate::event::{Envelope, EventKind, Format, Limits};
+use crate::lease::Fence;
 use crate::merge::CallEvent;
 use crate::retry::Transient;
 use crate::telemetry::metric;
@@ -113,12 +114,16 @@ pub const SEEN_BEFORE_SQL: &str = "SELECT call_id FROM call_events WHERE call_id
 ///   is committed;
 /// - `opened`: their calls marked open up to their highest new id.
 ///
-/// The projections (dialog turns, usage lines) are not part of it: the projector writes them
-/// after the commit, off the ack path (`project`).
+/// `fence` first (materialized, read by `inserted`): `cdr_fence($11, $12)` fails the whole
+/// statement if this instance no longer holds the lease (`lease`).
+///
+/// The dialog-turn projection is not part of it: the projector writes it after the commit,
+/// off the ack path (`project`).
 macro_rules! append_sql {
     ($raw_events_conflict:literal) => {
         concat!(
-            "WITH inserted AS ( \
+            "WITH fence AS MATERIALIZED (SELECT cdr_fence($11, $12) AS epoch), \
+             inserted AS ( \
                INSERT INTO call_events \
                  (call_id, event_type, event_timestamp, timestamp_inferred, received_at, trace_id, \
                   payload, body_sha256, body, body_encoding) \
@@ -126,7 +131,8 @@ macro_rules! append_sql {
                       COALESCE(rendering, convert_from(body, 'UTF8'))::jsonb, hash, body, encoding \
                FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::bool[], $5::timestamptz[], \
                            $6::text[], $7::text[], $8::bytea[], $9::bytea[], $10::text[]) \
-                    AS t(call_id, event_type, ts, inferred, received, trace, rendering, hash, body, encoding) ",
+                    AS t(call_id, event_type, ts, inferred, received, trace, rendering, hash, body, encoding) \
+                    CROSS JOIN fence ",
             $raw_events_conflict,
             " RETURNING event_id, call_id, body_sha256 \
              ), opened AS ( \
@@ -154,6 +160,8 @@ const DISTINCT_INDEX: &str = "call_events_distinct_idx";
 #[derive(Clone)]
 pub struct EventLog {
     pool: PgPool,
+    /// Carried by every write: the lease this instance holds (`lease`).
+    fence: Fence,
     /// Identities of the messages committed lately, shared by every clone of the log.
     recent: Arc<Mutex<RecentMessages>>,
 }
@@ -170,8 +178,15 @@ impl EventLog {
     pub fn remembering(pool: PgPool, messages: usize) -> Self {
         EventLog {
             pool,
+            fence: Fence::none(),
             recent: Arc::new(Mutex::new(RecentMessages::new(messages))),
         }
+    }
+
+    /// The same log, its writes fenced by the lease this instance holds.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentMessages> {
@@ -298,6 +313,8 @@ impl EventLog {
             .bind(&hashes)
             .bind(&bodies)
             .bind(&encodings)
+            .bind(self.fence.key())
+            .bind(self.fence.epoch())
             .fetch_all(&self.pool)
             .await
     }
@@ -363,9 +380,10 @@ impl EventLog {
         reason: &str,
     ) -> Result<Option<String>, LogError> {
         let trace_id: Option<String> = sqlx::query_scalar(
-            "INSERT INTO quarantined_calls (call_id, trace_id, failures, reason) \
-             VALUES ($1, (SELECT (array_agg(trace_id ORDER BY event_id))[1] FROM call_events \
-                          WHERE call_id = $1 AND trace_id IS NOT NULL), $2, $3) \
+            "WITH fence AS MATERIALIZED (SELECT cdr_fence($4, $5) AS epoch) \
+             INSERT INTO quarantined_calls (call_id, trace_id, failures, reason) \
+             SELECT $1, (SELECT (array_agg(trace_id ORDER BY event_id))[1] FROM call_events \
+                          WHERE call_id = $1 AND trace_id IS NOT NULL), $2, $3 FROM fence \
              ON CONFLICT (call_id) DO UPDATE SET failures = EXCLUDED.failures, reason = EXCLUDED.reason, \
                quarantined_at = now() \
              RETURNING trace_id",
@@ -373,6 +391,8 @@ impl EventLog {
         .bind(call_id)
         .bind(failures)
         .bind(reason)
+        .bind(self.fence.key())
+        .bind(self.fence.epoch())
         .fetch_one(&self.pool)
         .await?;
         Ok(trace_id)

@@ -31,6 +31,7 @@ use tracing::{error, info, warn};
 use crate::config::BackoffSettings;
 use crate::event::{DialogTurn, EventKind};
 use crate::health::Health;
+use crate::lease::Fence;
 use crate::log::LoggedEvent;
 use crate::merge::CallEvent;
 use crate::retry::{Retry, Stop};
@@ -47,10 +48,15 @@ const MAX_ROWS_PER_WRITE: usize = 20_000;
 ///
 /// The input holds a key at most once (`ProjectionRows` keeps one row per key): PostgreSQL
 /// refuses to update one row twice in a statement.
-pub const PROJECT_SQL: &str = "INSERT INTO call_dialog_events AS d \
+///
+/// `fence` first: `cdr_fence($11, $12)` fails the statement if this instance no longer holds the
+/// lease (`lease`).
+pub const PROJECT_SQL: &str = "WITH fence AS MATERIALIZED (SELECT cdr_fence($11, $12) AS epoch) \
+     INSERT INTO call_dialog_events AS d \
          (call_id, turn_index, user_text, ai_text, rag_sources, stt_ms, llm_ms, tts_ms, event_timestamp, body_sha256) \
-       SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], \
-                            $6::int[], $7::int[], $8::int[], $9::timestamptz[], $10::bytea[]) \
+       SELECT t.* FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::jsonb[], \
+                            $6::int[], $7::int[], $8::int[], $9::timestamptz[], $10::bytea[]) AS t \
+         CROSS JOIN fence \
        ON CONFLICT (call_id, turn_index) DO UPDATE SET \
          user_text = EXCLUDED.user_text, ai_text = EXCLUDED.ai_text, \
          rag_sources = EXCLUDED.rag_sources, stt_ms = EXCLUDED.stt_ms, \
@@ -137,8 +143,8 @@ impl ProjectionRows {
     }
 }
 
-/// Upserts the rows in one statement (`PROJECT_SQL`).
-pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
+/// Upserts the rows in one statement (`PROJECT_SQL`), fenced by `fence`.
+pub async fn write(pool: &PgPool, fence: &Fence, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -165,6 +171,8 @@ pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Err
                 .map(|r| r.body_hash.as_slice())
                 .collect::<Vec<_>>(),
         )
+        .bind(fence.key())
+        .bind(fence.epoch())
         .execute(pool)
         .await?;
     Ok(())
@@ -177,6 +185,7 @@ pub async fn write(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Err
 /// False only if `abort` fired first.
 pub async fn write_with_retry(
     pool: &PgPool,
+    fence: &Fence,
     rows: ProjectionRows,
     settings: &BackoffSettings,
     health: &Health,
@@ -186,7 +195,10 @@ pub async fn write_with_retry(
         return true;
     }
     let retry = Retry::new(settings, abort);
-    let e = match retry.run(|| write_timed(pool, &rows), retrying).await {
+    let e = match retry
+        .run(|| write_timed(pool, fence, &rows), retrying)
+        .await
+    {
         Ok(()) => {
             health.set_write_succeeded(TABLE);
             return true;
@@ -201,7 +213,7 @@ pub async fn write_with_retry(
     let isolated = retry
         .isolate(
             parts.len(),
-            |i| write_timed(pool, &parts[i]),
+            |i| write_timed(pool, fence, &parts[i]),
             |i, outcome| {
                 match outcome {
                     Ok(()) => taken = true,
@@ -228,9 +240,13 @@ pub async fn write_with_retry(
 const TABLE: &str = "call_dialog_events";
 
 /// Upserts the rows and measures it.
-async fn write_timed(pool: &PgPool, rows: &ProjectionRows) -> Result<(), sqlx::Error> {
+async fn write_timed(
+    pool: &PgPool,
+    fence: &Fence,
+    rows: &ProjectionRows,
+) -> Result<(), sqlx::Error> {
     let started = std::time::Instant::now();
-    write(pool, rows).await?;
+    write(pool, fence, rows).await?;
     histogram!(metric::PROJECTION_WRITE_DURATION.name).record(started.elapsed().as_secs_f64());
     count_written(rows);
     Ok(())
@@ -267,6 +283,7 @@ struct Committed {
 #[derive(Clone)]
 pub struct ProjectorHandle {
     pool: PgPool,
+    fence: Fence,
     health: Health,
     tx: mpsc::Sender<Committed>,
     projected: watch::Receiver<i64>,
@@ -301,7 +318,7 @@ impl ProjectorHandle {
         backoff: &BackoffSettings,
         abort: &CancellationToken,
     ) -> bool {
-        write_with_retry(&self.pool, rows, backoff, &self.health, abort).await
+        write_with_retry(&self.pool, &self.fence, rows, backoff, &self.health, abort).await
     }
 
     /// Declares every event up to `upto` projected: recovery calls it once it has re-projected
@@ -349,6 +366,7 @@ impl Projected {
 /// The task that writes committed batches' projections.
 pub struct Projector {
     pool: PgPool,
+    fence: Fence,
     health: Health,
     backoff: BackoffSettings,
     rx: mpsc::Receiver<Committed>,
@@ -356,11 +374,18 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn new(pool: PgPool, backoff: BackoffSettings, health: Health) -> (Self, ProjectorHandle) {
+    /// A projector whose writes carry `fence` (`Fence::none()` without a lease).
+    pub fn new(
+        pool: PgPool,
+        fence: Fence,
+        backoff: BackoffSettings,
+        health: Health,
+    ) -> (Self, ProjectorHandle) {
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let (done, projected) = watch::channel(0);
         let handle = ProjectorHandle {
             pool: pool.clone(),
+            fence: fence.clone(),
             health: health.clone(),
             tx,
             projected,
@@ -368,6 +393,7 @@ impl Projector {
         (
             Projector {
                 pool,
+                fence,
                 health,
                 backoff,
                 rx,
@@ -402,7 +428,16 @@ impl Projector {
                 }
             }
             gauge!(metric::PROJECTION_QUEUE_BATCHES.name).set(self.rx.len() as f64);
-            if !write_with_retry(&self.pool, rows, &self.backoff, &self.health, &abort).await {
+            let written = write_with_retry(
+                &self.pool,
+                &self.fence,
+                rows,
+                &self.backoff,
+                &self.health,
+                &abort,
+            )
+            .await;
+            if !written {
                 warn!(
                     pending = self.rx.len(),
                     "projector stopped before writing everything; the next start re-projects those calls"

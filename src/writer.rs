@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{BackoffSettings, WriterSettings};
 use crate::health::Health;
+use crate::lease::Fence;
 use crate::merge::{CallRecord, UsageLine};
 use crate::project::Projected;
 use crate::retry::{Retry, Stop};
@@ -77,6 +78,8 @@ pub struct WriterClosed;
 
 pub struct RecordWriter {
     pool: PgPool,
+    /// Carried by every write: the lease this instance holds (`lease`).
+    fence: Fence,
     settings: WriterSettings,
     backoff: BackoffSettings,
     health: Health,
@@ -98,6 +101,7 @@ impl RecordWriter {
         (
             RecordWriter {
                 pool,
+                fence: Fence::none(),
                 settings,
                 backoff,
                 health,
@@ -106,6 +110,12 @@ impl RecordWriter {
             },
             WriterHandle { tx },
         )
+    }
+
+    /// The same writer, its writes fenced by the lease this instance holds.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Runs until `drain` fires, then writes what is queued and returns. `abort` fires when
@@ -172,10 +182,11 @@ impl RecordWriter {
             counter!(metric::RECORD_WRITE_RETRIES.name).increment(1);
         };
         let pool = &self.pool;
+        let fence = &self.fence;
         let mut started = Instant::now();
         let attempt = || {
             started = Instant::now();
-            upsert(pool, batch, close)
+            upsert(pool, fence, batch, close)
         };
         let e = match retry.run(attempt, retrying).await {
             Ok(written) => {
@@ -194,7 +205,7 @@ impl RecordWriter {
         let isolated = retry
             .isolate(
                 batch.len(),
-                |i| upsert(pool, &batch[i..=i], close),
+                |i| upsert(pool, fence, &batch[i..=i], close),
                 |i, outcome| {
                     let request = &batch[i];
                     match outcome {
@@ -309,9 +320,11 @@ pub async fn close_open_calls(
 
 /// Upserts a batch; returns how many rows changed (stale versions are skipped). With `close`,
 /// the calls whose rows now cover their last logged event leave `open_calls` in the same
-/// transaction; the caller passes it only once those events' projections are committed.
+/// transaction; the caller passes it only once those events' projections are committed. The
+/// transaction begins with the `fence` check: nothing commits once the lease has moved on.
 pub async fn upsert(
     pool: &PgPool,
+    fence: &Fence,
     batch: &[WriteRequest],
     close: bool,
 ) -> Result<u64, sqlx::Error> {
@@ -329,6 +342,7 @@ pub async fn upsert(
         .map(|r| CallRow::from_record(&r.record, r.event_count))
         .collect();
     let mut tx = pool.begin_with(crate::db::BEGIN_PREFERRING_INDEXES).await?;
+    fence.check(&mut tx).await?;
     let written = CallRow::upsert(stored).fetch_all(&mut *tx).await?;
     let lines = write_usage(&mut tx, &rows, &written).await?;
     // Same transaction: a call leaves open_calls only with a row that covers its last logged

@@ -7,6 +7,7 @@
 use cdr_testkit as common;
 
 use cdr_service::event::{self, Envelope, Limits};
+use cdr_service::lease::Fence;
 use cdr_service::log::{Appended, EventLog, LoggedEvent};
 use cdr_service::merge::{CallState, PriceBook};
 use cdr_service::project::{self, ProjectionRows};
@@ -53,7 +54,7 @@ async fn migrated_database() -> (common::TestEnv, PgPool) {
 
 /// Writes the projections of newly logged events, as the projector does after a commit.
 async fn project(pool: &PgPool, logged: &[LoggedEvent]) {
-    project::write(pool, &ProjectionRows::of_logged(logged))
+    project::write(pool, &Fence::none(), &ProjectionRows::of_logged(logged))
         .await
         .expect("write projections");
 }
@@ -338,7 +339,7 @@ async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line
         end_received: None,
         cause: FlushCause::IdleTimeout,
     };
-    cdr_service::writer::upsert(&pool, &[request], false)
+    cdr_service::writer::upsert(&pool, &Fence::none(), &[request], false)
         .await
         .expect("write the record and its lines");
 

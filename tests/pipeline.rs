@@ -375,10 +375,28 @@ async fn declare_durable(
 }
 
 /// Redeclares `queue` (durable) with `argument` = `value` on a channel of its own: the broker
-/// accepts it only if the queue already has that argument with that value.
+/// accepts it only if the queue already has that argument with that value (and no other: the
+/// service's own queue is redeclared with its `x-single-active-consumer` too).
 async fn queue_has(queue: &str, argument: &str, value: lapin::types::AMQPValue) -> bool {
     let (conn, ch) = by_hand().await;
-    let declared = declare_durable(&ch, queue, argument, value).await;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(argument.into(), value);
+    if !queue.ends_with("failed.queue") && argument != "x-queue-type" {
+        arguments.insert(
+            "x-single-active-consumer".into(),
+            lapin::types::AMQPValue::Boolean(true),
+        );
+    }
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await;
     let _ = conn.close(200, "ok".into()).await;
     match declared {
         Ok(_) => true,
@@ -400,6 +418,8 @@ fn long(n: i64) -> lapin::types::AMQPValue {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_are_declared_with_the_configured_version() {
     let app = TestApp::spawn_with(|s| s.amqp.queue_version = 2).await;
+    // Redeclared as `queue_has` does: the service's queue with `x-single-active-consumer` (one
+    // active consumer at a time), the dead letters' without it.
     for queue in [
         &app.settings.amqp.queue,
         &app.settings.amqp.dead_letter_queue,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use cdr_service::event::{self, Envelope, Limits};
 use cdr_service::health::Health;
+use cdr_service::lease::Fence;
 use cdr_service::log::{EventLog, LoggedEvent};
 use cdr_service::merge::{CallState, PriceBook};
 use cdr_service::project::{self, ProjectionRows, Projector};
@@ -244,8 +245,12 @@ async fn the_writer_closes_a_call_only_once_its_projections_are_covered() {
     let (pool, logged) = logged_call(&env, "gated").await;
     let request = record_of("gated", &logged);
 
-    let (projector, handle) =
-        Projector::new(pool.clone(), settings.backoff.clone(), Health::default());
+    let (projector, handle) = Projector::new(
+        pool.clone(),
+        Fence::none(),
+        settings.backoff.clone(),
+        Health::default(),
+    );
     let projector_task = tokio::spawn(projector.run(CancellationToken::new()));
     let (writer, writer_handle) = RecordWriter::new(
         pool.clone(),
@@ -332,14 +337,24 @@ async fn a_projection_row_the_database_refuses_is_left_out_and_the_rest_written(
     let rows = ProjectionRows::of_logged(&logged);
     assert_eq!(rows.len(), 3, "three turns");
     assert!(
-        project::write(&pool, &rows).await.is_err(),
+        project::write(&pool, &Fence::none(), &rows).await.is_err(),
         "the statement as a whole is refused"
     );
     let health = Health::default();
     let abort = CancellationToken::new();
     // Only the bad row: the database refuses every row of the write, and readiness says so.
     let only_bad = ProjectionRows::of_logged(&logged[logged.len() - 1..]);
-    assert!(project::write_with_retry(&pool, only_bad, &settings.backoff, &health, &abort).await);
+    assert!(
+        project::write_with_retry(
+            &pool,
+            &Fence::none(),
+            only_bad,
+            &settings.backoff,
+            &health,
+            &abort
+        )
+        .await
+    );
     let refused = health.refused_writes();
     assert!(
         refused
@@ -349,7 +364,17 @@ async fn a_projection_row_the_database_refuses_is_left_out_and_the_rest_written(
     );
     assert!(!health.ready());
     // With the others, those are written, and a write that succeeds clears it.
-    assert!(project::write_with_retry(&pool, rows, &settings.backoff, &health, &abort).await);
+    assert!(
+        project::write_with_retry(
+            &pool,
+            &Fence::none(),
+            rows,
+            &settings.backoff,
+            &health,
+            &abort
+        )
+        .await
+    );
     assert_projected(&pool, "refused").await;
     assert!(health.refused_writes().is_empty());
 

@@ -75,16 +75,26 @@ async fn declare_queues(
         )
         .await?;
     let arguments = queue_arguments(amqp);
+    // The service's queue: one consumer at a time gets its deliveries, a second guard beside
+    // the lease (`lease`) that makes one instance active.
+    let mut single_active = arguments.clone();
+    single_active.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     let every = ["#".to_owned()];
-    for (queue, exchange, binding_keys) in [
-        (&amqp.queue, &amqp.exchange, &amqp.binding_keys[..]),
+    for (queue, exchange, binding_keys, arguments) in [
+        (
+            &amqp.queue,
+            &amqp.exchange,
+            &amqp.binding_keys[..],
+            &single_active,
+        ),
         (
             &amqp.dead_letter_queue,
             &amqp.dead_letter_exchange,
             &every[..],
+            &arguments,
         ),
     ] {
-        declare_queue(conn, queue, &arguments).await?;
+        declare_queue(conn, queue, arguments).await?;
         for binding_key in binding_keys {
             channel
                 .queue_bind(
@@ -142,7 +152,7 @@ async fn declare_queue(
             warn!(
                 queue,
                 error = %e,
-                "queue exists with other arguments; consuming it as it is (a `queue-version` policy converts it in place)"
+                "queue exists with other arguments; consuming it as it is (a `queue-version` policy converts it in place; without `x-single-active-consumer`, the lease alone keeps other instances from consuming it)"
             );
             Ok(())
         }

@@ -212,6 +212,19 @@ pub const SCHEMA_INCOMPATIBLE_COLUMNS: Metric = Metric::gauge(
     "cdr_schema_incompatible_columns",
     "Columns of the database the service cannot write as they are (schema check at start): while above 0 it is not ready and consumes nothing",
 );
+pub const CLUSTER_ROLE: Metric = Metric::gauge(
+    "cdr_cluster_role",
+    "1 for this instance's role: starting (lease not yet checked), standby (another instance holds the lease) or active",
+)
+.labelled(&["role"]);
+pub const LEASE_TAKEN: Metric = Metric::counter(
+    "cdr_lease_taken_total",
+    "Times this instance took the lease and became the active one",
+);
+pub const LEASE_LOST: Metric = Metric::counter(
+    "cdr_lease_lost_total",
+    "Times this instance lost the lease while active and stood down at once",
+);
 pub const WRITES_REFUSED: Metric = Metric::gauge(
     "cdr_writes_refused",
     "1 while the database refuses every row of the latest write of a table (calls, call_dialog_events): the service is then not ready; 0 once a write succeeds",
@@ -355,6 +368,9 @@ pub const ALL: &[Metric] = &[
     LOG_APPEND_RECHECKS,
     LOG_UNDECODABLE_EVENTS,
     SCHEMA_INCOMPATIBLE_COLUMNS,
+    CLUSTER_ROLE,
+    LEASE_TAKEN,
+    LEASE_LOST,
     WRITES_REFUSED,
     LOG_BATCH_SIZE,
     LOG_WRITE_DURATION,

@@ -246,6 +246,18 @@ impl Tracker {
     }
 }
 
+impl Tracker {
+    /// Stops every call actor and the supervisor at once, writing nothing (the lease was
+    /// lost): the calls in memory are dropped; the log keeps their events for the next active.
+    pub fn abandon(&self) {
+        self.ctx.stopping.cancel();
+        self.supervisor.kill();
+        for a in self.ctx.calls.actors() {
+            a.kill();
+        }
+    }
+}
+
 /// Whether the gauge and idle-timeout loop should end: only once the supervisor stops. Not
 /// "not running": `Actor::spawn` returns before the supervisor's task has marked it running,
 /// and a loop that took `Starting` for the end would never wake a resting call again.
