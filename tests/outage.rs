@@ -5,11 +5,10 @@
 
 use cdr_testkit as common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use cdr_storm::simulate::{Publisher, SyntheticCall};
-use common::proxy::Proxy;
+use common::proxy::proxied;
 use common::*;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -53,25 +52,6 @@ async fn publish_call(publisher: &Publisher, c: &SyntheticCall) {
     for e in c.events(true) {
         publisher.publish(&e).await.expect("publish");
     }
-}
-
-/// A proxy in front of the server of `url`, and `url` rewritten to go through it.
-async fn proxied(url: &str) -> (Proxy, String) {
-    let mut u = url::Url::parse(url).expect("url");
-    let host = u.host_str().expect("host").to_owned();
-    let port = u.port().unwrap_or(match u.scheme() {
-        "amqp" => 5672,
-        _ => 5432,
-    });
-    let upstream: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .expect("resolve upstream")
-        .next()
-        .expect("an upstream address");
-    let proxy = Proxy::start(upstream).await;
-    u.set_host(Some("127.0.0.1")).unwrap();
-    u.set_port(Some(proxy.addr().port())).unwrap();
-    (proxy, u.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

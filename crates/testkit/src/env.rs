@@ -69,6 +69,7 @@ impl TestEnv {
         s.http.listen = "127.0.0.1:0".parse().unwrap();
         s.tracker.linger = Duration::from_millis(300);
         s.tracker.idle_timeout = Duration::from_secs(3);
+        s.cluster.lease_check = Duration::from_millis(250);
         s.ingest.batch_max_age = Duration::from_millis(10);
         s.writer.batch_max_age = Duration::from_millis(10);
         s.backoff.initial = Duration::from_millis(50);
@@ -121,7 +122,7 @@ impl TestEnv {
 /// address, the timers and batch ages, the runtime and the log level.
 pub fn env_vars(s: &Settings) -> Vec<(String, String)> {
     let d = |d: Duration| humantime::format_duration(d).to_string();
-    vec![
+    let mut vars = vec![
         ("POSTGRES_URL".into(), s.database.url.clone()),
         ("RABBITMQ_URL".into(), s.amqp.url.clone()),
         ("CDR__AMQP__EXCHANGE".into(), s.amqp.exchange.clone()),
@@ -159,5 +160,13 @@ pub fn env_vars(s: &Settings) -> Vec<(String, String)> {
             s.runtime.worker_threads.to_string(),
         ),
         ("CDR__LOG__LEVEL".into(), s.log.level.clone()),
-    ]
+        ("CDR__CLUSTER__LEASE_CHECK".into(), d(s.cluster.lease_check)),
+    ];
+    if !s.cluster.lease_key.is_empty() {
+        vars.push((
+            "CDR__CLUSTER__LEASE_KEY".into(),
+            s.cluster.lease_key.clone(),
+        ));
+    }
+    vars
 }

@@ -98,3 +98,22 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, token: Cancellatio
     }
     // Both sockets are dropped here: each peer sees its connection closed.
 }
+
+/// A proxy in front of the server of `url`, and `url` rewritten to go through it.
+pub async fn proxied(url: &str) -> (Proxy, String) {
+    let mut u = url::Url::parse(url).expect("url");
+    let host = u.host_str().expect("host").to_owned();
+    let port = u.port().unwrap_or(match u.scheme() {
+        "amqp" => 5672,
+        _ => 5432,
+    });
+    let upstream: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .expect("resolve upstream")
+        .next()
+        .expect("an upstream address");
+    let proxy = Proxy::start(upstream).await;
+    u.set_host(Some("127.0.0.1")).unwrap();
+    u.set_port(Some(proxy.addr().port())).unwrap();
+    (proxy, u.to_string())
+}

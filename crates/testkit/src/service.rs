@@ -157,6 +157,16 @@ impl Service {
     }
 }
 
+/// A test that fails leaves no service running (it would hold the test's output open).
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Service {
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill9(mut self) {
