@@ -81,6 +81,7 @@ impl Application {
         health.set_database_up(false);
         health.set_broker_up(false);
         health.set_role(Role::Starting);
+        export_known_series();
         let serving = TaskTracker::new();
         let background = CancellationToken::new();
         let tracker_slot = http::TrackerSlot::default();
@@ -404,6 +405,55 @@ async fn schema_fits(
             () = shutdown.cancelled() => return Ok(false),
             () = tokio::time::sleep(SCHEMA_RECHECK) => {}
         }
+    }
+}
+
+/// Every counter at 0 from the start, each labelled one for every label value known in
+/// advance (dead-letter reasons, event types and formats, record statuses, dispositions and
+/// causes), so that dashboards and `rate()` have their series before the first incident.
+/// `absolute` never lowers a counter, so a second service in one process changes nothing.
+fn export_known_series() {
+    use crate::event::{EventKind, Format, Reject};
+    use crate::merge::{Disposition, Status};
+    use crate::telemetry::metric::Kind;
+    use crate::writer::FlushCause;
+
+    for m in metric::ALL {
+        if m.kind == Kind::Counter && m.labels.is_empty() {
+            counter!(m.name).absolute(0);
+        }
+    }
+    for reason in Reject::DEAD_LETTER_CODES
+        .into_iter()
+        .chain([crate::ingest::UNSTORABLE])
+    {
+        counter!(metric::EVENTS_REJECTED.name, "reason" => reason).absolute(0);
+    }
+    for event_type in EventKind::NAMES {
+        for format in Format::ALL {
+            counter!(metric::EVENTS_RECEIVED.name,
+                "event_type" => event_type, "format" => format.as_str())
+            .absolute(0);
+        }
+    }
+    for status in Status::ALL {
+        for disposition in Disposition::ALL {
+            for cause in FlushCause::ALL {
+                counter!(metric::RECORDS_WRITTEN.name,
+                    "status" => status.as_str(),
+                    "disposition" => disposition.as_str(),
+                    "cause" => cause.as_str())
+                .absolute(0);
+            }
+        }
+    }
+    counter!(metric::PROJECTION_ROWS.name, "table" => "call_dialog_events").absolute(0);
+    // Platform events are counted by their own type names, an open set: the one known in
+    // advance is the bucket the names past the label bound go to.
+    for format in Format::ALL {
+        counter!(metric::PLATFORM_EVENTS.name,
+            "event_type" => crate::ingest::OTHER_PLATFORM_EVENTS, "format" => format.as_str())
+        .absolute(0);
     }
 }
 

@@ -51,6 +51,8 @@ pub enum FlushCause {
 }
 
 impl FlushCause {
+    pub const ALL: [FlushCause; 2] = [FlushCause::Ended, FlushCause::IdleTimeout];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlushCause::Ended => "ended",

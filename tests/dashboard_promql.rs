@@ -514,3 +514,51 @@ fn every_expr_of_the_dashboard_is_extracted() {
     assert_eq!(exprs.len(), text.matches("\"expr\":").count());
     assert!(exprs.iter().all(|(title, _)| !title.is_empty()));
 }
+
+/// A fresh service (the binary, in a process of its own, nothing consumed yet) already exports
+/// every counter the dashboard queries, and every labelled counter for each label value known
+/// in advance, at 0: panels and `rate()` work before the first incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_service_exports_every_counter_the_dashboard_queries() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(dashboard_path()).expect("read the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let counters: Vec<String> = dashboard_exprs(&dashboard)
+        .iter()
+        .flat_map(|(_, expr)| metric_names(expr))
+        .filter(|name| name.ends_with("_total"))
+        .collect();
+    assert!(counters.len() >= 8, "{counters:?}");
+
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let service = common::service::Service::start(service_binary!(), &env, &settings).await;
+    let text = metrics::scrape(service.port).await;
+    let series: Vec<&str> = metrics::samples(&text).map(|(s, _)| s).collect();
+    for name in &counters {
+        assert!(
+            series.iter().any(|s| s
+                .strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))),
+            "{name} is not exported by a fresh service"
+        );
+    }
+    for reason in cdr_service::event::Reject::DEAD_LETTER_CODES
+        .into_iter()
+        .chain([cdr_service::ingest::UNSTORABLE])
+    {
+        let series = format!("cdr_events_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metrics::value(&text, &series), Some(0.0), "{series}");
+    }
+    assert_eq!(
+        metrics::value(
+            &text,
+            "cdr_records_written_total{status=\"TIMED_OUT\",disposition=\"BUSY\",cause=\"idle_timeout\"}"
+        ),
+        Some(0.0)
+    );
+    let (code, _) = service.terminate();
+    assert_eq!(code, Some(0));
+    env.cleanup(&settings).await;
+}

@@ -644,9 +644,45 @@ fn dashboard_covers_the_operations_metrics() {
         "cdr_actor_quarantines_total",
         "cdr_calls_recovered_total",
         "cdr_build_info",
+        "cdr_cluster_role",
+        "cdr_lease_taken_total",
+        "cdr_lease_lost_total",
     ] {
         assert!(all.contains(metric), "no panel queries {metric}");
     }
     assert!(all.contains("histogram_quantile(0.5,") && all.contains("histogram_quantile(0.99,"));
     assert!(all.contains("$__rate_interval"));
+}
+
+/// The Kubernetes example runs two replicas, one active and one standby, rolled without ever
+/// having fewer ready than asked, probed on the service's own endpoints, and holds no credential.
+#[test]
+fn the_kubernetes_example_runs_two_replicas_rolled_safely() {
+    let text = read(&deploy().join("kubernetes/cdr-service.yaml"));
+    let doc = yaml(&deploy().join("kubernetes/cdr-service.yaml"));
+    assert_eq!(str_at(&doc, &["kind"]), Some("Deployment"));
+    let spec = doc.get("spec").expect("spec");
+    assert_eq!(spec.get("replicas").and_then(Yaml::as_u64), Some(2));
+    let rolling = spec
+        .get("strategy")
+        .and_then(|s| s.get("rollingUpdate"))
+        .expect("a rolling update");
+    assert_eq!(
+        rolling.get("maxUnavailable").and_then(Yaml::as_u64),
+        Some(0)
+    );
+    let container = &spec["template"]["spec"]["containers"][0];
+    assert_eq!(
+        str_at(container, &["readinessProbe", "httpGet", "path"]),
+        Some("/health/ready")
+    );
+    assert_eq!(
+        str_at(container, &["livenessProbe", "httpGet", "path"]),
+        Some("/health/live")
+    );
+    let grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("a grace period");
+    assert!(grace > 20, "longer than the service's shutdown.timeout");
+    assert!(!text.contains("guest:guest") && !text.contains("password"));
 }

@@ -201,7 +201,7 @@ async fn settle_one(
         }
         Err(e) => {
             let reason = Rejected {
-                code: "unstorable",
+                code: super::dead_letter::UNSTORABLE,
                 detail: format!("the event log refused the message: {e}"),
             };
             dead_letters.publish(delivery, &reason).await?;

@@ -168,6 +168,9 @@ impl<'a> Consumer<'a> {
 /// How many platform event types get a series of their own.
 const PLATFORM_EVENT_TYPES: usize = 64;
 
+/// The `event_type` label of the platform events past the label bound (`platform_label`).
+pub const OTHER_PLATFORM_EVENTS: &str = "other";
+
 /// The event types with a series of their own in `cdr_platform_events_total`, for the whole
 /// process (every broker session's consumer shares them).
 static LABELLED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
@@ -176,7 +179,7 @@ static LABELLED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default
 /// bounded: the first `PLATFORM_EVENT_TYPES` plain names (letters, digits, `.`, `_`, `-`, up
 /// to 64 characters) have their own; any other type counts as `other`.
 fn platform_label(event_type: &str) -> String {
-    const OTHER: &str = "other";
+    const OTHER: &str = OTHER_PLATFORM_EVENTS;
     let plain = event_type.len() <= 64
         && event_type
             .chars()

@@ -19,6 +19,10 @@ pub const REASON_HEADER: &str = "x-cdr-reject-reason";
 /// Header with the human-readable explanation.
 pub const DETAIL_HEADER: &str = "x-cdr-reject-detail";
 
+/// The reason of a message the event log refused on its own (the decoder's reasons are
+/// `Reject::DEAD_LETTER_CODES`).
+pub const UNSTORABLE: &str = "unstorable";
+
 /// Why a message is dead-lettered: a reason code (the metric label and `REASON_HEADER`) and
 /// the explanation.
 pub(super) struct Rejected {

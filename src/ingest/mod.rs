@@ -52,9 +52,10 @@ use crate::log::{EventLog, LoggedEvent};
 use crate::retry::{Retry, Transient};
 use crate::telemetry::metric;
 use committer::Committer;
+pub use consumer::OTHER_PLATFORM_EVENTS;
 use consumer::{Consumer, Ended, flatten_join};
 use dead_letter::DeadLetters;
-pub use dead_letter::{DETAIL_HEADER, REASON_HEADER};
+pub use dead_letter::{DETAIL_HEADER, REASON_HEADER, UNSTORABLE};
 pub use topology::{declare_passive, queue_arguments};
 
 #[derive(Debug, thiserror::Error)]

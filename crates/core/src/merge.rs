@@ -193,6 +193,8 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 2] = [Status::Completed, Status::TimedOut];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Completed => "COMPLETED",
@@ -211,6 +213,13 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    pub const ALL: [Disposition; 4] = [
+        Disposition::Answered,
+        Disposition::NoAnswer,
+        Disposition::Busy,
+        Disposition::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Disposition::Answered => "ANSWERED",

@@ -94,6 +94,19 @@ pub struct Usage {
 }
 
 impl EventKind {
+    /// Every value `name` takes.
+    pub const NAMES: [&'static str; 9] = [
+        "call.started",
+        "call.answered",
+        "user.identified.for_call",
+        "call.recording.available",
+        "call.ended",
+        "call.terminate.request",
+        "dialog.turn.completed",
+        "cost.usage.reported",
+        "other",
+    ];
+
     /// Normalised event name (aliases folded) used in metrics and logs.
     pub fn name(&self) -> &'static str {
         match self {

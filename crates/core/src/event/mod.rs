@@ -61,6 +61,23 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reason a message is dead-lettered for by the decoder (`as_code` of every variant
+    /// but `NotCallEvent`, which is acknowledged, not dead-lettered).
+    pub const DEAD_LETTER_CODES: [&'static str; 12] = [
+        "oversize",
+        "invalid_utf8",
+        "too_deep",
+        "not_json",
+        "not_object",
+        "bad_protobuf",
+        "missing_event_type",
+        "invalid_event_type",
+        "missing_call_id",
+        "invalid_call_id",
+        "bad_timestamp",
+        "nul_character",
+    ];
+
     /// Stable machine-readable reason, used as the dead-letter header and metric label.
     pub fn as_code(&self) -> &'static str {
         match self {
@@ -106,6 +123,8 @@ pub enum Format {
 }
 
 impl Format {
+    pub const ALL: [Format; 2] = [Format::Json, Format::Protobuf];
+
     /// The name used in the log (`call_events.body_encoding`), metric labels and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -479,5 +498,62 @@ mod tests {
             Some(Format::Protobuf)
         );
         assert_eq!(Format::from_content_type("text/plain"), None);
+    }
+}
+
+#[cfg(test)]
+mod label_lists {
+    use super::*;
+
+    /// Every dead-letter reason the decoder gives is listed (the metric's series are exported
+    /// from the start from that list), and nothing else is.
+    #[test]
+    fn every_dead_letter_reason_is_listed() {
+        let rejects = [
+            Reject::Oversize { size: 2, limit: 1 },
+            Reject::InvalidUtf8(0),
+            Reject::TooDeep(1),
+            Reject::NotJson(String::new()),
+            Reject::NotObject("array"),
+            Reject::BadProtobuf(String::new()),
+            Reject::MissingEventType,
+            Reject::InvalidEventType(String::new()),
+            Reject::MissingCallId,
+            Reject::InvalidCallId(String::new()),
+            Reject::BadTimestamp(String::new()),
+            Reject::NulCharacter,
+        ];
+        let codes: Vec<&str> = rejects.iter().map(Reject::as_code).collect();
+        assert_eq!(codes, Reject::DEAD_LETTER_CODES);
+    }
+
+    #[test]
+    fn every_event_name_is_listed() {
+        let kinds = [
+            EventKind::Started(Box::default()),
+            EventKind::Answered,
+            EventKind::Identified(Identity::default()),
+            EventKind::RecordingAvailable { uri: None },
+            EventKind::Ended { reason: None },
+            EventKind::TerminateRequested,
+            EventKind::DialogTurn(Box::new(DialogTurn {
+                turn_index: 0,
+                user_text: None,
+                ai_text: None,
+                rag_sources: Value::Null,
+                stt_ms: None,
+                llm_ms: None,
+                tts_ms: None,
+            })),
+            EventKind::UsageReported(Usage {
+                usage_id: None,
+                service: None,
+                resource_type: String::new(),
+                quantity: rust_decimal::Decimal::ZERO,
+            }),
+            EventKind::Other,
+        ];
+        let names: Vec<&str> = kinds.iter().map(EventKind::name).collect();
+        assert_eq!(names, EventKind::NAMES);
     }
 }
