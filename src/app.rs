@@ -408,21 +408,16 @@ async fn schema_fits(
     }
 }
 
-/// Every counter at 0 from the start, each labelled one for every label value known in
-/// advance (dead-letter reasons, event types and formats, record statuses, dispositions and
-/// causes), so that dashboards and `rate()` have their series before the first incident.
-/// `absolute` never lowers a counter, so a second service in one process changes nothing.
+/// Every labelled counter at 0 from the start for each label value known in advance
+/// (dead-letter reasons, event types and formats, record statuses, dispositions and causes),
+/// as `telemetry` does for the counters without labels, so that dashboards and `rate()` have
+/// their series before the first incident. `absolute` never lowers a counter, so a second
+/// service in one process changes nothing.
 fn export_known_series() {
     use crate::event::{EventKind, Format, Reject};
     use crate::merge::{Disposition, Status};
-    use crate::telemetry::metric::Kind;
     use crate::writer::FlushCause;
 
-    for m in metric::ALL {
-        if m.kind == Kind::Counter && m.labels.is_empty() {
-            counter!(m.name).absolute(0);
-        }
-    }
     for reason in Reject::DEAD_LETTER_CODES
         .into_iter()
         .chain([crate::ingest::UNSTORABLE])

@@ -162,14 +162,26 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// Gives the installed recorder the description (and unit) of every metric in the catalogue.
+/// Gives the installed recorder the description (and unit) of every metric in the catalogue,
+/// and exports every counter without labels at 0 from the start, so that dashboards and
+/// `rate()` have their series before the first incident (the labelled ones, for their label
+/// values known in advance: `app`).
 fn describe() {
+    static ZERO: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
     metrics::with_recorder(|recorder| {
         for m in metric::ALL {
             let name = KeyName::from_const_str(m.name);
             let help = SharedString::const_str(m.description);
             match m.kind {
-                Kind::Counter => recorder.describe_counter(name, m.unit, help),
+                Kind::Counter => {
+                    recorder.describe_counter(name, m.unit, help);
+                    if m.labels.is_empty() {
+                        recorder
+                            .register_counter(&metrics::Key::from_static_name(m.name), &ZERO)
+                            .absolute(0);
+                    }
+                }
                 Kind::Gauge => recorder.describe_gauge(name, m.unit, help),
                 Kind::Histogram { .. } => recorder.describe_histogram(name, m.unit, help),
             }
