@@ -1,7 +1,8 @@
 //! Real outages: the service talks to PostgreSQL or RabbitMQ through a TCP proxy that the test
 //! cuts (every live connection severed, new ones refused) and restores. Nothing is mocked: the
-//! service must hold what it cannot commit, report not-ready, reconnect on its own, and end
-//! with every call complete and every distinct event logged exactly once.
+//! service must never ack what it cannot commit, report not-ready, reconnect on its own (cut
+//! from the database it loses its lease and stands down until it takes it back), and end with
+//! every call complete and every distinct event logged exactly once.
 
 use cdr_testkit as common;
 
@@ -55,7 +56,7 @@ async fn publish_call(publisher: &Publisher, c: &SyntheticCall) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_mid_stream_holds_deliveries_and_loses_nothing() {
+async fn database_outage_mid_stream_stands_the_service_down_and_loses_nothing() {
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     let (db_proxy, db_url) = proxied(&env.db_url).await;
@@ -83,13 +84,15 @@ async fn database_outage_mid_stream_holds_deliveries_and_loses_nothing() {
     for c in &second {
         publish_call(&publisher, c).await;
     }
-    // The broker has handed every message to the service (none ready in the queue)...
-    wait_until(WAIT, "second set delivered to the service", || {
+    // Cut from the database, the service lost its lease and stood down: it consumes nothing,
+    // and what it may have taken before is back in the queue (never acked)...
+    wait_until(WAIT, "second set waiting in the queue", || {
         let queue = settings.amqp.queue.clone();
-        async move { queue_depth(&queue).await == 0 }
+        async move { queue_depth(&queue).await == 25 }
     })
     .await;
-    // ...which keeps retrying the log append: give it several backoff rounds to go wrong.
+    assert_eq!(app.health.role(), cdr_service::health::Role::Standby);
+    // ...and it keeps trying to take the lease back: give it several rounds to go wrong.
     tokio::time::sleep(Duration::from_secs(2)).await;
     app.assert_alive();
     assert!(!app.health.ready(), "ready while the database is cut");
@@ -149,17 +152,17 @@ async fn deliveries_held_during_a_database_outage_stay_unacked_at_the_broker() {
         publish_call(&publisher, c).await;
     }
     let published = 5 * calls.len() as u32;
-    wait_until(WAIT, "messages delivered to the service", || {
+    // The service, its lease lost, stood down: whatever it took before is requeued (never
+    // acked), and it takes nothing more.
+    wait_until(WAIT, "messages waiting in the queue", || {
         let queue = settings.amqp.queue.clone();
-        async move { queue_depth(&queue).await == 0 }
+        async move { queue_depth(&queue).await == published }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     app.assert_alive();
 
-    // Sever the service's broker connection while it still cannot commit: the broker requeues
-    // exactly the deliveries that were never acked, and the service cannot reconnect to take
-    // them again. Every message must come back.
+    // Sever the service's broker connection too: every message stays in the queue.
     amqp_proxy.cut();
     wait_until(WAIT, "every unacked delivery requeued", || {
         let queue = settings.amqp.queue.clone();

@@ -346,6 +346,14 @@ impl Service {
     }
 }
 
+impl Service {
+    /// SIGKILL, as in a crash, and wait for the exit.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

@@ -41,7 +41,10 @@
 //!    `call.ended` to its row's `updated_at` (the writer's transaction time);
 //! 5. memory: the service's RSS per open call (calls started and answered, never ended), as
 //!    they settle at rest (quiet for `tracker.rest_after`: state kept, no actor), and, for up to
-//!    100,000 calls, with one actor each (before they rest).
+//!    100,000 calls, with one actor each (before they rest);
+//! 6. takeover: an active instance and a standby; up to 100,000 calls opened (every event but
+//!    the ends); kill -9 of the active; the time until the standby holds the lease and until it
+//!    consumes again (recovered, ready); then the ends, and every record verified.
 //!
 //! Writes `target/bench/storm-report.{json,md}` and SVG charts beside them. It measures and
 //! reports only: nothing here passes or fails on a timing.
@@ -71,6 +74,8 @@ const PREFETCH: u16 = 6000;
 const IN_FLIGHT: usize = 1000;
 /// `tracker.linger` given to the service.
 const LINGER: Duration = Duration::from_secs(1);
+/// Open calls at the takeover (at most; `--open-calls` when smaller).
+const TAKEOVER_CALLS: usize = 100_000;
 /// Sampling period of the throughput series.
 const SAMPLE: Duration = Duration::from_millis(200);
 
@@ -100,6 +105,7 @@ mod seed;
 mod service_drain;
 mod stats;
 mod steady;
+mod takeover;
 
 use args::Sizes;
 use env::Env;
@@ -174,6 +180,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
     let (steady, steady_o) =
         steady::steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
     let memory = memory::memory(env, sizes.open_calls).await?;
+    let takeover = takeover::takeover(env, sizes.open_calls.min(TAKEOVER_CALLS)).await?;
 
     charts::draw(&dir, &storm, &rounds, &seed, &steady, events_per_call)?;
     let (pg_version, rabbit_version) = env::server_versions(env).await;
@@ -188,5 +195,6 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
         steady: &steady,
         steady_calls: steady_o.calls,
         memory: &memory,
+        takeover: &takeover,
     }))
 }

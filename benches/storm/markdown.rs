@@ -122,6 +122,19 @@ fn steady_rows(md: &mut String, r: &Report) {
         count(m.open_calls_with_actors_measured),
         fixed(m.rss_bytes_per_open_call_with_actor, 0),
     );
+    let t = &r.takeover;
+    let _ = writeln!(
+        md,
+        "| takeover: kill -9 of the active with {} open calls -> the standby holds the lease / consumes again | {} / {} s |\n\
+         | takeover: calls recovered; records verified / mismatched / missing after the ends | {}; {} / {} / {} |",
+        count(t.open_calls),
+        fixed(t.seconds_to_lease, 2),
+        fixed(t.seconds_to_consuming, 2),
+        fixed(t.calls_recovered, 0),
+        count(t.records_verified),
+        count(t.records_mismatched),
+        count(t.records_missing),
+    );
 }
 
 /// The CPU rows and the service drain's log writes.

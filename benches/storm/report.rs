@@ -19,6 +19,7 @@ use crate::formats::Formats;
 use crate::memory::{Memory, MemoryFigures};
 use crate::stats::{finite, percentile, round};
 use crate::steady::Steady;
+use crate::takeover::Takeover;
 use crate::{ENV_PREFIX, LINGER, PREFETCH, Storm, StormOptions, options_json};
 
 /// The whole report.
@@ -46,6 +47,7 @@ pub struct Report {
     pub steady: SteadyFigures,
     #[serde(flatten)]
     pub memory: OpenCallFigures,
+    pub takeover: Takeover,
 }
 
 /// The drain storm.
@@ -225,6 +227,7 @@ pub struct Phases<'a> {
     /// Calls of the steady state's storm.
     pub steady_calls: usize,
     pub memory: &'a Memory,
+    pub takeover: &'a Takeover,
 }
 
 impl Report {
@@ -263,6 +266,7 @@ impl Report {
                 memory_resting: p.memory.resting.figures(),
                 memory_actors: p.memory.actors.figures(),
             },
+            takeover: p.takeover.clone(),
         }
     }
 }
