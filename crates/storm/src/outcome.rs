@@ -40,8 +40,12 @@ pub struct Outcome {
     /// The ids platform events carry, found as call ids in `call_events` or `calls`.
     pub platform_leaked: Vec<String>,
     pub dead_letter_queue: String,
-    /// Growth of the dead-letter queue during the storm, when it could be read.
+    /// Growth of the dead-letter queue during the storm, when it could be read, in distinct
+    /// messages.
     pub dead_lettered: Option<i64>,
+    /// Dead letters published more than once (a service killed between publishing a dead
+    /// letter and acking its message, which came again): at least once, as every delivery.
+    pub dead_letter_copies: Option<i64>,
     /// From the last publish to the last record complete.
     pub complete_after_publish: Option<Duration>,
     pub waited: Duration,
@@ -107,7 +111,16 @@ impl Outcome {
                          dead-lettered messages it should have taken",
                         self.poison_expected
                     ),
-                    Some(n) => format!("grew by {n} (expected {})", self.poison_expected),
+                    Some(n) => format!(
+                        "grew by {n} (expected {}){}",
+                        self.poison_expected,
+                        match self.dead_letter_copies {
+                            Some(c) if c > 0 => format!(
+                                ", and {c} more copies of them (dead-lettered again after a crash before the ack)"
+                            ),
+                            _ => String::new(),
+                        }
+                    ),
                     None => "could not be read".to_owned(),
                 }
             );
@@ -179,6 +192,7 @@ impl Outcome {
             "platform_leaked": self.platform_leaked.len(),
             "dead_letter_queue": self.dead_letter_queue,
             "dead_lettered": self.dead_lettered,
+            "dead_letter_copies": self.dead_letter_copies,
             "complete_after_publish_seconds": self.complete_after_publish.map(|d| d.as_secs_f64()),
             "waited_seconds": self.waited.as_secs_f64(),
             "first_mismatches": self.mismatches.iter().take(limit).map(|m| json!({
@@ -211,6 +225,7 @@ mod tests {
             platform_leaked: Vec::new(),
             dead_letter_queue: "failed".into(),
             dead_lettered: Some(4),
+            dead_letter_copies: None,
             complete_after_publish: Some(Duration::from_secs(1)),
             waited: Duration::from_secs(1),
         }

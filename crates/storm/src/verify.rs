@@ -27,6 +27,24 @@ pub use crate::outcome::{FieldDiff, Mismatch, Missing, Outcome};
 use crate::publish::queue_depth;
 use crate::{Storm, StormOptions, Target};
 
+/// How many distinct bodies `queue` holds: every message taken without an ack on a channel of
+/// its own, then given back as that channel closes. None if it cannot be read.
+async fn distinct_messages(conn: &Connection, queue: &str) -> Option<usize> {
+    let channel = conn.create_channel().await.ok()?;
+    let mut bodies = HashSet::new();
+    while let Ok(Some(message)) = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+    {
+        bodies.insert(message.delivery.data.clone());
+    }
+    let _ = channel.close(200, "counted".into()).await;
+    Some(bodies.len())
+}
+
 /// Ids per `ANY($1)` query.
 const CHUNK: usize = 5000;
 
@@ -157,6 +175,7 @@ impl Verifier {
             platform_leaked: Vec::new(),
             dead_letter_queue: target.dead_letter_queue().to_owned(),
             dead_lettered: None,
+            dead_letter_copies: None,
             complete_after_publish,
             waited: started.elapsed(),
         };
@@ -315,6 +334,17 @@ impl Verifier {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // More than the poison: a dead letter published twice (its service killed after
+            // publishing it and before acking the message, which then came again) is one
+            // dead letter. Count the distinct ones.
+            if let Some(grown) = outcome.dead_lettered
+                && grown > storm.stats.poison as i64
+                && let Some(distinct) = distinct_messages(conn, target.dead_letter_queue()).await
+            {
+                let distinct = distinct as i64 - i64::from(before);
+                outcome.dead_letter_copies = Some(grown - distinct);
+                outcome.dead_lettered = Some(distinct);
             }
         }
         Ok(())
