@@ -97,6 +97,23 @@ impl Health {
         }
     }
 
+    /// The end of a write of `table` the database refused whole and that was then written row
+    /// by row: a row written clears `table`; none written (the write not cut short) marks it
+    /// refused with the last refusal.
+    pub fn set_isolated_write(
+        &self,
+        table: &'static str,
+        any_written: bool,
+        finished: bool,
+        last_refusal: String,
+    ) {
+        if any_written {
+            self.set_write_succeeded(table);
+        } else if finished {
+            self.set_write_refused(table, last_refusal);
+        }
+    }
+
     /// The tables whose latest write was refused, and why.
     pub fn refused_writes(&self) -> BTreeMap<&'static str, String> {
         self.refused().clone()

@@ -232,11 +232,7 @@ impl RecordWriter {
             )
             .await
             .is_ok();
-        if taken {
-            health.set_write_succeeded(TABLE);
-        } else if isolated {
-            health.set_write_refused(TABLE, last_refusal);
-        }
+        health.set_isolated_write(TABLE, taken, isolated, last_refusal);
         isolated
     }
 

@@ -39,6 +39,19 @@ async fn wait_for_role(service: &Service, want: &str, what: &str) {
     }
 }
 
+/// Two instances of the binary: the first started and active, then the second, a standby.
+async fn active_and_standby(
+    env: &TestEnv,
+    first: &cdr_service::config::Settings,
+    second: &cdr_service::config::Settings,
+) -> (Service, Service) {
+    let a = Service::start(service_binary!(), env, first).await;
+    wait_for_role(&a, "active", "the first instance active").await;
+    let b = Service::start(service_binary!(), env, second).await;
+    wait_for_role(&b, "standby", "the second instance standing by").await;
+    (a, b)
+}
+
 /// Events an instance took from the broker.
 async fn received(service: &Service) -> f64 {
     metric_at(service.port, "cdr_events_received_total").await
@@ -61,37 +74,8 @@ async fn wait_for_received(service: &Service, events: f64) {
 fn storm(vars: Vec<(String, String)>, calls: usize, rate: u32, seed: u64) -> (Output, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("storm.json");
-    let args: Vec<String> = [
-        "storm",
-        "--calls",
-        &calls.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--reorder-window",
-        "50",
-        "--duplicates",
-        "0.1",
-        "--missing-end",
-        "0.05",
-        "--late",
-        "0.1",
-        "--poison",
-        "0.005",
-        "--platform-events",
-        "0.002",
-        "--variants",
-        "0.5",
-        "--verify",
-        "--verify-timeout",
-        "90s",
-        "--report",
-        report.to_str().expect("a UTF-8 path"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = storm_args_with_every_fault(calls, seed, &report);
+    args.extend(["--rate".to_owned(), rate.to_string()]);
     let output = Command::new(service_binary!())
         .args(&args)
         .envs(vars)
@@ -137,10 +121,7 @@ fn assert_verified(output: &Output, report: &Value, calls: usize) {
 async fn two_instances_one_active_every_record_right() {
     let env = TestEnv::new().await;
     let settings = env.settings();
-    let a = Service::start(service_binary!(), &env, &settings).await;
-    wait_for_role(&a, "active", "the first instance active").await;
-    let b = Service::start(service_binary!(), &env, &settings).await;
-    wait_for_role(&b, "standby", "the second instance standing by").await;
+    let (a, b) = active_and_standby(&env, &settings, &settings).await;
 
     const CALLS: usize = 1500;
     let storm_env = env.env_vars(&settings);
@@ -172,10 +153,7 @@ async fn two_instances_one_active_every_record_right() {
 async fn the_standby_takes_over_from_a_killed_active_mid_storm() {
     let env = TestEnv::new().await;
     let settings = env.settings();
-    let a = Service::start(service_binary!(), &env, &settings).await;
-    wait_for_role(&a, "active", "the first instance active").await;
-    let b = Service::start(service_binary!(), &env, &settings).await;
-    wait_for_role(&b, "standby", "the second instance standing by").await;
+    let (a, b) = active_and_standby(&env, &settings, &settings).await;
 
     const CALLS: usize = 1500;
     let storm_env = env.env_vars(&settings);
@@ -232,10 +210,7 @@ async fn an_active_cut_from_the_database_stands_down_and_stays_down() {
     let (db_proxy, proxied_url) = proxied(&env.db_url).await;
     let mut cut_settings = settings.clone();
     cut_settings.database.url = proxied_url;
-    let a = Service::start(service_binary!(), &env, &cut_settings).await;
-    wait_for_role(&a, "active", "the first instance active").await;
-    let b = Service::start(service_binary!(), &env, &settings).await;
-    wait_for_role(&b, "standby", "the second instance standing by").await;
+    let (a, b) = active_and_standby(&env, &cut_settings, &settings).await;
     let pool = env.pool().await;
     let producer = Producer::connect(&settings.amqp.exchange).await;
     let publish = async |c: &cdr_storm::simulate::SyntheticCall| {

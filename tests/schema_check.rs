@@ -6,37 +6,6 @@ use cdr_testkit as common;
 
 use common::*;
 
-/// `calls` as the platform's database scripts create it, with `duration_seconds` made text.
-const PLATFORM_CALLS_BAD_DURATION: [&str; 2] = [
-    "CREATE TABLE calls ( \
-       call_id varchar(255) PRIMARY KEY, \
-       tenant_id varchar(255), \
-       direction varchar(20) NOT NULL DEFAULT 'INBOUND', \
-       caller_number varchar(50), \
-       callee_number varchar(50), \
-       user_id uuid, \
-       contact_id int, \
-       start_time timestamptz, \
-       answer_time timestamptz, \
-       end_time timestamptz, \
-       duration_seconds text, \
-       status varchar(50), \
-       disposition varchar(50), \
-       sip_hangup_cause int, \
-       hangup_source varchar(50), \
-       recording_url text, \
-       total_cost numeric(10,5), \
-       created_at timestamptz DEFAULT now(), \
-       updated_at timestamptz DEFAULT now())",
-    "CREATE TABLE call_events ( \
-       event_id bigserial PRIMARY KEY, \
-       call_id varchar(255) NOT NULL, \
-       event_type varchar(100) NOT NULL, \
-       event_timestamp timestamptz NOT NULL, \
-       payload jsonb, \
-       created_at timestamptz DEFAULT now())",
-];
-
 /// A column the service cannot write (here the platform's `calls.duration_seconds` made a
 /// text column): the service does not become ready, `/health/ready` names the table, the
 /// column, what it expects and what it found, and nothing is consumed. Once the column is
@@ -46,8 +15,13 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
     let env = TestEnv::new().await;
     let settings = env.settings();
     let pool = env.pool().await;
-    for ddl in PLATFORM_CALLS_BAD_DURATION {
-        sqlx::query(ddl).execute(&pool).await.unwrap();
+    // The platform's `calls` and `call_events`, with `duration_seconds` made text.
+    for ddl in PLATFORM_CALLS {
+        let ddl = ddl.replace("duration_seconds int DEFAULT 0", "duration_seconds text");
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
     // The queue as a deployment has it, holding one call's events.
     let c = call("unready");

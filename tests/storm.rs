@@ -68,37 +68,8 @@ async fn storm_verify_passes_on(platform_tables: bool) {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let report_path = dir.path().join("storm.json");
-    let args: Vec<String> = [
-        "storm",
-        "--calls",
-        &CALLS.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--base-time",
-        "2025-09-23T23:58:00Z",
-        "--reorder-window",
-        "100",
-        "--duplicates",
-        "0.1",
-        "--missing-end",
-        "0.05",
-        "--late",
-        "0.1",
-        "--poison",
-        "0.005",
-        "--platform-events",
-        "0.002",
-        "--variants",
-        "0.5",
-        "--verify",
-        "--verify-timeout",
-        "90s",
-        "--report",
-        report_path.to_str().expect("a UTF-8 path"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = storm_args_with_every_fault(CALLS, seed, &report_path);
+    args.extend(["--base-time".to_owned(), "2025-09-23T23:58:00Z".to_owned()]);
     let vars = app.env.env_vars(&app.settings);
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_cdr-service"))
@@ -189,13 +160,13 @@ async fn storm_verify_passes_on(platform_tables: bool) {
     let options = StormOptions {
         calls: CALLS,
         seed,
-        reorder_window: 100,
-        duplicates: 0.1,
-        missing_end: 0.05,
-        late: 0.1,
-        poison: 0.005,
-        platform_events: 0.002,
-        variants: 0.5,
+        reorder_window: STORM_FAULTS.reorder_window,
+        duplicates: STORM_FAULTS.duplicates,
+        missing_end: STORM_FAULTS.missing_end,
+        late: STORM_FAULTS.late,
+        poison: STORM_FAULTS.poison,
+        platform_events: STORM_FAULTS.platform_events,
+        variants: STORM_FAULTS.variants,
         base_time: "2025-09-23T23:58:00Z".parse().unwrap(),
         ..StormOptions::default()
     };

@@ -45,3 +45,64 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The arguments of `cdr-service storm` for `calls` calls of storm `seed` with every fault share
+/// non-zero (reordering, duplicates, calls without an end, late events, poison, platform events,
+/// producer variants), verified (`--verify`), its report written to `report`. Callers add
+/// their own (`--rate`, `--base-time`).
+pub fn storm_args_with_every_fault(
+    calls: usize,
+    seed: u64,
+    report: &std::path::Path,
+) -> Vec<String> {
+    [
+        "storm",
+        "--calls",
+        &calls.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--reorder-window",
+        &STORM_FAULTS.reorder_window.to_string(),
+        "--duplicates",
+        &STORM_FAULTS.duplicates.to_string(),
+        "--missing-end",
+        &STORM_FAULTS.missing_end.to_string(),
+        "--late",
+        &STORM_FAULTS.late.to_string(),
+        "--poison",
+        &STORM_FAULTS.poison.to_string(),
+        "--platform-events",
+        &STORM_FAULTS.platform_events.to_string(),
+        "--variants",
+        &STORM_FAULTS.variants.to_string(),
+        "--verify",
+        "--verify-timeout",
+        "90s",
+        "--report",
+        report.to_str().expect("a UTF-8 path"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The fault shares of `storm_args_with_every_fault`, for a test that generates the same storm.
+pub struct StormFaults {
+    pub reorder_window: usize,
+    pub duplicates: f64,
+    pub missing_end: f64,
+    pub late: f64,
+    pub poison: f64,
+    pub platform_events: f64,
+    pub variants: f64,
+}
+
+pub const STORM_FAULTS: StormFaults = StormFaults {
+    reorder_window: 100,
+    duplicates: 0.1,
+    missing_end: 0.05,
+    late: 0.1,
+    poison: 0.005,
+    platform_events: 0.002,
+    variants: 0.5,
+};
