@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use metrics::counter;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -21,6 +22,9 @@ use crate::tracker::Tracker;
 
 /// Calls loaded from the log per query.
 const CALLS_PER_CHUNK: usize = 1000;
+/// Chunks loaded ahead while the previous ones are re-projected and resumed: the database reads
+/// the next chunk while the service decodes and folds this one.
+const CHUNKS_AHEAD: usize = 2;
 
 pub struct Recovery<'a> {
     pub log: &'a EventLog,
@@ -56,35 +60,55 @@ impl Recovery<'_> {
             .query("list open calls", || self.log.open_calls())
             .await?;
         let mut events = 0;
-        for chunk in calls.chunks(CALLS_PER_CHUNK) {
-            let loaded = self.load_reprojected(chunk).await?;
-            match self.tracker.resume(loaded).await {
+        let count = calls.len();
+        let (loads, mut loaded) = mpsc::channel(CHUNKS_AHEAD);
+        let loader = {
+            let (log, backoff, shutdown) = (
+                self.log.clone(),
+                self.backoff.clone(),
+                self.shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                for chunk in calls.chunks(CALLS_PER_CHUNK) {
+                    let chunk =
+                        query(&backoff, &shutdown, "load calls", || log.load_calls(chunk)).await;
+                    let failed = chunk.is_err();
+                    if loads.send(chunk).await.is_err() || failed {
+                        break;
+                    }
+                }
+            })
+        };
+        while let Some(chunk) = loaded.recv().await {
+            let chunk = self.reprojected(chunk?).await?;
+            match self.tracker.resume(chunk).await {
                 Ok(n) => events += n,
                 Err(e) => {
                     error!(error = %e, "could not resume calls; they resume with their next event")
                 }
             }
         }
+        let _ = loader.await;
         let quarantined = self
             .query("list quarantined calls", || self.log.quarantined_calls())
             .await?;
         for chunk in quarantined.chunks(CALLS_PER_CHUNK) {
-            self.load_reprojected(chunk).await?;
+            let loaded = self
+                .query("load calls", || self.log.load_calls(chunk))
+                .await?;
+            self.reprojected(loaded).await?;
         }
         self.projector.cover(logged_before).await;
-        counter!(metric::CALLS_RECOVERED.name).increment(calls.len() as u64);
-        info!(calls = calls.len(), events, took = ?started.elapsed(), "recovered open calls from the event log");
+        counter!(metric::CALLS_RECOVERED.name).increment(count as u64);
+        info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
         Ok(())
     }
 
-    /// Loads calls with all their logged events and writes their projections again.
-    async fn load_reprojected(
+    /// Writes the projections of loaded calls again; hands the calls back.
+    async fn reprojected(
         &self,
-        call_ids: &[String],
+        loaded: Vec<(String, Vec<LoggedEvent>)>,
     ) -> Result<Vec<(String, Vec<LoggedEvent>)>, RecoveryError> {
-        let loaded = self
-            .query("load calls", || self.log.load_calls(call_ids))
-            .await?;
         let rows = ProjectionRows::of(loaded.iter().flat_map(|(call_id, events)| {
             events.iter().map(move |e| (call_id.as_str(), &e.event))
         }));
@@ -103,22 +127,32 @@ impl Recovery<'_> {
     async fn query<T, Fut>(
         &self,
         what: &'static str,
-        query: impl FnMut() -> Fut,
+        run: impl FnMut() -> Fut,
     ) -> Result<T, RecoveryError>
     where
         Fut: Future<Output = Result<T, LogError>>,
     {
-        Retry::new(self.backoff, self.shutdown)
-            .run(
-                query,
-                |e, delay: Duration| {
-                    warn!(error = %e, retry_in = ?delay, "recovery: could not {what}; retrying")
-                },
-            )
-            .await
-            .map_err(|stop| match stop {
-                Stop::Cancelled => RecoveryError::Cancelled,
-                Stop::Refused(source) => RecoveryError::Failed { what, source },
-            })
+        query(self.backoff, self.shutdown, what, run).await
     }
+}
+
+/// Runs one recovery query, retrying while the database is away.
+async fn query<T, Fut>(
+    backoff: &BackoffSettings,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    run: impl FnMut() -> Fut,
+) -> Result<T, RecoveryError>
+where
+    Fut: Future<Output = Result<T, LogError>>,
+{
+    Retry::new(backoff, shutdown)
+        .run(run, |e, delay: Duration| {
+            warn!(error = %e, retry_in = ?delay, "recovery: could not {what}; retrying")
+        })
+        .await
+        .map_err(|stop| match stop {
+            Stop::Cancelled => RecoveryError::Cancelled,
+            Stop::Refused(source) => RecoveryError::Failed { what, source },
+        })
 }

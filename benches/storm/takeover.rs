@@ -46,13 +46,13 @@ async fn readiness(service: &Service) -> Option<(String, bool)> {
     ))
 }
 
-/// Open calls the service holds, active or resting (its `/calls`).
+/// Open calls the service holds (its `/calls`: ringing and answered, resting ones among them).
 async fn held_calls(service: &Service) -> u64 {
     let Ok(r) = reqwest::get(service.url("/calls")).await else {
         return 0;
     };
     let v: Value = r.json().await.unwrap_or_default();
-    ["ringing", "answered", "resting"]
+    ["ringing", "answered"]
         .iter()
         .map(|k| v[k].as_u64().unwrap_or(0))
         .sum()
