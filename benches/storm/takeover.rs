@@ -20,6 +20,8 @@ use crate::{
 /// What the takeover phase measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Takeover {
+    /// Calls in the storm, and those open at the kill (the others have only their end).
+    pub calls: usize,
     pub open_calls: usize,
     /// Calls the standby rebuilt from the log when it took over.
     pub calls_recovered: Option<f64>,
@@ -89,6 +91,14 @@ pub async fn takeover(env: &Env, n: usize) -> anyhow::Result<Takeover> {
     };
     let (ends, open): (Vec<Message>, Vec<Message>) =
         storm.main.iter().cloned().partition(|m| is_end(m));
+    // The calls with an event besides their end (some have nothing else): open once consumed.
+    let opened: std::collections::HashSet<String> = open
+        .iter()
+        .filter_map(|m| event::decode(&m.body, now, limits(s)).ok())
+        .map(|e| e.call_id)
+        .collect();
+    let opened = opened.len();
+    progress!("takeover: {opened} calls with an event besides their end");
 
     let rest = [(
         "CDR__TRACKER__REST_AFTER",
@@ -105,9 +115,15 @@ pub async fn takeover(env: &Env, n: usize) -> anyhow::Result<Takeover> {
     publisher
         .publish(&open, 0.0, IN_FLIGHT, "takeover: open calls")
         .await?;
+    // Consumed: the count of open calls no longer grows (some of `opened` have only events
+    // that open nothing, such as a lone `call.terminate.request`).
     let deadline = Instant::now() + Duration::from_secs(900);
-    while held_calls(&active).await < n as u64 && Instant::now() < deadline {
+    let (mut last, mut still) = (0, 0);
+    while still < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = held_calls(&active).await;
+        still = if now == last && now > 0 { still + 1 } else { 0 };
+        last = now;
     }
     progress!(
         "takeover: {} calls open in the active; kill -9",
@@ -151,7 +167,8 @@ pub async fn takeover(env: &Env, n: usize) -> anyhow::Result<Takeover> {
     standby.stop().await?;
     pool.close().await;
     Ok(Takeover {
-        open_calls: n,
+        calls: n,
+        open_calls: last as usize,
         calls_recovered,
         seconds_to_lease: to_lease.and_then(|s| finite(s, 2)),
         seconds_to_consuming: to_consuming.and_then(|s| finite(s, 2)),
