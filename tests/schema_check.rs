@@ -39,13 +39,8 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
         publisher.publish(&e).await.unwrap();
     }
 
-    let app = cdr_service::app::Application::build(settings.clone())
-        .await
-        .unwrap();
-    let port = app.http_port();
-    let health = app.health();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(app.run(stop.clone()));
+    let app = Running::spawn(&settings).await;
+    let (port, health) = (app.port, app.health.clone());
     wait_until(
         std::time::Duration::from_secs(30),
         "the schema problem reported",
@@ -103,8 +98,7 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
     .await;
     let r = wait_for_row(&pool, &c.call_id, 5).await;
     assert_full_record(&r, &c);
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    app.stop().await;
     pool.close().await;
     env.cleanup(&settings).await;
 }

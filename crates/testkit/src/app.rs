@@ -31,6 +31,14 @@ pub struct Running {
 impl Running {
     /// Builds the application, runs it and waits until it is ready.
     pub async fn start(settings: &Settings) -> Running {
+        let running = Running::spawn(settings).await;
+        running.wait_ready(true, "service ready").await;
+        running
+    }
+
+    /// Builds the application and runs it, without waiting for it to become ready (for tests
+    /// of a service that must not).
+    pub async fn spawn(settings: &Settings) -> Running {
         init_test_logging();
         let app = Application::build(settings.clone())
             .await
@@ -39,14 +47,12 @@ impl Running {
         let health = app.health();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run(stop.clone()));
-        let running = Running {
+        Running {
             health,
             port,
             stop,
             handle,
-        };
-        running.wait_ready(true, "service ready").await;
-        running
+        }
     }
 
     /// Waits until the service's readiness is `ready`; panics with `what` after 30 s.

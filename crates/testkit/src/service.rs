@@ -88,14 +88,7 @@ impl Service {
         let mut vars = env.env_vars(settings);
         vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
         vars.push(("CDR__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
-        let child = Command::new(binary)
-            .arg("run")
-            .envs(vars)
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("start cdr-service");
-        Service { child, port }.ready().await
+        Self::run(Command::new(binary), vars, port, stdout, stderr).await
     }
 
     /// Starts `binary` with `run` and exactly the environment `vars` (nothing inherited from the
@@ -108,9 +101,21 @@ impl Service {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Service {
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command.env_clear();
+        Self::run(command, vars, port, stdout, stderr).await
+    }
+
+    /// Runs `command` (the binary) with `run` and `vars`, and waits until it is ready on `port`.
+    async fn run(
+        mut command: Command,
+        vars: Vec<(String, String)>,
+        port: u16,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Service {
+        let child = command
             .arg("run")
-            .env_clear()
             .envs(vars)
             .stdout(stdout)
             .stderr(stderr)
