@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
-use crate::event::{Envelope, EventKind, Format, Limits};
+use crate::event::{Envelope, EventKind, Format};
 use crate::lease::Fence;
 use crate::merge::CallEvent;
 use crate::retry::Transient;
@@ -405,10 +405,7 @@ impl EventLog {
     }
 
     /// Every logged event of each call, in log order, in one query.
-    pub async fn load_calls(
-        &self,
-        call_ids: &[String],
-    ) -> Result<Vec<(String, Vec<LoggedEvent>)>, LogError> {
+    pub async fn load_calls(&self, call_ids: &[String]) -> Result<LoadedCalls, LogError> {
         let rows: Vec<StoredRow> = sqlx::query_as(
             "SELECT event_id, call_id, event_type, \
                     COALESCE(event_timestamp, received_at, created_at) AS ts, \
@@ -433,17 +430,34 @@ impl EventLog {
                 }
             }
         }
-        let mut calls: Vec<(String, Vec<LoggedEvent>)> = Vec::new();
-        for row in rows {
-            let e = row.into_logged();
-            match calls.last_mut() {
-                Some((id, events)) if *id == e.call_id => events.push(e),
-                _ => calls.push((e.call_id.clone(), vec![e])),
-            }
+        // Decoding is most of a load's work: on a thread of its own, the runtime's worker goes
+        // on reading the next rows meanwhile (recovery keeps two loads in flight).
+        match tokio::task::spawn_blocking(move || by_call(rows)).await {
+            Ok(calls) => Ok(calls),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only when the runtime shuts down under it.
+                Err(_) => Err(LogError::Unavailable(sqlx::Error::WorkerCrashed)),
+            },
         }
-        Ok(calls)
     }
 }
+
+/// The rows' events, decoded, grouped by call (the rows come ordered by call).
+fn by_call(rows: Vec<StoredRow>) -> LoadedCalls {
+    let mut calls: LoadedCalls = Vec::new();
+    for row in rows {
+        let e = row.into_logged();
+        match calls.last_mut() {
+            Some((id, events)) if *id == e.call_id => events.push(e),
+            _ => calls.push((e.call_id.clone(), vec![e])),
+        }
+    }
+    calls
+}
+
+/// Calls with their logged events in log order, as `EventLog::load_calls` reads them.
+pub type LoadedCalls = Vec<(String, Vec<LoggedEvent>)>;
 
 #[derive(sqlx::FromRow)]
 struct StoredRow {
@@ -470,12 +484,13 @@ impl StoredRow {
     /// without bytes (logged by an older version) are read from their columns and `payload`.
     fn into_logged(self) -> LoggedEvent {
         let hint = self.body_encoding.as_deref().and_then(Format::from_name);
+        let stored_hash = self.stored_hash();
         let event = match self
             .body
             .as_deref()
-            .map(|body| crate::event::decode_hinted(body, hint, self.received, Limits::REBUILD))
+            .map(|body| CallEvent::from_logged(body, hint, self.received, stored_hash))
         {
-            Some(Ok(envelope)) => CallEvent::from(envelope),
+            Some(Ok(event)) => event,
             Some(Err(reject)) => {
                 // Logged by a decoder that accepted it: a later one must too. Should that
                 // ever break, the call still folds from the stored columns.
@@ -494,6 +509,10 @@ impl StoredRow {
         }
     }
 
+    fn stored_hash(&self) -> Option<[u8; 32]> {
+        self.body_sha256.as_deref().and_then(|h| h.try_into().ok())
+    }
+
     /// The event from its columns and its `payload`.
     fn stored_event(&self) -> CallEvent {
         let payload = self
@@ -507,9 +526,7 @@ impl StoredRow {
             })
             .unwrap_or_default();
         let body_hash: [u8; 32] = self
-            .body_sha256
-            .as_deref()
-            .and_then(|h| h.try_into().ok())
+            .stored_hash()
             // Rows logged before the hash column existed: hash the stored payload instead.
             .unwrap_or_else(|| Sha256::digest(payload.to_string().as_bytes()).into());
         let object = payload.as_object().cloned().unwrap_or_default();

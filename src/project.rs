@@ -13,9 +13,13 @@
 //! - the record writer closes a call (removes it from `open_calls`) only once that number covers
 //!   the call's highest folded event id: a call leaves `open_calls` only with its projections
 //!   committed;
-//! - recovery re-projects every call still in `open_calls` (and every quarantined call) before
-//!   it declares the events logged before the start projected. The upserts are idempotent and
-//!   their result does not depend on the order rows arrive in, so projecting twice is harmless.
+//! - after each write the projector records that number in the database (`MARK_SQL`, fenced),
+//!   so it survives the process;
+//! - recovery re-projects the events above the recorded mark of every call still in
+//!   `open_calls` (and of every quarantined call) before it declares the events logged before
+//!   the start projected. A mark recorded late only makes it re-project more: the upserts are
+//!   idempotent and their result does not depend on the order rows arrive in, so projecting
+//!   twice is harmless.
 //!
 //! Row selection (`ProjectionRows`) is pure; `write` and the task do the I/O.
 
@@ -63,6 +67,12 @@ pub const PROJECT_SQL: &str = "WITH fence AS MATERIALIZED (SELECT cdr_fence($11,
          llm_ms = EXCLUDED.llm_ms, tts_ms = EXCLUDED.tts_ms, \
          event_timestamp = EXCLUDED.event_timestamp, body_sha256 = EXCLUDED.body_sha256 \
        WHERE (EXCLUDED.event_timestamp, EXCLUDED.body_sha256) > (d.event_timestamp, d.body_sha256)";
+
+/// Records that every event up to `$3` is projected, for the next start's recovery. Fenced like
+/// every write: a deposed instance cannot move the mark. Only raised (`GREATEST` skips NULL).
+pub const MARK_SQL: &str = "WITH fence AS MATERIALIZED (SELECT cdr_fence($1, $2) AS epoch) \
+     UPDATE cluster_lease SET projected_through = GREATEST(projected_through, $3) \
+     FROM fence WHERE key = $1";
 
 /// One `call_dialog_events` row.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +186,20 @@ pub async fn write(pool: &PgPool, fence: &Fence, rows: &ProjectionRows) -> Resul
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// How far the projections of the lease's active instances are committed, as the projector
+/// last recorded it (`MARK_SQL`): None without a lease or before the first record.
+pub async fn stored_mark(pool: &PgPool, fence: &Fence) -> Result<Option<i64>, sqlx::Error> {
+    let Some(key) = fence.key() else {
+        return Ok(None);
+    };
+    let mark: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT projected_through FROM cluster_lease WHERE key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    Ok(mark.flatten())
 }
 
 /// Writes the rows, retrying while the database is away. A set the database refuses is
@@ -328,6 +352,11 @@ impl ProjectorHandle {
         .await;
     }
 
+    /// How far projections were committed when this instance started (`stored_mark`).
+    pub async fn stored_mark(&self) -> Result<Option<i64>, sqlx::Error> {
+        stored_mark(&self.pool, &self.fence).await
+    }
+
     /// How far projections are committed, for the record writer.
     pub fn projected(&self) -> Projected {
         Projected(self.projected.clone())
@@ -440,6 +469,9 @@ impl Projector {
                 );
                 return;
             }
+            if !self.record_mark(upto, &abort).await {
+                return;
+            }
             // Raised only after the rows are committed; it never goes down.
             self.done.send_if_modified(|v| {
                 let higher = upto > *v;
@@ -448,6 +480,30 @@ impl Projector {
             });
         }
         info!("projector drained");
+    }
+
+    /// Records the mark in the database (`MARK_SQL`), retrying while it is away. A mark the
+    /// database refuses is left behind (the next start re-projects more, nothing is lost).
+    /// False only if `abort` fired first.
+    async fn record_mark(&self, upto: i64, abort: &CancellationToken) -> bool {
+        let Some(key) = self.fence.key() else {
+            return true;
+        };
+        let write = || {
+            sqlx::query(MARK_SQL)
+                .bind(key)
+                .bind(self.fence.epoch())
+                .bind(upto)
+                .execute(&self.pool)
+        };
+        match Retry::new(&self.backoff, abort).run(write, retrying).await {
+            Ok(_) => true,
+            Err(Stop::Cancelled) => false,
+            Err(Stop::Refused(e)) => {
+                warn!(error = %e, upto, "could not record how far projections are committed; the next start re-projects from the last mark");
+                true
+            }
+        }
     }
 }
 

@@ -3,18 +3,20 @@
 //!
 //! Their projections, and those of quarantined calls, are written again first: a crash may
 //! have come between a commit and its projections, and only these calls can be missing some (a
-//! call leaves `open_calls` only with its projections written). Then every event logged before
-//! this start counts as projected.
+//! call leaves `open_calls` only with its projections written). Only their events above the
+//! projection mark are (`project::MARK_SQL`: every event at or below it is projected); without
+//! a mark, all of them. Then every event logged before this start counts as projected.
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use metrics::counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::BackoffSettings;
-use crate::log::{EventLog, LogError, LoggedEvent};
+use crate::log::{EventLog, LoadedCalls, LogError};
 use crate::project::{ProjectionRows, ProjectorHandle};
 use crate::retry::{Retry, Stop};
 use crate::telemetry::metric;
@@ -25,6 +27,10 @@ const CALLS_PER_CHUNK: usize = 1000;
 /// Chunks loaded ahead while the previous ones are re-projected and resumed: the database reads
 /// the next chunk while the service decodes and folds this one.
 const CHUNKS_AHEAD: usize = 2;
+/// Chunk queries in flight at once: the database runs one while the service reads the rows of
+/// another and decodes those of a third (measured on 2 cores, 100,000 open calls: 5.2 s with
+/// one, 3.8 s with two, 3.3 s with three or four).
+const LOADS_AT_ONCE: usize = 3;
 
 pub struct Recovery<'a> {
     pub log: &'a EventLog,
@@ -56,37 +62,42 @@ impl Recovery<'_> {
         let logged_before = self
             .query("read the log's last event id", || self.log.max_event_id())
             .await?;
+        let mark = self
+            .query("read the projection mark", || async {
+                Ok(self.projector.stored_mark().await?)
+            })
+            .await?;
         let calls = self
             .query("list open calls", || self.log.open_calls())
             .await?;
-        let mut events = 0;
         let count = calls.len();
         let (loads, mut loaded) = mpsc::channel(CHUNKS_AHEAD);
-        let loader = {
-            let (log, backoff, shutdown) = (
-                self.log.clone(),
-                self.backoff.clone(),
-                self.shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                for chunk in calls.chunks(CALLS_PER_CHUNK) {
-                    let chunk =
-                        query(&backoff, &shutdown, "load calls", || log.load_calls(chunk)).await;
-                    let failed = chunk.is_err();
-                    if loads.send(chunk).await.is_err() || failed {
-                        break;
-                    }
-                }
-            })
-        };
-        while let Some(chunk) = loaded.recv().await {
-            let chunk = self.reprojected(chunk?).await?;
+        let loader = tokio::spawn(load_chunks(
+            self.log.clone(),
+            calls,
+            self.backoff.clone(),
+            self.shutdown.clone(),
+            loads,
+        ));
+        let mut took = Steps::default();
+        let mut events = 0;
+        loop {
+            let t = Instant::now();
+            let Some(chunk) = loaded.recv().await else {
+                break;
+            };
+            took.loading += t.elapsed();
+            let t = Instant::now();
+            let chunk = self.reprojected(chunk?, mark).await?;
+            took.reprojecting += t.elapsed();
+            let t = Instant::now();
             match self.tracker.resume(chunk).await {
                 Ok(n) => events += n,
                 Err(e) => {
                     error!(error = %e, "could not resume calls; they resume with their next event")
                 }
             }
+            took.resuming += t.elapsed();
         }
         let _ = loader.await;
         let quarantined = self
@@ -96,21 +107,29 @@ impl Recovery<'_> {
             let loaded = self
                 .query("load calls", || self.log.load_calls(chunk))
                 .await?;
-            self.reprojected(loaded).await?;
+            self.reprojected(loaded, mark).await?;
         }
         self.projector.cover(logged_before).await;
         counter!(metric::CALLS_RECOVERED.name).increment(count as u64);
-        info!(calls = count, events, took = ?started.elapsed(), "recovered open calls from the event log");
+        info!(calls = count, events, projection_mark = mark, took = ?started.elapsed(),
+            waiting_for_loads = ?took.loading, reprojecting = ?took.reprojecting,
+            resuming = ?took.resuming, "recovered open calls from the event log");
         Ok(())
     }
 
     /// Writes the projections of loaded calls again; hands the calls back.
+    /// Only events above `mark` (all without one).
     async fn reprojected(
         &self,
-        loaded: Vec<(String, Vec<LoggedEvent>)>,
-    ) -> Result<Vec<(String, Vec<LoggedEvent>)>, RecoveryError> {
+        loaded: LoadedCalls,
+        mark: Option<i64>,
+    ) -> Result<LoadedCalls, RecoveryError> {
+        let above = mark.unwrap_or(i64::MIN);
         let rows = ProjectionRows::of(loaded.iter().flat_map(|(call_id, events)| {
-            events.iter().map(move |e| (call_id.as_str(), &e.event))
+            events
+                .iter()
+                .filter(move |e| e.event_id > above)
+                .map(move |e| (call_id.as_str(), &e.event))
         }));
         if self
             .projector
@@ -133,6 +152,44 @@ impl Recovery<'_> {
         Fut: Future<Output = Result<T, LogError>>,
     {
         query(self.backoff, self.shutdown, what, run).await
+    }
+}
+
+/// Where recovery's time went (the loads run beside the other two: only the time spent
+/// waiting for them counts).
+#[derive(Default)]
+struct Steps {
+    loading: Duration,
+    reprojecting: Duration,
+    resuming: Duration,
+}
+
+/// Loads the calls, `CALLS_PER_CHUNK` per query and `LOADS_AT_ONCE` queries at once, and
+/// hands the chunks over in order; stops at the first chunk that fails.
+async fn load_chunks(
+    log: EventLog,
+    calls: Vec<String>,
+    backoff: BackoffSettings,
+    shutdown: CancellationToken,
+    loads: mpsc::Sender<Result<LoadedCalls, RecoveryError>>,
+) {
+    // Owned chunks and clones in each load: a spawned stream of futures borrowing from the
+    // task itself is not `Send` to the compiler.
+    let chunks: Vec<Vec<String>> = calls
+        .chunks(CALLS_PER_CHUNK)
+        .map(<[String]>::to_vec)
+        .collect();
+    let mut chunks = futures_util::stream::iter(chunks)
+        .map(|chunk| {
+            let (log, backoff, shutdown) = (log.clone(), backoff.clone(), shutdown.clone());
+            async move { query(&backoff, &shutdown, "load calls", || log.load_calls(&chunk)).await }
+        })
+        .buffered(LOADS_AT_ONCE);
+    while let Some(chunk) = chunks.next().await {
+        let failed = chunk.is_err();
+        if loads.send(chunk).await.is_err() || failed {
+            break;
+        }
     }
 }
 

@@ -381,3 +381,115 @@ async fn a_projection_row_the_database_refuses_is_left_out_and_the_rest_written(
     pool.close().await;
     env.cleanup(&settings).await;
 }
+
+/// The projection mark: the projector records how far projections are committed, and a start
+/// re-projects only the events above it. A call logged at or below the mark is taken as
+/// projected (its turns are not written again); one logged above it, as a crash between the
+/// commit and the projection leaves it, is re-projected; and the start records the new mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_re_projects_only_the_events_above_the_projection_mark() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    let log = EventLog::new(pool.clone());
+    let settings = env.settings();
+    let key = settings.cluster.key(&settings.amqp.queue).to_owned();
+    let envelopes = |call: &str| -> Vec<Envelope> {
+        call_with_turns_and_usage(call)
+            .iter()
+            .map(|v| event::decode(v.to_string().as_bytes(), t0(), LIMITS).expect("event"))
+            .collect()
+    };
+    log.append(&envelopes("below")).await.expect("append");
+    let mark: i64 = sqlx::query_scalar("SELECT max(event_id) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .expect("last event id");
+    sqlx::query(
+        "INSERT INTO cluster_lease (key, epoch, holder, projected_through) VALUES ($1, 0, 'test', $2)",
+    )
+    .bind(&key)
+    .bind(mark)
+    .execute(&pool)
+    .await
+    .expect("a mark as the projector records it");
+    log.append(&envelopes("above")).await.expect("append");
+    let last: i64 = sqlx::query_scalar("SELECT max(event_id) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .expect("last event id");
+    assert!(last > mark);
+
+    let mut settings = settings;
+    settings.tracker.linger = Duration::from_millis(200);
+    let app = TestApp::start(env, settings).await;
+    assert_projected(&app.pool, "above").await;
+    assert!(
+        turns(&app.pool, "below").await.is_empty(),
+        "events at or below the mark are not projected again"
+    );
+    let recorded: Option<i64> =
+        sqlx::query_scalar("SELECT projected_through FROM cluster_lease WHERE key = $1")
+            .bind(&key)
+            .fetch_one(&app.pool)
+            .await
+            .expect("the mark");
+    assert_eq!(
+        recorded,
+        Some(last),
+        "the start records that every event logged before it is projected"
+    );
+    // Both calls still get their records: the mark is about projections only.
+    assert_eq!(
+        wait_for_row(&app.pool, "above", 9).await.status.as_deref(),
+        Some("COMPLETED")
+    );
+    assert_eq!(
+        wait_for_row(&app.pool, "below", 9).await.status.as_deref(),
+        Some("COMPLETED")
+    );
+    pool.close().await;
+    app.finish().await;
+}
+
+/// The mark is fenced like every write: an instance whose lease has moved on cannot record it.
+#[tokio::test]
+async fn a_deposed_instance_cannot_move_the_projection_mark() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    sqlx::query(
+        "INSERT INTO cluster_lease (key, epoch, holder, projected_through) VALUES ('k', 2, 'test', 10)",
+    )
+    .execute(&pool)
+    .await
+    .expect("a lease at epoch 2");
+    let write = |epoch: i64, upto: i64| {
+        sqlx::query(project::MARK_SQL)
+            .bind("k")
+            .bind(epoch)
+            .bind(upto)
+            .execute(&pool)
+    };
+    let refused = write(1, 50).await.expect_err("a stale epoch is refused");
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("CDR01")
+    );
+    write(2, 5).await.expect("the holder's write");
+    write(2, 40).await.expect("the holder's write");
+    let mark: Option<i64> =
+        sqlx::query_scalar("SELECT projected_through FROM cluster_lease WHERE key = 'k'")
+            .fetch_one(&pool)
+            .await
+            .expect("the mark");
+    assert_eq!(
+        mark,
+        Some(40),
+        "the mark only rises, and only by the holder"
+    );
+    pool.close().await;
+}

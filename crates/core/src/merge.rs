@@ -58,6 +58,31 @@ impl CallEvent {
     }
 }
 
+impl CallEvent {
+    /// The event of a body read back from the log, decoded exactly as `event::decode_hinted`
+    /// decoded it when it came (`hint`: the format it found then; `received_at`: the stored
+    /// receive time, standing in for a missing timestamp), without what only the log needs:
+    /// the body's copy and its JSON rendering. `stored_hash` is the body's SHA-256 as the log
+    /// keeps it, computed again when the row has none.
+    pub fn from_logged(
+        body: &[u8],
+        hint: Option<crate::event::Format>,
+        received_at: DateTime<Utc>,
+        stored_hash: Option<[u8; 32]>,
+    ) -> Result<CallEvent, crate::event::Reject> {
+        use crate::event::{Limits, Render, decode_fields};
+        let d = decode_fields(body, hint, received_at, Limits::REBUILD, Render::No)?;
+        let body_hash = stored_hash.unwrap_or_else(|| Sha256::digest(body).into());
+        Ok(CallEvent::new(
+            d.timestamp,
+            d.timestamp_inferred,
+            body_hash,
+            d.trace_id,
+            d.kind,
+        ))
+    }
+}
+
 impl From<crate::event::Envelope> for CallEvent {
     fn from(e: crate::event::Envelope) -> Self {
         CallEvent::new(

@@ -205,6 +205,60 @@ pub fn decode_hinted(
     received_at: DateTime<Utc>,
     limits: Limits,
 ) -> Result<Envelope, Reject> {
+    let Decoded {
+        call_id,
+        event_type,
+        trace_id,
+        timestamp,
+        timestamp_inferred,
+        format,
+        rendering,
+        kind,
+    } = decode_fields(body, hint, received_at, limits, Render::Yes)?;
+    Ok(Envelope {
+        call_id,
+        event_type,
+        trace_id,
+        timestamp,
+        timestamp_inferred,
+        received_at,
+        format,
+        body: body.to_vec(),
+        rendering,
+        body_hash: Sha256::digest(body).into(),
+        kind,
+    })
+}
+
+/// Whether `decode_fields` renders a protobuf body as JSON (the log stores the rendering; a
+/// body read back from the log needs none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Render {
+    Yes,
+    No,
+}
+
+/// What a body decodes to, before the envelope keeps the body and its hash.
+pub(crate) struct Decoded {
+    pub call_id: String,
+    pub event_type: String,
+    pub trace_id: Option<String>,
+    pub timestamp: DateTime<Utc>,
+    pub timestamp_inferred: bool,
+    pub format: Format,
+    /// None for a JSON body, and for any body when not asked for.
+    pub rendering: Option<String>,
+    pub kind: EventKind,
+}
+
+/// The decoding both `decode_hinted` and a rebuild from the log go through.
+pub(crate) fn decode_fields(
+    body: &[u8],
+    hint: Option<Format>,
+    received_at: DateTime<Utc>,
+    limits: Limits,
+    render: Render,
+) -> Result<Decoded, Reject> {
     if body.len() > limits.max_body_bytes {
         return Err(Reject::Oversize {
             size: body.len(),
@@ -216,9 +270,14 @@ pub fn decode_hinted(
         Format::Json => (json::parse(body, limits)?, None),
         Format::Protobuf => {
             let parsed = protobuf::parse(body, limits)?;
-            let rendering = serde_json::to_string(&parsed.content)
-                .map_err(|e| Reject::BadProtobuf(format!("cannot render it as JSON: {e}")))?;
-            (parsed, Some(rendering))
+            let rendering =
+                match render {
+                    Render::Yes => Some(serde_json::to_string(&parsed.content).map_err(|e| {
+                        Reject::BadProtobuf(format!("cannot render it as JSON: {e}"))
+                    })?),
+                    Render::No => None,
+                };
+            (parsed, rendering)
         }
     };
     let Parsed {
@@ -245,18 +304,14 @@ pub fn decode_hinted(
         None => (received_at, true),
     };
     let kind = EventKind::from_payload(&event_type, &content);
-    let body_hash: [u8; 32] = Sha256::digest(body).into();
-    Ok(Envelope {
+    Ok(Decoded {
         call_id,
         event_type,
         trace_id: trace_id.filter(|t| !t.trim().is_empty()),
         timestamp,
         timestamp_inferred,
-        received_at,
         format,
-        body: body.to_vec(),
         rendering,
-        body_hash,
         kind,
     })
 }
