@@ -81,6 +81,12 @@ pub struct AmqpSettings {
     pub binding_key: Option<String>,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Most messages the dead-letter queue holds (`x-max-length`); past it the oldest are
+    /// dropped. 0: no bound on their number.
+    pub dead_letter_max_length: u32,
+    /// Most bytes of message bodies it holds (`x-max-length-bytes`), the oldest dropped past
+    /// it. 0: no bound on their size.
+    pub dead_letter_max_bytes: u64,
     /// Classic-queue storage version (`x-queue-version`) the service declares its queues with;
     /// 0 declares them without it (the broker's default or a policy decides).
     pub queue_version: u8,
@@ -97,6 +103,25 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub remembered_messages: usize,
+    /// An event dated longer than this before its receive time is dead-lettered
+    /// (`bad_timestamp`).
+    #[serde(with = "duration")]
+    pub max_event_age: Duration,
+    /// An event dated longer than this after its receive time is dead-lettered
+    /// (`bad_timestamp`).
+    #[serde(with = "duration")]
+    pub max_clock_skew: Duration,
+}
+
+impl IngestSettings {
+    /// The window around its receive time an event's own timestamp must fall in.
+    pub fn timestamp_window(&self) -> crate::event::TimestampWindow {
+        let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        crate::event::TimestampWindow {
+            past: span(self.max_event_age),
+            future: span(self.max_clock_skew),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -364,6 +389,20 @@ impl Settings {
                 "ingest.max_json_depth",
                 self.ingest.max_json_depth,
                 "must be between 4 and 512",
+            ));
+        }
+        if self.ingest.max_event_age < Duration::from_secs(3600) {
+            return Err(invalid(
+                "ingest.max_event_age",
+                humantime::format_duration(self.ingest.max_event_age),
+                "must be at least 1h",
+            ));
+        }
+        if self.ingest.max_clock_skew < Duration::from_secs(1) {
+            return Err(invalid(
+                "ingest.max_clock_skew",
+                humantime::format_duration(self.ingest.max_clock_skew),
+                "must be at least 1s",
             ));
         }
         if self.ingest.remembered_messages > 100_000_000 {

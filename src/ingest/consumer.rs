@@ -130,7 +130,10 @@ impl<'a> Consumer<'a> {
         // At the log's precision (microseconds), so that a receive time standing in for a
         // missing timestamp is the same live and rebuilt from the log.
         let received_at = Utc::now().trunc_subsecs(6);
-        match event::decode_hinted(&delivery.data, hint, received_at, self.limits()) {
+        let window = self.settings.timestamp_window();
+        let decoded = event::decode_hinted(&delivery.data, hint, received_at, self.limits())
+            .and_then(|e| e.check_window(&window).map(|()| e));
+        match decoded {
             Ok(envelope) => {
                 let key = (envelope.kind.name(), envelope.format);
                 self.received

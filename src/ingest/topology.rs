@@ -80,6 +80,7 @@ async fn declare_queues(
     let mut single_active = arguments.clone();
     single_active.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     let every = ["#".to_owned()];
+    let bounded = dead_letter_arguments(amqp);
     for (queue, exchange, binding_keys, arguments) in [
         (
             &amqp.queue,
@@ -91,7 +92,7 @@ async fn declare_queues(
             &amqp.dead_letter_queue,
             &amqp.dead_letter_exchange,
             &every[..],
-            &arguments,
+            &bounded,
         ),
     ] {
         declare_queue(conn, queue, arguments).await?;
@@ -119,6 +120,31 @@ pub fn queue_arguments(amqp: &AmqpSettings) -> FieldTable {
         arguments.insert(
             "x-queue-version".into(),
             AMQPValue::LongLongInt(amqp.queue_version.into()),
+        );
+    }
+    arguments
+}
+
+/// The dead-letter queue's arguments: the service's queues' and its bounds
+/// (`amqp.dead_letter_max_length`, `amqp.dead_letter_max_bytes`), the oldest dropped past them.
+pub fn dead_letter_arguments(amqp: &AmqpSettings) -> FieldTable {
+    let mut arguments = queue_arguments(amqp);
+    if amqp.dead_letter_max_length > 0 {
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(amqp.dead_letter_max_length.into()),
+        );
+    }
+    if amqp.dead_letter_max_bytes > 0 {
+        arguments.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(i64::try_from(amqp.dead_letter_max_bytes).unwrap_or(i64::MAX)),
+        );
+    }
+    if amqp.dead_letter_max_length > 0 || amqp.dead_letter_max_bytes > 0 {
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
         );
     }
     arguments

@@ -142,20 +142,23 @@ impl EventKind {
                 reason: str_field(o, &["reason"]),
             },
             "call.terminate.request" => EventKind::TerminateRequested,
-            "dialog.turn.completed" => match int_field(o, &["turnIndex", "turn_index"]) {
-                Some(turn_index) => EventKind::DialogTurn(Box::new(DialogTurn {
-                    turn_index,
-                    user_text: str_field(o, &["userText", "user_text"]),
-                    ai_text: str_field(o, &["aiText", "ai_text"]),
-                    rag_sources: field(o, &["ragSources", "rag_sources"])
-                        .cloned()
-                        .unwrap_or(Value::Array(Vec::new())),
-                    stt_ms: int_field(o, &["sttMs", "stt_ms"]),
-                    llm_ms: int_field(o, &["llmMs", "llm_ms"]),
-                    tts_ms: int_field(o, &["ttsMs", "tts_ms"]),
-                })),
-                None => EventKind::Other,
-            },
+            // A turn index below 0 names no turn: the event is kept raw, as one without index.
+            "dialog.turn.completed" => {
+                match int_field(o, &["turnIndex", "turn_index"]).filter(|&i| i >= 0) {
+                    Some(turn_index) => EventKind::DialogTurn(Box::new(DialogTurn {
+                        turn_index,
+                        user_text: str_field(o, &["userText", "user_text"]),
+                        ai_text: str_field(o, &["aiText", "ai_text"]),
+                        rag_sources: field(o, &["ragSources", "rag_sources"])
+                            .cloned()
+                            .unwrap_or(Value::Array(Vec::new())),
+                        stt_ms: int_field(o, &["sttMs", "stt_ms"]),
+                        llm_ms: int_field(o, &["llmMs", "llm_ms"]),
+                        tts_ms: int_field(o, &["ttsMs", "tts_ms"]),
+                    })),
+                    None => EventKind::Other,
+                }
+            }
             "cost.usage.reported" => {
                 let resource = str_field(o, &["resourceType", "resource_type"]);
                 let quantity = field(o, &["quantity"]).and_then(decimal_value);
@@ -262,12 +265,25 @@ fn str_field(o: &Map<String, Value>, keys: &[&str]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// An integer in any JSON spelling of one (`7`, `7.0`, `7e0`, `700e-2`) that fits an
+/// `i32`. A string is not an integer, whatever it holds: the contract's integer fields are JSON
+/// numbers, and `"7"` is a producer's bug the record must not take for a value.
 fn int_field(o: &Map<String, Value>, keys: &[&str]) -> Option<i32> {
     match field(o, keys)? {
-        Value::Number(n) => n.as_i64().and_then(|i| i32::try_from(i).ok()),
-        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => integer(n).and_then(|i| i32::try_from(i).ok()),
         _ => None,
     }
+}
+
+/// A JSON number's integer value, if it has one exactly.
+fn integer(n: &serde_json::Number) -> Option<i64> {
+    if let Some(i) = n.as_i64() {
+        return Some(i);
+    }
+    // 2^53: every integer up to it is exact in an f64, and the fields are i32 anyway.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
 }
 
 /// An id: an integer other than 0 (proto3's "not set").

@@ -15,6 +15,7 @@ mod protobuf;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub use kind::{
     DialogTurn, EventKind, Identity, PLACEHOLDER_TENANT, Started, Usage, is_call_event_type,
@@ -26,6 +27,9 @@ pub const MAX_CALL_ID_LEN: usize = 255;
 
 /// The limit of the platform's `call_events.event_type` column.
 pub const MAX_EVENT_TYPE_LEN: usize = 100;
+/// `call_events.trace_id` and `calls.trace_id` are `varchar(255)`: a longer trace id is dropped
+/// (the event kept), since it could only be cut into an id no other service knows.
+pub const MAX_TRACE_ID_LEN: usize = 255;
 
 /// Why a message is not a call event. The code (`as_code`) travels in the dead-letter header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +119,15 @@ impl Limits {
     };
 }
 
+/// How far an event's own timestamp may lie from its receive time: before it by `past` at
+/// most, after it by `future` at most. Checked on live messages only (`Envelope::check_window`):
+/// a logged event passed the window in force when it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampWindow {
+    pub past: chrono::Duration,
+    pub future: chrono::Duration,
+}
+
 /// A body's wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -180,6 +193,30 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Refuses (`bad_timestamp`) an event whose own timestamp lies outside `window` around its
+    /// receive time. A receive time standing in for a missing timestamp always passes.
+    pub fn check_window(&self, window: &TimestampWindow) -> Result<(), Reject> {
+        if self.timestamp_inferred {
+            return Ok(());
+        }
+        let lead = self.timestamp.signed_duration_since(self.received_at);
+        if lead > window.future {
+            return Err(Reject::BadTimestamp(format!(
+                "{} is more than {} after its receive time",
+                format_timestamp(self.timestamp),
+                span(window.future)
+            )));
+        }
+        if -lead > window.past {
+            return Err(Reject::BadTimestamp(format!(
+                "{} is more than {} before its receive time",
+                format_timestamp(self.timestamp),
+                span(window.past)
+            )));
+        }
+        Ok(())
+    }
+
     /// The event as a JSON document: the body itself, or its rendering.
     pub fn payload_json(&self) -> &str {
         match &self.rendering {
@@ -307,13 +344,27 @@ pub(crate) fn decode_fields(
     Ok(Decoded {
         call_id,
         event_type,
-        trace_id: trace_id.filter(|t| !t.trim().is_empty()),
+        trace_id: trace_id
+            .filter(|t| !t.trim().is_empty() && t.chars().count() <= MAX_TRACE_ID_LEN),
         timestamp,
         timestamp_inferred,
         format,
         rendering,
         kind,
     })
+}
+
+/// A window's bound as an operator writes it (`1day`, `3650days`, `90m`).
+fn span(d: chrono::Duration) -> String {
+    const DAY: i64 = 86_400;
+    match d.to_std() {
+        Ok(_) if d.num_seconds() % DAY == 0 && d.subsec_nanos() == 0 => {
+            let days = d.num_seconds() / DAY;
+            format!("{days}{}", if days == 1 { "day" } else { "days" })
+        }
+        Ok(std) => humantime::format_duration(std).to_string(),
+        Err(_) => d.to_string(),
+    }
 }
 
 /// Which format a body is. A JSON object starts with `{` (after JSON whitespace); a protobuf
@@ -401,6 +452,17 @@ fn validate_call_id(s: String) -> Result<String, Reject> {
     }
     if s.chars().any(char::is_control) {
         return Err(Reject::InvalidCallId("holds control characters".into()));
+    }
+    // Invisible characters that change how an id displays or compares (U+200B, U+202E, U+FEFF,
+    // ...): two ids that look the same would be two calls.
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Err(Reject::InvalidCallId(format!(
+            "holds the invisible format character U+{:04X}",
+            u32::from(c)
+        )));
     }
     Ok(s)
 }

@@ -1,0 +1,218 @@
+//! Well-formed messages with absurd values: each costs at most itself, never a call's record
+//! nor the consumer. The decoder's rules first, then the same through the real broker and
+//! database.
+
+use cdr_testkit as common;
+
+use std::time::Duration;
+
+use cdr_service::event::{EventKind, Limits, MAX_TRACE_ID_LEN, Reject, TimestampWindow, decode};
+use chrono::{DateTime, Utc};
+use common::*;
+use serde_json::{Value, json};
+
+const LIMITS: Limits = Limits {
+    max_body_bytes: 1 << 20,
+    max_json_depth: 32,
+};
+
+fn received() -> DateTime<Utc> {
+    "2026-06-01T12:00:00Z".parse().unwrap()
+}
+
+fn decoded(v: &Value) -> Result<cdr_service::event::Envelope, Reject> {
+    decode(v.to_string().as_bytes(), received(), LIMITS)
+}
+
+fn turn(index: Value) -> Value {
+    json!({"eventType": "dialog.turn.completed", "callId": "turn@h",
+           "timestamp": "2026-06-01T11:59:00Z", "turnIndex": index, "userText": "hi"})
+}
+
+fn window() -> TimestampWindow {
+    TimestampWindow {
+        past: chrono::Duration::days(3650),
+        future: chrono::Duration::days(1),
+    }
+}
+
+#[test]
+fn a_timestamp_far_from_its_receive_time_is_refused_and_a_missing_one_passes() {
+    let at = |ts: &str| json!({"eventType": "call.answered", "callId": "w@h", "timestamp": ts});
+    for ts in [
+        "0001-01-01T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "2016-05-01T00:00:00Z",
+    ] {
+        let e = decoded(&at(ts)).expect("well formed");
+        let reject = e.check_window(&window()).expect_err(ts);
+        assert_eq!(reject.as_code(), "bad_timestamp", "{ts}: {reject}");
+        assert!(
+            reject
+                .to_string()
+                .contains("more than 3650days before its receive time"),
+            "{reject}"
+        );
+    }
+    let e = decoded(&at("2026-06-03T12:00:00Z")).expect("well formed");
+    let reject = e.check_window(&window()).expect_err("two days ahead");
+    assert!(
+        reject
+            .to_string()
+            .contains("more than 1day after its receive time"),
+        "{reject}"
+    );
+    // Year 10000 is no RFC 3339 time at all.
+    assert_eq!(
+        decoded(&at("10000-01-01T00:00:00Z"))
+            .expect_err("year 10000")
+            .as_code(),
+        "bad_timestamp"
+    );
+    for ts in [
+        "2016-06-05T12:00:00Z",
+        "2026-06-01T12:00:00Z",
+        "2026-06-02T11:59:59Z",
+    ] {
+        let e = decoded(&at(ts)).expect("well formed");
+        e.check_window(&window()).expect(ts);
+    }
+    let e = decoded(&json!({"eventType": "call.answered", "callId": "w@h"})).expect("no time");
+    assert!(e.timestamp_inferred);
+    e.check_window(&window())
+        .expect("the receive time standing in always passes");
+}
+
+#[test]
+fn a_trace_id_too_long_for_its_column_is_dropped_and_the_event_kept() {
+    let fits = "t".repeat(MAX_TRACE_ID_LEN);
+    let too_long = "t".repeat(MAX_TRACE_ID_LEN + 1);
+    let with = |trace: &str| {
+        json!({"eventType": "call.started", "callId": "trace@h", "traceId": trace,
+               "timestamp": "2026-06-01T11:00:00Z"})
+    };
+    assert_eq!(
+        decoded(&with(&fits)).expect("kept").trace_id.as_deref(),
+        Some(fits.as_str())
+    );
+    let e = decoded(&with(&too_long)).expect("the event is kept");
+    assert_eq!(e.trace_id, None);
+    assert!(matches!(e.kind, EventKind::Started(_)));
+}
+
+#[test]
+fn a_negative_turn_index_names_no_turn() {
+    let e = decoded(&turn(json!(-1))).expect("kept");
+    assert!(matches!(e.kind, EventKind::Other), "{:?}", e.kind);
+    let e = decoded(&turn(json!(0))).expect("kept");
+    assert!(matches!(e.kind, EventKind::DialogTurn(_)), "{:?}", e.kind);
+}
+
+#[test]
+fn integer_fields_take_every_json_spelling_of_an_integer_and_no_string() {
+    for spelling in ["7", "7.0", "7e0", "0.7e1", "700e-2"] {
+        let v: Value = serde_json::from_str(spelling).unwrap();
+        match decoded(&turn(v)).expect("kept").kind {
+            EventKind::DialogTurn(t) => assert_eq!(t.turn_index, 7, "{spelling}"),
+            other => panic!("{spelling}: {other:?}"),
+        }
+    }
+    for not_an_integer in [json!("7"), json!(7.5), json!(1e10), json!(true), json!([7])] {
+        let e = decoded(&turn(not_an_integer.clone())).expect("kept");
+        assert!(
+            matches!(e.kind, EventKind::Other),
+            "{not_an_integer}: {:?}",
+            e.kind
+        );
+    }
+}
+
+async fn wait_for_dead_letters(queue: &str, n: usize) -> Vec<(Vec<u8>, Option<String>)> {
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while dead.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead letters missing: {dead:?}"
+        );
+        dead.extend(drain_queue(queue).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dead
+}
+
+/// A call whose answer is dated year 0001 and whose start carries a 300-character trace id:
+/// the absurd answer is dead-lettered, the start is logged without its trace id, and the call
+/// gets its record from the rest, with nothing else dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_values_cost_at_most_their_message_never_the_record() {
+    let app = TestApp::spawn().await;
+    let c = call("absurd");
+    let mut started = c.started();
+    started["traceId"] = json!("t".repeat(300));
+    let mut answered = c.answered();
+    answered["timestamp"] = json!("0001-01-01T00:00:00Z");
+    let neighbour = call("absurd-neighbour");
+    let mut events = vec![started, answered, c.identified(), c.ended()];
+    events.extend(neighbour.events(true));
+    for e in &events {
+        app.publisher.publish(e).await.expect("publish");
+    }
+    let r = wait_for_row(&app.pool, &c.call_id, 3).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(r.answer_time, None, "the absurd answer is not the call's");
+    assert_eq!(r.start_time, Some(c.start));
+    let full = wait_for_row(&app.pool, &neighbour.call_id, 5).await;
+    assert_full_record(&full, &neighbour);
+    let dead = wait_for_dead_letters(&app.settings.amqp.dead_letter_queue, 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1.as_deref(), Some("bad_timestamp"));
+    let traces: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT trace_id FROM call_events WHERE call_id = $1 AND event_type = 'call.started'",
+    )
+    .bind(&c.call_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("logged start");
+    assert_eq!(
+        traces,
+        vec![None],
+        "logged without the trace id that cannot fit"
+    );
+    app.finish().await;
+}
+
+/// The dead-letter queue keeps at most its bound, the oldest dropped first, so a flood of
+/// garbage cannot fill the broker's disk; the service goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_queue_keeps_its_bound_dropping_the_oldest() {
+    let app = TestApp::spawn_with(|s| s.amqp.dead_letter_max_length = 3).await;
+    for i in 0..8 {
+        app.publisher
+            .publish_raw("call.started", format!("garbage {i}").as_bytes())
+            .await
+            .expect("publish");
+    }
+    let c = call("after-the-flood");
+    for e in c.events(true) {
+        app.publisher.publish(&e).await.expect("publish");
+    }
+    let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    wait_until(
+        Duration::from_secs(15),
+        "every garbage message dead-lettered",
+        || {
+            let app = &app;
+            async move { app.metric("cdr_events_rejected_total").await >= 8.0 }
+        },
+    )
+    .await;
+    let dead = drain_queue(&app.settings.amqp.dead_letter_queue).await;
+    let bodies: Vec<String> = dead
+        .iter()
+        .map(|(b, _)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(bodies, ["garbage 5", "garbage 6", "garbage 7"]);
+    app.finish().await;
+}
