@@ -49,8 +49,9 @@ struct Inner {
     role: AtomicU8,
     /// What the schema check found that the service cannot write (`schema_check`).
     schema_problems: Mutex<Vec<String>>,
-    /// The tables whose latest write the database refused row by row, with its error: set
-    /// when not one row of a write could be written, cleared by the next write that succeeds.
+    /// The tables whose latest write the database refused down to every single row, with its
+    /// error: set when not one row of a write could be written, cleared by the next write that
+    /// succeeds.
     refused: Mutex<BTreeMap<&'static str, String>>,
 }
 

@@ -145,6 +145,15 @@ impl ProjectionRows {
         }
     }
 
+    /// Parts of a split set together again.
+    fn joined(parts: &[ProjectionRows]) -> ProjectionRows {
+        let mut rows = ProjectionRows::default();
+        for part in parts {
+            rows.merge(part.clone());
+        }
+        rows
+    }
+
     /// The rows one at a time (to find the one the database refuses).
     fn split(self) -> impl Iterator<Item = ProjectionRows> {
         self.turns.into_iter().map(|(k, row)| ProjectionRows {
@@ -203,7 +212,7 @@ pub async fn stored_mark(pool: &PgPool, fence: &Fence) -> Result<Option<i64>, sq
 }
 
 /// Writes the rows, retrying while the database is away. A set the database refuses is
-/// written row by row and a row refused alone is left out (logged and counted: its event stays
+/// bisected down to the rows at fault (`Retry::isolate`) and a row refused alone is left out (logged and counted: its event stays
 /// in the log), so one bad row never holds back the others nor the calls waiting on them.
 /// When not one row could be written, readiness says so until a later write succeeds.
 /// False only if `abort` fired first.
@@ -230,19 +239,24 @@ pub async fn write_with_retry(
         Err(Stop::Cancelled) => return false,
         Err(Stop::Refused(e)) => e,
     };
-    warn!(error = %e, rows = rows.len(), "projection rows refused; writing them one by one");
+    warn!(error = %e, rows = rows.len(), "projection rows refused; bisecting them down to the rows at fault");
     let parts: Vec<ProjectionRows> = rows.split().collect();
     let mut taken = false;
     let mut last_refusal = e.to_string();
     let isolated = retry
         .isolate(
             parts.len(),
-            |i| write_timed(pool, fence, &parts[i]),
-            |i, outcome| {
+            |range| {
+                let rows = ProjectionRows::joined(&parts[range]);
+                async move { write_timed(pool, fence, &rows).await }
+            },
+            |range, outcome| {
                 match outcome {
                     Ok(()) => taken = true,
                     Err(e) => {
-                        report_refused(&parts[i], &e);
+                        for part in &parts[range] {
+                            report_refused(part, &e);
+                        }
                         last_refusal = e.to_string();
                     }
                 }

@@ -165,7 +165,7 @@ impl RecordWriter {
     }
 
     /// Writes one batch, retrying while the database is unavailable. A batch the database
-    /// refuses is written row by row, and a row refused alone is logged and counted (its events
+    /// refuses is bisected down to the rows at fault (`Retry::isolate`), and a row refused alone is logged and counted (its events
     /// stay in the log and the call in `open_calls`); when not one row could be written,
     /// readiness says so until a later write succeeds. False if aborted.
     async fn write_with_retry(
@@ -201,29 +201,31 @@ impl RecordWriter {
             Err(Stop::Refused(e)) => e,
         };
         // The data itself was refused: find the rows at fault, write the rest.
-        warn!(error = %e, records = batch.len(), "record batch refused; writing rows one by one");
+        warn!(error = %e, records = batch.len(), "record batch refused; bisecting it down to the rows at fault");
         let mut taken = false;
         let mut last_refusal = e.to_string();
         let isolated = retry
             .isolate(
                 batch.len(),
-                |i| upsert(pool, fence, &batch[i..=i], close),
-                |i, outcome| {
-                    let request = &batch[i];
+                |range| upsert(pool, fence, &batch[range], close),
+                |range, outcome| {
+                    let requests = &batch[range];
                     match outcome {
                         Ok(written) => {
                             taken = true;
-                            observe(std::slice::from_ref(request), written, Duration::ZERO)
+                            observe(requests, written, Duration::ZERO)
                         }
                         Err(e) => {
                             last_refusal = e.to_string();
-                            error!(
-                                call_id = %request.record.call_id,
-                                trace_id = request.record.trace_id.as_deref().unwrap_or(""),
-                                error = %e,
-                                "record refused by the database; its events stay in call_events"
-                            );
-                            counter!(metric::RECORDS_REFUSED.name).increment(1);
+                            for request in requests {
+                                error!(
+                                    call_id = %request.record.call_id,
+                                    trace_id = request.record.trace_id.as_deref().unwrap_or(""),
+                                    error = %e,
+                                    "record refused by the database; its events stay in call_events"
+                                );
+                            }
+                            counter!(metric::RECORDS_REFUSED.name).increment(requests.len() as u64);
                         }
                     }
                     async { Ok::<(), std::convert::Infallible>(()) }

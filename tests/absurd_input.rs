@@ -216,3 +216,41 @@ async fn the_dead_letter_queue_keeps_its_bound_dropping_the_oldest() {
     assert_eq!(bodies, ["garbage 5", "garbage 6", "garbage 7"]);
     app.finish().await;
 }
+
+/// A message the log refuses (here through a constraint the test adds) is dead-lettered as
+/// `unstorable`; its batch is bisected down to it, and every other message of the batch is
+/// logged, acked once, and makes its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_log_refuses_costs_only_itself_in_its_batch() {
+    let app = TestApp::spawn_with(|s| {
+        s.ingest.batch_max_age = Duration::from_millis(200);
+    })
+    .await;
+    sqlx::query(
+        "ALTER TABLE call_events ADD CONSTRAINT test_refuses CHECK (call_id NOT LIKE 'refuse%')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("constraint");
+    let calls: Vec<_> = (0..40).map(|i| call(&format!("batch-{i}"))).collect();
+    let bad = call("refuse-me");
+    let mut events: Vec<Value> = calls.iter().flat_map(|c| c.events(true)).collect();
+    events.insert(97, bad.started());
+    for e in &events {
+        app.publisher.publish(e).await.expect("publish");
+    }
+    for c in &calls {
+        let r = wait_for_row(&app.pool, &c.call_id, 5).await;
+        assert_full_record(&r, c);
+    }
+    let dead = wait_for_dead_letters(&app.settings.amqp.dead_letter_queue, 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1.as_deref(), Some("unstorable"));
+    assert_eq!(dead[0].0, bad.started().to_string().into_bytes());
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(logged, 200, "every other message logged once");
+    app.finish().await;
+}

@@ -376,10 +376,17 @@ async fn declare_durable(
 
 /// Redeclares `queue` (durable) with `argument` = `value` on a channel of its own: the broker
 /// accepts it only if the queue already has that argument with that value (and no other: the
-/// service's own queue is redeclared with its `x-single-active-consumer` too).
+/// service's own queue is redeclared with its `x-single-active-consumer` too, the dead-letter
+/// queue with its default bounds).
 async fn queue_has(queue: &str, argument: &str, value: lapin::types::AMQPValue) -> bool {
     let (conn, ch) = by_hand().await;
-    let mut arguments = lapin::types::FieldTable::default();
+    let mut arguments = if queue.ends_with("failed.queue") && argument != "x-queue-type" {
+        let defaults =
+            cdr_service::config::Settings::load_from(None, Vec::new()).expect("defaults");
+        cdr_service::ingest::dead_letter_arguments(&defaults.amqp)
+    } else {
+        lapin::types::FieldTable::default()
+    };
     arguments.insert(argument.into(), value);
     if !queue.ends_with("failed.queue") && argument != "x-queue-type" {
         arguments.insert(

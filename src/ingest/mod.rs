@@ -56,7 +56,7 @@ pub use consumer::OTHER_PLATFORM_EVENTS;
 use consumer::{Consumer, Ended, flatten_join};
 use dead_letter::DeadLetters;
 pub use dead_letter::{DETAIL_HEADER, REASON_HEADER, UNSTORABLE};
-pub use topology::{declare_passive, queue_arguments};
+pub use topology::{dead_letter_arguments, declare_passive, queue_arguments};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
