@@ -443,6 +443,9 @@ fn export_known_series() {
         }
     }
     counter!(metric::PROJECTION_ROWS.name, "table" => "call_dialog_events").absolute(0);
+    for anomaly in crate::merge::ANOMALIES {
+        counter!(metric::RECORD_ANOMALIES.name, "anomaly" => anomaly).absolute(0);
+    }
     // Platform events are counted by their own type names, an open set: the one known in
     // advance is the bucket the names past the label bound go to.
     for format in Format::ALL {

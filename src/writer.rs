@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::config::{BackoffSettings, WriterSettings};
 use crate::health::Health;
 use crate::lease::Fence;
-use crate::merge::{CallRecord, UsageLine};
+use crate::merge::{ANOMALIES, CallRecord, UsageLine};
 use crate::project::Projected;
 use crate::retry::{Retry, Stop};
 use crate::row::CallRow;
@@ -289,6 +289,11 @@ fn observe(batch: &[WriteRequest], written: u64, took: Duration) {
         .increment(1);
         if let Some(end) = r.end_received {
             histogram!(metric::RECORD_FLUSH_LATENCY.name).record(end.elapsed().as_secs_f64());
+        }
+        for anomaly in r.record.anomalies.iter().flat_map(|a| a.split(',')) {
+            if let Some(known) = ANOMALIES.iter().find(|k| **k == anomaly) {
+                counter!(metric::RECORD_ANOMALIES.name, "anomaly" => *known).increment(1);
+            }
         }
     }
 }

@@ -254,3 +254,105 @@ async fn a_message_the_log_refuses_costs_only_itself_in_its_batch() {
     assert_eq!(logged, 200, "every other message logged once");
     app.finish().await;
 }
+
+fn usage(call_id: &str, usage_id: &str, quantity: &str) -> Value {
+    let body = format!(
+        r#"{{"eventType":"cost.usage.reported","callId":"{call_id}","timestamp":"2025-09-24T10:01:30Z","usageId":"{usage_id}","service":"agent","resourceType":"llm_token","quantity":{quantity}}}"#
+    );
+    serde_json::from_str(&body).expect("a usage report")
+}
+
+/// Absurd usage figures with a non-zero price: the fold never panics, the record keeps what it
+/// can and names what it could not (`anomalies`).
+#[test]
+fn absurd_usage_figures_leave_their_cost_out_and_say_so() {
+    use cdr_service::merge::{CallEvent, CallState, PriceBook};
+    let prices = PriceBook::new([(
+        "llm_token".to_owned(),
+        "2020-01-01T00:00:00Z".parse().unwrap(),
+        rust_decimal::Decimal::TWO,
+    )]);
+    let start = json!({"eventType": "call.started", "callId": "u@h",
+                       "timestamp": "2025-09-24T10:00:00Z"});
+    let fold = |reports: &[Value]| {
+        let events: Vec<CallEvent> = std::iter::once(&start)
+            .chain(reports)
+            .map(|v| CallEvent::from(decoded(v).expect("decodes")))
+            .collect();
+        CallState::fold(&events).record_and_usage("u@h", &prices)
+    };
+    let (record, lines) = fold(&[usage("u@h", "a", "\"79228162514264337593543950335\"")]);
+    assert_eq!(record.total_cost, None);
+    assert_eq!(lines[0].cost, None);
+    assert_eq!(
+        record.anomalies.as_deref(),
+        Some("cost_overflow,quantity_unfit")
+    );
+    let (record, _) = fold(&[usage("u@h", "a", "100000")]);
+    assert_eq!(record.anomalies.as_deref(), Some("cost_unfit"));
+    let (record, _) = fold(&[usage("u@h", "a", "10"), usage("u@h", "b", "20")]);
+    assert_eq!(record.anomalies, None);
+    assert_eq!(record.total_cost, Some(rust_decimal::Decimal::from(60)));
+}
+
+/// Through the real pipeline: calls whose usage figures are absurd get their records, complete
+/// but for the figures they name in `anomalies`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_absurd_usage_gets_its_record_flagged() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    cdr_service::db::migrate(&pool).await.expect("migrate");
+    sqlx::query(
+        "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) \
+         VALUES ('llm', 'llm_token', 2, 'USD', '2020-01-01')",
+    )
+    .execute(&pool)
+    .await
+    .expect("a price");
+    let settings = env.settings();
+    let app = TestApp::start(env, settings).await;
+    let huge = call("usage-huge");
+    let large = call("usage-large");
+    for (c, quantity) in [
+        (&huge, "\"79228162514264337593543950335\""),
+        (&large, "100000"),
+    ] {
+        let mut events = c.events(true);
+        events.push(usage(&c.call_id, "u1", quantity));
+        for e in &events {
+            app.publisher.publish(e).await.expect("publish");
+        }
+    }
+    let anomalies = |call_id: String| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT anomalies FROM calls WHERE call_id = $1",
+            )
+            .bind(call_id)
+            .fetch_one(&pool)
+            .await
+            .expect("anomalies")
+        }
+    };
+    let r = wait_for_row(&app.pool, &huge.call_id, 6).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(r.start_time, Some(huge.start));
+    assert_eq!(
+        anomalies(huge.call_id.clone()).await.as_deref(),
+        Some("cost_overflow,quantity_unfit")
+    );
+    let r = wait_for_row(&app.pool, &large.call_id, 6).await;
+    assert_eq!(r.status.as_deref(), Some("COMPLETED"));
+    assert_eq!(
+        anomalies(large.call_id.clone()).await.as_deref(),
+        Some("cost_unfit")
+    );
+    wait_until(Duration::from_secs(10), "the anomalies counted", || {
+        let app = &app;
+        async move { app.metric("cdr_record_anomalies_total").await >= 3.0 }
+    })
+    .await;
+    pool.close().await;
+    app.finish().await;
+}

@@ -455,7 +455,7 @@ async fn the_current_service_is_replaced_in_place() {
     let old_row = |pool: PgPool| async move {
         let row: serde_json::Value = sqlx::query_scalar(
             "SELECT to_jsonb(c) - 'event_count' - 'trace_id' - 'billable_seconds' \
-               - 'inferred_times' - 'end_reason' - 'adopted' \
+               - 'inferred_times' - 'end_reason' - 'adopted' - 'anomalies' \
              FROM calls c WHERE call_id = 'go-finished@h'",
         )
         .fetch_one(&pool)

@@ -300,6 +300,11 @@ pub const USAGE_LINES_WRITTEN: Metric = Metric::counter(
     "cdr_usage_lines_written_total",
     "Usage lines (usage_records) written with their calls' records",
 );
+pub const RECORD_ANOMALIES: Metric = Metric::counter(
+    "cdr_record_anomalies_total",
+    "Record writes whose row names an anomaly: a figure of the events it could not keep",
+)
+.labelled(&["anomaly"]);
 pub const USAGE_LINES_UNFIT: Metric = Metric::counter(
     "cdr_usage_lines_unfit_total",
     "Usage lines left out because their quantity does not fit usage_records.quantity",
@@ -388,6 +393,7 @@ pub const ALL: &[Metric] = &[
     RECORDS_REFUSED,
     USAGE_LINES_WRITTEN,
     USAGE_LINES_UNFIT,
+    RECORD_ANOMALIES,
     RECORD_BATCH_SIZE,
     RECORD_WRITE_DURATION,
     RECORD_WRITE_RETRIES,

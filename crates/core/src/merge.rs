@@ -287,6 +287,30 @@ pub struct CallRecord {
     pub hangup_source: Option<String>,
     /// Which of start/answer/end stand on a receive time, comma-separated; None when all were sent.
     pub inferred_times: Option<String>,
+    /// Figures of the events the record could not keep, comma-separated (`ANOMALIES`); None
+    /// when there are none. The call is real and its record written: only those figures are
+    /// missing from it.
+    pub anomalies: Option<String>,
+}
+
+/// What `CallRecord::anomalies` names:
+/// - `cost_overflow`: a usage line's cost, or the sum of them, beyond any arithmetic (a quantity
+///   of 10^28, say): the cost is left NULL;
+/// - `cost_unfit`: a line's cost or `total_cost` beyond its column (`COST_COLUMN`): left NULL;
+/// - `quantity_unfit`: a usage quantity beyond its column (`QUANTITY_COLUMN`): its line is left
+///   out of `usage_records` (the event stays in the log).
+pub const ANOMALIES: [&str; 3] = ["cost_overflow", "cost_unfit", "quantity_unfit"];
+
+/// `usage_records.calculated_cost` and `calls.total_cost`: numeric(10,5).
+pub const COST_COLUMN: (u32, u32) = (10, 5);
+/// `usage_records.quantity`: numeric(15,5).
+pub const QUANTITY_COLUMN: (u32, u32) = (15, 5);
+
+/// Whether `value` fits a `numeric(precision, scale)` column once rounded to `scale` places:
+/// a value that does not would make the whole statement fail.
+pub fn fits_numeric(value: Decimal, (precision, scale): (u32, u32)) -> bool {
+    let limit = Decimal::from(10u64.pow(precision - scale));
+    value.round_dp(scale).abs() < limit
 }
 
 /// Unit prices from `cost_models`, each valid from its start date until the next one.
@@ -473,6 +497,25 @@ impl CallState {
 
         let started = self.started.as_ref().map(|r| &r.value);
         let usage = self.usage_lines(start_time, end_time, billable_seconds, prices);
+        let total = total_cost(&usage);
+        let priced =
+            |l: &UsageLine| start_time.and_then(|at| prices.price_at(&l.resource_type, at));
+        let overflow = usage
+            .iter()
+            .any(|l| l.cost.is_none() && priced(l).is_some())
+            || (total.is_none() && usage.iter().any(|l| l.cost.is_some()));
+        let unfit = |c: &Option<Decimal>| c.is_some_and(|c| !fits_numeric(c, COST_COLUMN));
+        let anomalies: Vec<&str> = [
+            overflow,
+            usage.iter().any(|l| unfit(&l.cost)) || unfit(&total),
+            usage
+                .iter()
+                .any(|l| !fits_numeric(l.quantity, QUANTITY_COLUMN)),
+        ]
+        .into_iter()
+        .zip(ANOMALIES)
+        .filter_map(|(found, name)| found.then_some(name))
+        .collect();
         let record = CallRecord {
             call_id: call_id.to_owned(),
             trace_id: self.trace_id().map(str::to_owned),
@@ -491,7 +534,7 @@ impl CallState {
             },
             disposition,
             recording_url: self.recording.as_ref().map(|r| r.value.clone()),
-            total_cost: total_cost(&usage),
+            total_cost: total,
             direction: self.inbound.then(|| "INBOUND".to_owned()),
             caller_number: started.and_then(|s| s.caller_number.clone()),
             callee_number: started.and_then(|s| s.callee_number.clone()),
@@ -499,6 +542,7 @@ impl CallState {
             end_reason: reason,
             hangup_source,
             inferred_times: (!inferred.is_empty()).then(|| inferred.join(",")),
+            anomalies: (!anomalies.is_empty()).then(|| anomalies.join(",")),
         };
         (record, usage)
     }

@@ -136,6 +136,9 @@ calls_row! {
     end_reason: Option<String> => "text", max_chars 64;
     hangup_source: Option<String> => "text";
     inferred_times: Option<String> => "text";
+    /// Figures the record could not keep (`cdr_core::merge::ANOMALIES`; a column of this
+    /// service's own).
+    anomalies: Option<String> => "text";
     /// Distinct logged events folded into the row: its version.
     event_count: i32 => "int";
 }
@@ -243,6 +246,7 @@ impl CallRow {
             end_reason: r.end_reason.clone(),
             hangup_source: r.hangup_source.clone(),
             inferred_times: r.inferred_times.clone(),
+            anomalies: r.anomalies.clone(),
             event_count,
         };
         row.cut_to_columns();
@@ -277,12 +281,7 @@ pub fn fit(value: Option<&str>, max_chars: usize) -> Option<&str> {
     })
 }
 
-/// Whether `value` fits a `numeric(precision, scale)` column once rounded to `scale` places:
-/// a value that does not would make the whole statement fail.
-pub fn fits_numeric(value: Decimal, (precision, scale): (u32, u32)) -> bool {
-    let limit = Decimal::from(10u64.pow(precision - scale));
-    value.round_dp(scale).abs() < limit
-}
+pub use cdr_core::merge::fits_numeric;
 
 /// Cuts an owned value in place to at most `max_chars` characters, as `fit` does.
 fn cut(value: &mut Option<String>, max_chars: usize) {
@@ -407,6 +406,7 @@ mod tests {
             end_reason: Some(long.clone()),
             hangup_source: None,
             inferred_times: Some("start".to_owned()),
+            anomalies: None,
         };
         let row = CallRow::from_record(&record, 4);
         assert_eq!(row.trace_id.as_deref(), Some("é".repeat(255).as_str()));

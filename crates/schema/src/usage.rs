@@ -70,9 +70,9 @@ pub const USAGE_COLUMNS: &[Column] = &[
 ];
 
 /// `usage_records.quantity`: numeric(15,5).
-const QUANTITY: (u32, u32) = (15, 5);
+const QUANTITY: (u32, u32) = cdr_core::merge::QUANTITY_COLUMN;
 /// `usage_records.calculated_cost` and `calls.total_cost`: numeric(10,5).
-pub const COST: (u32, u32) = (10, 5);
+pub const COST: (u32, u32) = cdr_core::merge::COST_COLUMN;
 
 /// One `usage_records` line as the service writes it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
