@@ -127,20 +127,6 @@ fn integer_fields_take_every_json_spelling_of_an_integer_and_no_string() {
     }
 }
 
-async fn wait_for_dead_letters(queue: &str, n: usize) -> Vec<(Vec<u8>, Option<String>)> {
-    let mut dead = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while dead.len() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead letters missing: {dead:?}"
-        );
-        dead.extend(drain_queue(queue).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    dead
-}
-
 /// A call whose answer is dated year 0001 and whose start carries a 300-character trace id:
 /// the absurd answer is dead-lettered, the start is logged without its trace id, and the call
 /// gets its record from the rest, with nothing else dead-lettered.

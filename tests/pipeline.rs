@@ -240,16 +240,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_nothing_stops() {
     let r = wait_for_row(&app.pool, &c.call_id, 5).await;
     assert_full_record(&r, &c);
 
-    let mut dead = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while dead.len() < cases.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead letters missing: {dead:?}"
-        );
-        dead.extend(drain_queue(&app.settings.amqp.dead_letter_queue).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead = wait_for_dead_letters(&app.settings.amqp.dead_letter_queue, cases.len()).await;
     assert_eq!(dead.len(), cases.len());
     for ((body, reason), (dl_body, dl_reason)) in cases.iter().zip(&dead) {
         assert_eq!(dl_reason.as_deref(), Some(*reason));

@@ -159,12 +159,6 @@ async fn projections_lost_in_a_crash_are_written_again_at_start() {
     let pool = env.pool().await;
     cdr_service::db::migrate(&pool).await.expect("migrate");
     let log = EventLog::new(pool.clone());
-    let envelopes = |call: &str| -> Vec<Envelope> {
-        call_with_turns_and_usage(call)
-            .iter()
-            .map(|v| event::decode(v.to_string().as_bytes(), t0(), LIMITS).expect("event"))
-            .collect()
-    };
     let appended = log.append(&envelopes("crashed")).await.expect("append");
     assert_eq!(appended.new_events(), 9);
     let appended = log.append(&envelopes("held")).await.expect("append");
@@ -394,12 +388,6 @@ async fn a_start_re_projects_only_the_events_above_the_projection_mark() {
     let log = EventLog::new(pool.clone());
     let settings = env.settings();
     let key = settings.cluster.key(&settings.amqp.queue).to_owned();
-    let envelopes = |call: &str| -> Vec<Envelope> {
-        call_with_turns_and_usage(call)
-            .iter()
-            .map(|v| event::decode(v.to_string().as_bytes(), t0(), LIMITS).expect("event"))
-            .collect()
-    };
     log.append(&envelopes("below")).await.expect("append");
     let mark: i64 = sqlx::query_scalar("SELECT max(event_id) FROM call_events")
         .fetch_one(&pool)

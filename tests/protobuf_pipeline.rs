@@ -8,7 +8,6 @@
 use cdr_testkit as common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
 use cdr_core::proto;
 use cdr_service::event::{self, Format, Limits};
@@ -300,20 +299,6 @@ fn labelled(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn wait_for_dead_letters(app: &TestApp, n: usize) -> Vec<(Vec<u8>, Option<String>)> {
-    let mut dead = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while dead.len() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead letters missing: {dead:?}"
-        );
-        dead.extend(drain_queue(&app.settings.amqp.dead_letter_queue).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    dead
-}
-
 // ---------------------------------------------------------------------------------------------
 // Whole calls
 // ---------------------------------------------------------------------------------------------
@@ -594,7 +579,7 @@ async fn broken_protobuf_is_dead_lettered_with_its_reason_and_nothing_stops() {
     let r = wait_for_row(&app.pool, &c.call_id, 7).await;
     assert_full_record(&r, &c);
 
-    let dead = wait_for_dead_letters(&app, cases.len()).await;
+    let dead = wait_for_dead_letters(&app.settings.amqp.dead_letter_queue, cases.len()).await;
     assert_eq!(dead.len(), cases.len());
     for ((body, _, reason), (dl_body, dl_reason)) in cases.iter().zip(&dead) {
         assert_eq!(dl_reason.as_deref(), Some(*reason), "{body:?}");

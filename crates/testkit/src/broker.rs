@@ -37,6 +37,22 @@ pub async fn drain_queue(queue: &str) -> Vec<(Vec<u8>, Option<String>)> {
     out
 }
 
+/// Takes messages from the dead-letter `queue` until there are at least `n` (panics after
+/// 20 s with what came).
+pub async fn wait_for_dead_letters(queue: &str, n: usize) -> Vec<(Vec<u8>, Option<String>)> {
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dead.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead letters missing: {dead:?}"
+        );
+        dead.extend(drain_queue(queue).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    dead
+}
+
 /// Messages waiting in a queue (declared passively); panics if it does not exist.
 pub async fn queue_depth(queue: &str) -> u32 {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())

@@ -19,7 +19,7 @@ pub mod service;
 use std::time::{Duration, Instant};
 
 pub use app::{Running, TestApp, init_test_logging};
-pub use broker::{Producer, declare_bound_queue, drain_queue, queue_depth};
+pub use broker::{Producer, declare_bound_queue, drain_queue, queue_depth, wait_for_dead_letters};
 pub use calls::{assert_full_record, call, t0};
 pub use env::{TestEnv, amqp_url, create_database, env_vars, postgres_admin_url};
 pub use metrics::metric_at;
