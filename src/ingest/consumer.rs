@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::{DeadLetters, Rejected};
 use super::{Batch, InFlight, IngestError};
 use crate::config::IngestSettings;
-use crate::event::{self, Format, Limits, Reject};
+use crate::event::{self, Format, Limits, Reject, TimestampWindow};
 use crate::telemetry::metric;
 
 /// How the consume loop ended.
@@ -40,6 +40,9 @@ pub(super) struct Consumer<'a> {
     pub batch: Batch,
     /// `cdr_events_received_total` by event type and format, resolved once per pair.
     received: HashMap<(&'static str, Format), metrics::Counter>,
+    /// The window an event's own timestamp must fall in (`ingest.max_event_age`,
+    /// `ingest.max_clock_skew`), computed once.
+    window: TimestampWindow,
     /// The open batch is due (old or full enough) and goes to the committer when it is free.
     due: Option<Instant>,
 }
@@ -51,6 +54,7 @@ impl<'a> Consumer<'a> {
         in_flight: InFlight,
     ) -> Self {
         Consumer {
+            window: settings.timestamp_window(),
             settings,
             dead_letters,
             in_flight,
@@ -130,9 +134,8 @@ impl<'a> Consumer<'a> {
         // At the log's precision (microseconds), so that a receive time standing in for a
         // missing timestamp is the same live and rebuilt from the log.
         let received_at = Utc::now().trunc_subsecs(6);
-        let window = self.settings.timestamp_window();
         let decoded = event::decode_hinted(&delivery.data, hint, received_at, self.limits())
-            .and_then(|e| e.check_window(&window).map(|()| e));
+            .and_then(|e| e.check_window(&self.window).map(|()| e));
         match decoded {
             Ok(envelope) => {
                 let key = (envelope.kind.name(), envelope.format);
