@@ -212,8 +212,9 @@ pub async fn stored_mark(pool: &PgPool, fence: &Fence) -> Result<Option<i64>, sq
 }
 
 /// Writes the rows, retrying while the database is away. A set the database refuses is
-/// bisected down to the rows at fault (`Retry::isolate`) and a row refused alone is left out (logged and counted: its event stays
-/// in the log), so one bad row never holds back the others nor the calls waiting on them.
+/// bisected down to the rows at fault (`Retry::isolate`) and a row refused alone is left out
+/// (logged and counted: its event stays in the log), so one bad row never holds back the
+/// others nor the calls waiting on them.
 /// When not one row could be written, readiness says so until a later write succeeds.
 /// False only if `abort` fired first.
 pub async fn write_with_retry(
@@ -483,15 +484,16 @@ impl Projector {
                 );
                 return;
             }
-            if !self.record_mark(upto, &abort).await {
-                return;
-            }
             // Raised only after the rows are committed; it never goes down.
             self.done.send_if_modified(|v| {
                 let higher = upto > *v;
                 *v = (*v).max(upto);
                 higher
             });
+            // Then recorded for the next start, off the writer's way.
+            if !self.record_mark(upto, &abort).await {
+                return;
+            }
         }
         info!("projector drained");
     }

@@ -165,9 +165,10 @@ impl RecordWriter {
     }
 
     /// Writes one batch, retrying while the database is unavailable. A batch the database
-    /// refuses is bisected down to the rows at fault (`Retry::isolate`), and a row refused alone is logged and counted (its events
-    /// stay in the log and the call in `open_calls`); when not one row could be written,
-    /// readiness says so until a later write succeeds. False if aborted.
+    /// refuses is bisected down to the rows at fault (`Retry::isolate`), and a row refused
+    /// alone is logged and counted (its events stay in the log and the call in `open_calls`);
+    /// when not one row could be written, readiness says so until a later write succeeds.
+    /// False if aborted.
     async fn write_with_retry(
         &mut self,
         batch: &[WriteRequest],
