@@ -342,3 +342,41 @@ async fn a_call_with_absurd_usage_gets_its_record_flagged() {
     pool.close().await;
     app.finish().await;
 }
+
+/// A call with more distinct usage reports than it keeps: the lowest keys are kept whatever
+/// the order, the record says `usage_capped`, and memory per call stays bounded.
+#[test]
+fn usage_reports_past_the_cap_keep_the_lowest_keys_in_any_order() {
+    use cdr_service::merge::{CallEvent, CallState, MAX_USAGE_REPORTS_PER_CALL, PriceBook};
+    let prices = PriceBook::new([(
+        "llm_token".to_owned(),
+        "2020-01-01T00:00:00Z".parse().unwrap(),
+        rust_decimal::Decimal::ONE,
+    )]);
+    let n = MAX_USAGE_REPORTS_PER_CALL + 5;
+    let mut events: Vec<CallEvent> = (0..n)
+        .map(|i| usage("cap@h", &format!("u{i:05}"), "1"))
+        .chain([json!({"eventType": "call.started", "callId": "cap@h",
+                       "timestamp": "2025-09-24T10:00:00Z"})])
+        .map(|v| CallEvent::from(decoded(&v).expect("decodes")))
+        .collect();
+    let (record, lines) = CallState::fold(&events).record_and_usage("cap@h", &prices);
+    assert_eq!(lines.len(), MAX_USAGE_REPORTS_PER_CALL);
+    assert_eq!(lines.last().map(|l| l.key.as_str()), Some("id:u00999"));
+    assert_eq!(record.anomalies.as_deref(), Some("usage_capped"));
+    assert_eq!(
+        record.total_cost,
+        Some(rust_decimal::Decimal::from(MAX_USAGE_REPORTS_PER_CALL))
+    );
+    events.reverse();
+    assert_eq!(
+        CallState::fold(&events).record_and_usage("cap@h", &prices),
+        (record.clone(), lines.clone()),
+        "the same whatever the order"
+    );
+    events.rotate_left(n / 3);
+    assert_eq!(
+        CallState::fold(&events).record_and_usage("cap@h", &prices),
+        (record, lines)
+    );
+}

@@ -157,9 +157,18 @@ pub struct CallState {
     recording: Option<Ranked<String>>,
     dialog_turns: bool,
     terminate_requested: bool,
-    /// Usage reports keyed by `usageId` (or body hash when absent), so each counts once.
+    /// Usage reports keyed by `usageId` (or body hash when absent), so each counts once; at
+    /// most `MAX_USAGE_REPORTS_PER_CALL` of them, those of the lowest keys.
     usage: BTreeMap<String, Reported>,
+    /// More distinct usage reports came than the call keeps.
+    usage_capped: bool,
 }
+
+/// Most usage reports a call keeps (a real call has a handful): past it, those of the lowest
+/// keys are kept and the record says `usage_capped`. The lowest keys, not the first to arrive,
+/// so the record stays a function of the call's distinct events whatever their order. A bound
+/// of the record's definition, not a setting: two instances folding one call must agree.
+pub const MAX_USAGE_REPORTS_PER_CALL: usize = 1000;
 
 /// The version of a usage report kept for its key. Between two reports with one key the
 /// greater wins, field by field in this order, so arrival order never matters.
@@ -298,8 +307,15 @@ pub struct CallRecord {
 ///   of 10^28, say): the cost is left NULL;
 /// - `cost_unfit`: a line's cost or `total_cost` beyond its column (`COST_COLUMN`): left NULL;
 /// - `quantity_unfit`: a usage quantity beyond its column (`QUANTITY_COLUMN`): its line is left
-///   out of `usage_records` (the event stays in the log).
-pub const ANOMALIES: [&str; 3] = ["cost_overflow", "cost_unfit", "quantity_unfit"];
+///   out of `usage_records` (the event stays in the log);
+/// - `usage_capped`: more distinct usage reports than `MAX_USAGE_REPORTS_PER_CALL`: only those
+///   of the lowest keys make lines (the others stay in the log).
+pub const ANOMALIES: [&str; 4] = [
+    "cost_overflow",
+    "cost_unfit",
+    "quantity_unfit",
+    "usage_capped",
+];
 
 /// `usage_records.calculated_cost` and `calls.total_cost`: numeric(10,5).
 pub const COST_COLUMN: (u32, u32) = (10, 5);
@@ -392,6 +408,12 @@ impl CallState {
                     Some(existing) if *existing >= candidate => {}
                     _ => {
                         self.usage.insert(key, candidate);
+                        if self.usage.len() > MAX_USAGE_REPORTS_PER_CALL {
+                            // The highest key goes: once out, a key never ranks low enough
+                            // to come back, so every kept key has seen all its versions.
+                            self.usage.pop_last();
+                            self.usage_capped = true;
+                        }
                     }
                 }
             }
@@ -511,6 +533,7 @@ impl CallState {
             usage
                 .iter()
                 .any(|l| !fits_numeric(l.quantity, QUANTITY_COLUMN)),
+            self.usage_capped,
         ]
         .into_iter()
         .zip(ANOMALIES)
