@@ -380,3 +380,32 @@ fn usage_reports_past_the_cap_keep_the_lowest_keys_in_any_order() {
         (record, lines)
     );
 }
+
+/// A string value longer than any the platform sends (a 9 KiB recording URI, say) reads as
+/// absent: the event is kept, the call's state stays small, and a value that fits is kept.
+#[test]
+fn string_values_past_their_bound_read_as_absent() {
+    use cdr_service::event::MAX_FIELD_BYTES;
+    let recording = |uri: &str| {
+        json!({"eventType": "call.recording.available", "callId": "s@h",
+               "timestamp": "2026-06-01T11:00:00Z", "recordingUri": uri})
+    };
+    let fits = format!("s3://bucket/{}", "a".repeat(MAX_FIELD_BYTES - 12));
+    match decoded(&recording(&fits)).expect("kept").kind {
+        EventKind::RecordingAvailable { uri } => assert_eq!(uri.as_deref(), Some(fits.as_str())),
+        other => panic!("{other:?}"),
+    }
+    let too_long = format!("{fits}a");
+    match decoded(&recording(&too_long)).expect("kept").kind {
+        EventKind::RecordingAvailable { uri } => assert_eq!(uri, None),
+        other => panic!("{other:?}"),
+    }
+    // Past the bound under one key, a value that fits under another is read.
+    let both = json!({"eventType": "call.started", "callId": "s@h",
+                      "timestamp": "2026-06-01T11:00:00Z",
+                      "from": "x".repeat(MAX_FIELD_BYTES + 1), "fromUri": "sip:905551234567@h"});
+    match decoded(&both).expect("kept").kind {
+        EventKind::Started(s) => assert_eq!(s.caller_number.as_deref(), Some("905551234567")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -255,13 +255,19 @@ fn field<'a>(o: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().filter_map(|k| o.get(*k)).find(|v| !v.is_null())
 }
 
+/// Longest string value the fold keeps from an event's content (a URI, a reason, a service):
+/// longer, it is no value the platform sends, and it reads as absent (the event keeps it in the
+/// log). So a call's state stays small whatever a message of up to `ingest.max_body_bytes`
+/// holds; columns narrower than this cut the value further when the row is written.
+pub const MAX_FIELD_BYTES: usize = 8 * 1024;
+
 fn str_field(o: &Map<String, Value>, keys: &[&str]) -> Option<String> {
     // The first key that holds a non-blank string: `"from": ""` next to a real `fromUri`
     // must not hide it.
     keys.iter()
         .filter_map(|k| o.get(*k).and_then(Value::as_str))
         .map(str::trim)
-        .find(|s| !s.is_empty())
+        .find(|s| !s.is_empty() && s.len() <= MAX_FIELD_BYTES)
         .map(str::to_owned)
 }
 

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub use kind::{
-    DialogTurn, EventKind, Identity, PLACEHOLDER_TENANT, Started, Usage, is_call_event_type,
-    sip_user,
+    DialogTurn, EventKind, Identity, MAX_FIELD_BYTES, PLACEHOLDER_TENANT, Started, Usage,
+    is_call_event_type, sip_user,
 };
 
 /// The SIP Call-ID limit of the `calls.call_id` column.
