@@ -443,6 +443,7 @@ fn export_known_series() {
         }
     }
     counter!(metric::PROJECTION_ROWS.name, "table" => "call_dialog_events").absolute(0);
+    counter!(metric::EVENT_FIELDS_DROPPED.name, "field" => "trace_id").absolute(0);
     for anomaly in crate::merge::ANOMALIES {
         counter!(metric::RECORD_ANOMALIES.name, "anomaly" => anomaly).absolute(0);
     }

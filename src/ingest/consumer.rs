@@ -14,6 +14,7 @@ use metrics::{counter, histogram};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::dead_letter::{DeadLetters, Rejected};
 use super::{Batch, InFlight, IngestError};
@@ -146,6 +147,11 @@ impl<'a> Consumer<'a> {
                             "event_type" => key.0, "format" => key.1.as_str())
                     })
                     .increment(1);
+                if envelope.trace_id_dropped {
+                    warn!(call_id = %envelope.call_id, event_type = %envelope.event_type,
+                        "trace id longer than its column: the event is kept without it");
+                    counter!(metric::EVENT_FIELDS_DROPPED.name, "field" => "trace_id").increment(1);
+                }
                 self.batch.envelopes.push(envelope);
                 self.batch.deliveries.push(delivery);
                 if self.batch.len() >= self.settings.batch_size && self.due.is_none() {

@@ -300,6 +300,11 @@ pub const USAGE_LINES_WRITTEN: Metric = Metric::counter(
     "cdr_usage_lines_written_total",
     "Usage lines (usage_records) written with their calls' records",
 );
+pub const EVENT_FIELDS_DROPPED: Metric = Metric::counter(
+    "cdr_event_fields_dropped_total",
+    "Fields of accepted events left out because they cannot be kept (a trace id too long for its column)",
+)
+.labelled(&["field"]);
 pub const RECORD_ANOMALIES: Metric = Metric::counter(
     "cdr_record_anomalies_total",
     "Record writes whose row names an anomaly: a figure of the events it could not keep",
@@ -394,6 +399,7 @@ pub const ALL: &[Metric] = &[
     USAGE_LINES_WRITTEN,
     USAGE_LINES_UNFIT,
     RECORD_ANOMALIES,
+    EVENT_FIELDS_DROPPED,
     RECORD_BATCH_SIZE,
     RECORD_WRITE_DURATION,
     RECORD_WRITE_RETRIES,

@@ -177,6 +177,8 @@ pub struct Envelope {
     /// As sent (aliases are kept raw here; `EventKind` normalises them).
     pub event_type: String,
     pub trace_id: Option<String>,
+    /// The event carried a trace id too long to keep (`MAX_TRACE_ID_LEN`): `trace_id` is None.
+    pub trace_id_dropped: bool,
     /// The event's own timestamp, or the receive time when it had none.
     pub timestamp: DateTime<Utc>,
     pub timestamp_inferred: bool,
@@ -246,6 +248,7 @@ pub fn decode_hinted(
         call_id,
         event_type,
         trace_id,
+        trace_id_dropped,
         timestamp,
         timestamp_inferred,
         format,
@@ -256,6 +259,7 @@ pub fn decode_hinted(
         call_id,
         event_type,
         trace_id,
+        trace_id_dropped,
         timestamp,
         timestamp_inferred,
         received_at,
@@ -280,6 +284,7 @@ pub(crate) struct Decoded {
     pub call_id: String,
     pub event_type: String,
     pub trace_id: Option<String>,
+    pub trace_id_dropped: bool,
     pub timestamp: DateTime<Utc>,
     pub timestamp_inferred: bool,
     pub format: Format,
@@ -344,6 +349,9 @@ pub(crate) fn decode_fields(
     Ok(Decoded {
         call_id,
         event_type,
+        trace_id_dropped: trace_id
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_TRACE_ID_LEN),
         trace_id: trace_id
             .filter(|t| !t.trim().is_empty() && t.chars().count() <= MAX_TRACE_ID_LEN),
         timestamp,
