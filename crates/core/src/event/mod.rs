@@ -244,30 +244,20 @@ pub fn decode_hinted(
     received_at: DateTime<Utc>,
     limits: Limits,
 ) -> Result<Envelope, Reject> {
-    let Decoded {
-        call_id,
-        event_type,
-        trace_id,
-        trace_id_dropped,
-        timestamp,
-        timestamp_inferred,
-        format,
-        rendering,
-        kind,
-    } = decode_fields(body, hint, received_at, limits, Render::Yes)?;
+    let d = decode_fields(body, hint, received_at, limits, Render::Yes)?;
     Ok(Envelope {
-        call_id,
-        event_type,
-        trace_id,
-        trace_id_dropped,
-        timestamp,
-        timestamp_inferred,
+        call_id: d.call_id,
+        event_type: d.event_type,
+        trace_id: d.trace_id,
+        trace_id_dropped: d.trace_id_dropped,
+        timestamp: d.timestamp,
+        timestamp_inferred: d.timestamp_inferred,
         received_at,
-        format,
+        format: d.format,
         body: body.to_vec(),
-        rendering,
+        rendering: d.rendering,
         body_hash: Sha256::digest(body).into(),
-        kind,
+        kind: d.kind,
     })
 }
 
