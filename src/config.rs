@@ -136,6 +136,11 @@ pub struct TrackerSettings {
     pub restart_budget: u32,
     #[serde(with = "duration")]
     pub restart_window: Duration,
+    /// Distinct events folded per call; past it the call is written from what it has, flagged
+    /// `events_capped`, and quarantined.
+    pub max_events_per_call: u32,
+    /// Calls held in memory (with an actor or resting); past it new calls are deferred.
+    pub max_open_calls: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -214,6 +219,10 @@ impl ClusterSettings {
 
 /// The most worker threads `runtime.worker_threads` accepts.
 pub const MAX_WORKER_THREADS: usize = 256;
+
+/// The least `tracker.max_events_per_call` takes: a call's start, answer, identification,
+/// recording, end and a few turns and reports always fit.
+pub const MIN_EVENTS_PER_CALL: u32 = 16;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -440,6 +449,16 @@ impl Settings {
         }
         if self.tracker.restart_budget == 0 {
             return Err(invalid("tracker.restart_budget", 0, "must be at least 1"));
+        }
+        if self.tracker.max_events_per_call < MIN_EVENTS_PER_CALL {
+            return Err(invalid(
+                "tracker.max_events_per_call",
+                self.tracker.max_events_per_call,
+                &format!("must be at least {MIN_EVENTS_PER_CALL}"),
+            ));
+        }
+        if self.tracker.max_open_calls == 0 {
+            return Err(invalid("tracker.max_open_calls", 0, "must be at least 1"));
         }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
             return Err(invalid(

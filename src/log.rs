@@ -363,6 +363,22 @@ impl EventLog {
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
+    /// Open calls, not quarantined, after `after` in call-id order, `limit` at most: the
+    /// tracker walks them to take deferred calls up (by the primary key).
+    pub async fn open_calls_after(&self, after: &str, limit: i64) -> Result<Vec<String>, LogError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT o.call_id FROM open_calls o \
+             WHERE o.call_id > $1 \
+               AND NOT EXISTS (SELECT 1 FROM quarantined_calls q WHERE q.call_id = o.call_id) \
+             ORDER BY o.call_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
     pub async fn quarantined_calls(&self) -> Result<Vec<String>, LogError> {
         let rows: Vec<(String,)> = sqlx::query_as("SELECT call_id FROM quarantined_calls")
             .fetch_all(&self.pool)
@@ -398,26 +414,48 @@ impl EventLog {
         Ok(trace_id)
     }
 
-    /// Every logged event of one call, in log order.
+    /// Every logged event of one call, in log order, read page by page (`load_page`).
     pub async fn load_call(&self, call_id: &str) -> Result<Vec<LoggedEvent>, LogError> {
-        let mut calls = self.load_calls(&[call_id.to_owned()]).await?;
-        Ok(calls.pop().map(|(_, events)| events).unwrap_or_default())
+        let ids = [call_id.to_owned()];
+        let mut events = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.load_page(&ids, after.as_ref()).await?;
+            events.extend(page.calls.into_iter().flat_map(|(_, e)| e));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(events),
+            }
+        }
     }
 
-    /// Every logged event of each call, in log order, in one query.
-    pub async fn load_calls(&self, call_ids: &[String]) -> Result<LoadedCalls, LogError> {
-        let rows: Vec<StoredRow> = sqlx::query_as(
-            "SELECT event_id, call_id, event_type, \
-                    COALESCE(event_timestamp, received_at, created_at) AS ts, \
-                    timestamp_inferred OR event_timestamp IS NULL AS inferred, \
-                    COALESCE(received_at, created_at) AS received, \
-                    trace_id, body_sha256, body, body_encoding, \
-                    CASE WHEN body IS NULL THEN payload END AS payload \
-             FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, event_id",
-        )
-        .bind(call_ids)
-        .fetch_all(&self.pool)
-        .await?;
+    /// The logged events of `call_ids` after `after` (from the first without), in the order
+    /// of (call id, event id): at most `PAGE_EVENTS` events and `PAGE_BYTES` bytes of stored
+    /// bodies (at least one event), so that however many events a call has, loading it never
+    /// holds more than a page. `Page::next` is where the next page starts, if any is left.
+    pub async fn load_page(
+        &self,
+        call_ids: &[String],
+        after: Option<&Cursor>,
+    ) -> Result<Page, LogError> {
+        let start = after.cloned().unwrap_or_default();
+        let rows: Vec<PagedRow> = sqlx::query_as(LOAD_PAGE_SQL)
+            .bind(call_ids)
+            .bind(&start.call_id)
+            .bind(start.event_id)
+            .bind(PAGE_EVENTS)
+            .bind(PAGE_BYTES)
+            .fetch_all(&self.pool)
+            .await?;
+        let fetched = rows.first().map_or(0, |r| r.fetched);
+        let next = (fetched == PAGE_EVENTS || (rows.len() as i64) < fetched)
+            .then(|| rows.last())
+            .flatten()
+            .map(|r| Cursor {
+                call_id: r.row.call_id.clone(),
+                event_id: r.row.event_id,
+            });
+        let rows: Vec<StoredRow> = rows.into_iter().map(|r| r.row).collect();
         // What is read back is logged: remembering it spares the recheck a redelivered copy
         // would cost (the unacked window after a restart belongs mostly to the calls that
         // recovery loads here). Only stored hashes: a row from before the hash column has
@@ -431,9 +469,9 @@ impl EventLog {
             }
         }
         // Decoding is most of a load's work: on a thread of its own, the runtime's worker goes
-        // on reading the next rows meanwhile (recovery keeps two loads in flight).
+        // on reading the next rows meanwhile (recovery keeps several loads in flight).
         match tokio::task::spawn_blocking(move || by_call(rows)).await {
-            Ok(calls) => Ok(calls),
+            Ok(calls) => Ok(Page { calls, next }),
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 // Only when the runtime shuts down under it.
@@ -441,6 +479,53 @@ impl EventLog {
             },
         }
     }
+}
+
+/// Events per page of `EventLog::load_page`, at most.
+pub const PAGE_EVENTS: i64 = 5_000;
+/// Bytes of stored bodies per page, at most (a page holds at least one event, of at most
+/// `ingest.max_body_bytes`).
+pub const PAGE_BYTES: i64 = 16 << 20;
+
+/// One page of the log: the events of `call_ids` after the cursor `($2, $3)` in (call id,
+/// event id) order, at most `$4` of them and, counting each body's bytes, as many as fit `$5`
+/// (the first always). `fetched` is how many the limit let through before the byte bound: fewer
+/// returned, or `$4` of them, means more are left. Without a (call_id, event_id) index (it would
+/// cost every append), the calls' rows are found by the unique index's leading column and
+/// sorted; a call's later pages find them again.
+const LOAD_PAGE_SQL: &str = "WITH page AS MATERIALIZED ( \
+       SELECT event_id, call_id, event_type, \
+              COALESCE(event_timestamp, received_at, created_at) AS ts, \
+              timestamp_inferred OR event_timestamp IS NULL AS inferred, \
+              COALESCE(received_at, created_at) AS received, \
+              trace_id, body_sha256, body, body_encoding, \
+              CASE WHEN body IS NULL THEN payload END AS payload, \
+              COALESCE(octet_length(body), pg_column_size(payload), 0)::bigint AS size \
+       FROM call_events \
+       WHERE call_id = ANY($1::text[]) AND (call_id, event_id) > ($2, $3) \
+       ORDER BY call_id, event_id LIMIT $4) \
+     SELECT *, (SELECT count(*) FROM page) AS fetched FROM ( \
+       SELECT *, sum(size) OVER (ORDER BY call_id, event_id) AS upto FROM page) p \
+     WHERE upto - size < $5 ORDER BY call_id, event_id";
+
+/// Where a page of the log starts: after this call's event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    call_id: String,
+    event_id: i64,
+}
+
+/// A page of calls' logged events (`EventLog::load_page`). A call may go on in the next page.
+pub struct Page {
+    pub calls: LoadedCalls,
+    pub next: Option<Cursor>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PagedRow {
+    #[sqlx(flatten)]
+    row: StoredRow,
+    fetched: i64,
 }
 
 /// The rows' events, decoded, grouped by call (the rows come ordered by call).
@@ -456,7 +541,7 @@ fn by_call(rows: Vec<StoredRow>) -> LoadedCalls {
     calls
 }
 
-/// Calls with their logged events in log order, as `EventLog::load_calls` reads them.
+/// Calls with their logged events in log order, as `EventLog::load_page` reads them.
 pub type LoadedCalls = Vec<(String, Vec<LoggedEvent>)>;
 
 #[derive(sqlx::FromRow)]

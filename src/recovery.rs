@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::BackoffSettings;
-use crate::log::{EventLog, LoadedCalls, LogError};
+use crate::log::{EventLog, LoadedCalls, LogError, Page};
 use crate::project::{ProjectionRows, ProjectorHandle};
 use crate::retry::{Retry, Stop};
 use crate::telemetry::metric;
-use crate::tracker::Tracker;
+use crate::tracker::{CallSnapshot, Tracker};
 
 /// Calls loaded from the log per query.
 const CALLS_PER_CHUNK: usize = 1000;
@@ -81,18 +81,23 @@ impl Recovery<'_> {
         ));
         let mut took = Steps::default();
         let mut events = 0;
+        // The call a page ended on, folded so far: it may go on in the next page.
+        let mut carried: Option<(String, CallSnapshot)> = None;
         loop {
             let t = Instant::now();
-            let Some(chunk) = loaded.recv().await else {
+            let Some(page) = loaded.recv().await else {
                 break;
             };
             took.loading += t.elapsed();
+            let page = page?;
             let t = Instant::now();
-            let chunk = self.reprojected(chunk?, mark).await?;
+            self.reproject(&page.calls, mark).await?;
             took.reprojecting += t.elapsed();
             let t = Instant::now();
-            match self.tracker.resume(chunk).await {
-                Ok(n) => events += n,
+            events += page.calls.iter().map(|(_, e)| e.len()).sum::<usize>();
+            let calls = self.fold(page, &mut carried);
+            match self.tracker.resume(calls).await {
+                Ok(()) => {}
                 Err(e) => {
                     error!(error = %e, "could not resume calls; they resume with their next event")
                 }
@@ -104,10 +109,17 @@ impl Recovery<'_> {
             .query("list quarantined calls", || self.log.quarantined_calls())
             .await?;
         for chunk in quarantined.chunks(CALLS_PER_CHUNK) {
-            let loaded = self
-                .query("load calls", || self.log.load_calls(chunk))
-                .await?;
-            self.reprojected(loaded, mark).await?;
+            let mut after = None;
+            loop {
+                let page = self
+                    .query("load calls", || self.log.load_page(chunk, after.as_ref()))
+                    .await?;
+                self.reproject(&page.calls, mark).await?;
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
         }
         self.projector.cover(logged_before).await;
         counter!(metric::CALLS_RECOVERED.name).increment(count as u64);
@@ -117,13 +129,13 @@ impl Recovery<'_> {
         Ok(())
     }
 
-    /// Writes the projections of loaded calls again; hands the calls back.
-    /// Only events above `mark` (all without one).
-    async fn reprojected(
+    /// Writes the projections of loaded calls again: only events above `mark` (all without
+    /// one).
+    async fn reproject(
         &self,
-        loaded: LoadedCalls,
+        loaded: &LoadedCalls,
         mark: Option<i64>,
-    ) -> Result<LoadedCalls, RecoveryError> {
+    ) -> Result<(), RecoveryError> {
         let above = mark.unwrap_or(i64::MIN);
         let rows = ProjectionRows::of(loaded.iter().flat_map(|(call_id, events)| {
             events
@@ -136,10 +148,42 @@ impl Recovery<'_> {
             .write_now(rows, self.backoff, self.shutdown)
             .await
         {
-            Ok(loaded)
+            Ok(())
         } else {
             Err(RecoveryError::Cancelled)
         }
+    }
+
+    /// Folds a page's calls, `carried` on from the previous page when the call goes on, each
+    /// up to `tracker.max_events_per_call` events. Returns the calls the page completes; the
+    /// last one is carried when another page follows, since it may go on there.
+    fn fold(
+        &self,
+        page: Page,
+        carried: &mut Option<(String, CallSnapshot)>,
+    ) -> Vec<(String, CallSnapshot)> {
+        let cap = self.tracker.max_events_per_call();
+        let mut calls: Vec<(String, CallSnapshot)> = Vec::with_capacity(page.calls.len() + 1);
+        for (call_id, events) in page.calls {
+            let mut snapshot = match carried.take() {
+                Some((carried_id, snapshot)) if carried_id == call_id => snapshot,
+                Some(other) => {
+                    calls.push(other);
+                    CallSnapshot::default()
+                }
+                None => CallSnapshot::default(),
+            };
+            for e in &events {
+                snapshot.fold(e, cap);
+            }
+            calls.push((call_id, snapshot));
+        }
+        if page.next.is_some() {
+            *carried = calls.pop();
+        } else if let Some(last) = carried.take() {
+            calls.push(last);
+        }
+        calls
     }
 
     /// Runs one recovery query, retrying while the database is away.
@@ -164,14 +208,16 @@ struct Steps {
     resuming: Duration,
 }
 
-/// Loads the calls, `CALLS_PER_CHUNK` per query and `LOADS_AT_ONCE` queries at once, and
-/// hands the chunks over in order; stops at the first chunk that fails.
+/// Loads the calls, `CALLS_PER_CHUNK` per chunk, and hands their pages over in order. The
+/// first page of `LOADS_AT_ONCE` chunks is read at once; a chunk with more than a page (a call
+/// with thousands of events) goes on page by page before the next chunk's page is handed over,
+/// so that a call's pages follow each other. Stops at the first load that fails.
 async fn load_chunks(
     log: EventLog,
     calls: Vec<String>,
     backoff: BackoffSettings,
     shutdown: CancellationToken,
-    loads: mpsc::Sender<Result<LoadedCalls, RecoveryError>>,
+    loads: mpsc::Sender<Result<Page, RecoveryError>>,
 ) {
     // Owned chunks and clones in each load: a spawned stream of futures borrowing from the
     // task itself is not `Send` to the compiler.
@@ -179,16 +225,32 @@ async fn load_chunks(
         .chunks(CALLS_PER_CHUNK)
         .map(<[String]>::to_vec)
         .collect();
-    let mut chunks = futures_util::stream::iter(chunks)
+    let mut first_pages = futures_util::stream::iter(chunks)
         .map(|chunk| {
             let (log, backoff, shutdown) = (log.clone(), backoff.clone(), shutdown.clone());
-            async move { query(&backoff, &shutdown, "load calls", || log.load_calls(&chunk)).await }
+            async move {
+                let page = query(&backoff, &shutdown, "load calls", || {
+                    log.load_page(&chunk, None)
+                })
+                .await;
+                (chunk, page)
+            }
         })
         .buffered(LOADS_AT_ONCE);
-    while let Some(chunk) = chunks.next().await {
-        let failed = chunk.is_err();
-        if loads.send(chunk).await.is_err() || failed {
-            break;
+    while let Some((chunk, mut page)) = first_pages.next().await {
+        loop {
+            let next = page.as_ref().ok().and_then(|p| p.next.clone());
+            let failed = page.is_err();
+            if loads.send(page).await.is_err() || failed {
+                return;
+            }
+            let Some(after) = next else {
+                break;
+            };
+            page = query(&backoff, &shutdown, "load calls", || {
+                log.load_page(&chunk, Some(&after))
+            })
+            .await;
         }
     }
 }

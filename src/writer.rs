@@ -39,6 +39,9 @@ pub struct WriteRequest {
     pub end_received: Option<Instant>,
     /// Why the actor flushed.
     pub cause: FlushCause,
+    /// Quarantine the call with this reason, in the transaction that writes its row (a call
+    /// past `tracker.max_events_per_call`): never quarantined without its record.
+    pub quarantine: Option<String>,
 }
 
 /// Why a call's record is written: the `cause` label of `cdr_records_written_total`.
@@ -48,15 +51,23 @@ pub enum FlushCause {
     Ended,
     /// No end, and nothing came for `idle_timeout`.
     IdleTimeout,
+    /// More events came than `tracker.max_events_per_call`: written from those it has, then
+    /// quarantined.
+    Capped,
 }
 
 impl FlushCause {
-    pub const ALL: [FlushCause; 2] = [FlushCause::Ended, FlushCause::IdleTimeout];
+    pub const ALL: [FlushCause; 3] = [
+        FlushCause::Ended,
+        FlushCause::IdleTimeout,
+        FlushCause::Capped,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FlushCause::Ended => "ended",
             FlushCause::IdleTimeout => "idle_timeout",
+            FlushCause::Capped => "capped",
         }
     }
 }
@@ -365,9 +376,51 @@ pub async fn upsert(
         )
         .await?;
     }
+    quarantine(&mut tx, batch).await?;
     tx.commit().await?;
     counter!(metric::USAGE_LINES_WRITTEN.name).increment(lines);
     Ok(written.len() as u64)
+}
+
+/// Records the quarantine the batch's requests ask for (`WriteRequest::quarantine`), inside
+/// the caller's transaction (fenced like the rest), so that a call is quarantined only with its record written. The
+/// trace id is the record's; `failures` 0 says no actor failure put it there.
+const QUARANTINE_SQL: &str = "INSERT INTO quarantined_calls (call_id, trace_id, failures, reason) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[]) \
+     ON CONFLICT (call_id) DO UPDATE SET failures = EXCLUDED.failures, reason = EXCLUDED.reason, \
+       quarantined_at = now()";
+
+async fn quarantine(
+    tx: &mut sqlx::PgConnection,
+    batch: &[WriteRequest],
+) -> Result<(), sqlx::Error> {
+    let asked: Vec<&WriteRequest> = batch.iter().filter(|r| r.quarantine.is_some()).collect();
+    if asked.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(QUARANTINE_SQL)
+        .bind(
+            asked
+                .iter()
+                .map(|r| r.record.call_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            asked
+                .iter()
+                .map(|r| r.record.trace_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(vec![0i32; asked.len()])
+        .bind(
+            asked
+                .iter()
+                .map(|r| r.quarantine.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Replaces the usage lines of the calls whose rows were `written`, billed to the tenant each

@@ -338,6 +338,7 @@ async fn usage_values_longer_than_their_columns_are_logged_with_their_usage_line
         max_event_id: logged.iter().map(|e| e.event_id).max().unwrap(),
         end_received: None,
         cause: FlushCause::IdleTimeout,
+        quarantine: None,
     };
     cdr_service::writer::upsert(&pool, &Fence::none(), &[request], false)
         .await

@@ -226,6 +226,7 @@ fn record_of(call: &str, logged: &[LoggedEvent]) -> WriteRequest {
         max_event_id: logged.iter().map(|e| e.event_id).max().unwrap(),
         end_received: None,
         cause: FlushCause::Ended,
+        quarantine: None,
     }
 }
 

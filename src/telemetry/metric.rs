@@ -165,7 +165,19 @@ pub const ACTOR_SPAWN_FAILURES: Metric = Metric::counter(
 );
 pub const QUARANTINED_EVENTS: Metric = Metric::counter(
     "cdr_quarantined_events_total",
-    "Events for quarantined calls: logged, not handed to an actor",
+    "Events for quarantined calls, and past a call's event cap: logged, not folded",
+);
+pub const CALLS_CAPPED: Metric = Metric::counter(
+    "cdr_calls_capped_total",
+    "Calls past tracker.max_events_per_call: written from their first events, flagged events_capped and quarantined",
+);
+pub const CALLS_DEFERRED: Metric = Metric::counter(
+    "cdr_calls_deferred_total",
+    "Times a call not in memory was deferred because tracker.max_open_calls calls were: its events logged, the call taken up when there is room",
+);
+pub const OPEN_CALLS_LIMIT_REACHED: Metric = Metric::gauge(
+    "cdr_open_calls_limit_reached",
+    "1 while calls are deferred: tracker.max_open_calls reached, or deferred calls not all taken up yet",
 );
 pub const CALLS_RECOVERED: Metric = Metric::counter(
     "cdr_calls_recovered_total",
@@ -368,6 +380,9 @@ pub const ALL: &[Metric] = &[
     ACTOR_QUARANTINES,
     ACTOR_SPAWN_FAILURES,
     QUARANTINED_EVENTS,
+    CALLS_CAPPED,
+    CALLS_DEFERRED,
+    OPEN_CALLS_LIMIT_REACHED,
     CALLS_RECOVERED,
     DISPATCH_QUEUE_BATCHES,
     DISPATCH_DURATION,

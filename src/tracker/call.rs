@@ -52,11 +52,23 @@ pub struct CallActorState {
     pending: Vec<LoggedEvent>,
     pending_live: bool,
     load_from_log: bool,
+    /// Past `max_events_per_call`: its record is written and the call quarantined; the actor
+    /// only waits for the events on their way in, then leaves.
+    quarantined: bool,
 }
 
 impl CallActorState {
     fn fold(&mut self, e: &LoggedEvent, live: bool) {
-        if let Some(received) = self.call.fold(e) {
+        let folded = self.call.event_count();
+        let received = self.call.fold(e, self.ctx.max_events_per_call);
+        if live
+            && self.call.is_capped()
+            && self.call.event_count() == folded
+            && e.event_id > self.call.max_event_id()
+        {
+            counter!(metric::QUARANTINED_EVENTS.name).increment(1);
+        }
+        if let Some(received) = received {
             if live {
                 self.ended_at = Some(received);
                 self.end_received = Some(received);
@@ -130,9 +142,37 @@ impl CallActorState {
             max_event_id: self.call.max_event_id(),
             end_received: self.end_received.take(),
             cause,
+            quarantine: (cause == FlushCause::Capped).then(|| {
+                format!(
+                    "more than {} events (tracker.max_events_per_call)",
+                    self.ctx.max_events_per_call
+                )
+            }),
         }))
         .await?;
         self.call.dirty = false;
+        Ok(())
+    }
+
+    /// Once the call has more events than it may fold: writes it from those it has (flagged
+    /// `events_capped`) and has the writer quarantine it in the same transaction; from then
+    /// on its events go to no actor. Then leaves, once the events on their way in are handled
+    /// (counted, not folded).
+    async fn cap(&mut self, myself: &ActorRef<CallMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.quarantined {
+            self.quarantined = true;
+            self.ctx.quarantined.insert(self.call_id.clone());
+            counter!(metric::CALLS_CAPPED.name).increment(1);
+            warn!(
+                call_id = %self.call_id,
+                trace_id = self.call.trace_id().unwrap_or(""),
+                events = self.call.event_count(),
+                "call has more events than tracker.max_events_per_call; writing it from the first ones and quarantining it (the others stay in call_events)"
+            );
+            self.call.dirty = true;
+            self.flush(FlushCause::Capped).await?;
+        }
+        self.try_finish(myself);
         Ok(())
     }
 
@@ -208,6 +248,7 @@ impl Actor for CallActor {
             pending: args.events,
             pending_live: args.live,
             load_from_log: args.load_from_log,
+            quarantined: false,
         })
     }
 
@@ -217,27 +258,36 @@ impl Actor for CallActor {
         s: &mut CallActorState,
     ) -> Result<(), ActorProcessingErr> {
         if s.load_from_log {
-            // A call seen before: rebuild it from everything logged. The database may be
-            // away; this call waits for it rather than failing (a failure would be restarted
-            // into the same wait, and count against the call's restart budget), until the
-            // tracker stops: then the call is left to the next start.
-            let loaded = Retry::new(&s.ctx.backoff, &s.ctx.stopping)
-                .run(
-                    // Boxed for the same reason as the write in `flush`.
-                    || Box::pin(s.ctx.log.load_call(&s.call_id)),
-                    |e, delay| warn!(call_id = %s.call_id, error = %e, retry_in = ?delay, "cannot load call from the log; retrying"),
-                )
-                .await;
-            let logged = match loaded {
-                Ok(events) => events,
-                Err(Stop::Cancelled) => {
-                    myself.stop(Some("shutdown".into()));
-                    return Ok(());
+            // A call seen before: rebuild it from everything logged, a page at a time. The
+            // database may be away; this call waits for it rather than failing (a failure would
+            // be restarted into the same wait, and count against the call's restart budget),
+            // until the tracker stops: then the call is left to the next start.
+            let ids = [s.call_id.clone()];
+            let mut after = None;
+            loop {
+                let loaded = Retry::new(&s.ctx.backoff, &s.ctx.stopping)
+                    .run(
+                        // Boxed for the same reason as the write in `flush`.
+                        || Box::pin(s.ctx.log.load_page(&ids, after.as_ref())),
+                        |e, delay| warn!(call_id = %s.call_id, error = %e, retry_in = ?delay, "cannot load call from the log; retrying"),
+                    )
+                    .await;
+                let page = match loaded {
+                    Ok(page) => page,
+                    Err(Stop::Cancelled) => {
+                        myself.stop(Some("shutdown".into()));
+                        return Ok(());
+                    }
+                    Err(Stop::Refused(e)) => return Err(e.into()),
+                };
+                for e in page.calls.iter().flat_map(|(_, events)| events) {
+                    s.fold(e, false);
                 }
-                Err(Stop::Refused(e)) => return Err(e.into()),
-            };
-            for e in &logged {
-                s.fold(e, false);
+                // Past the cap nothing more is folded: the rest of the log is not needed.
+                match page.next {
+                    Some(next) if !s.call.is_capped() => after = Some(next),
+                    _ => break,
+                }
             }
             // A call that had ended before it was re-activated lingers from now.
             s.call.dirty = true;
@@ -246,6 +296,9 @@ impl Actor for CallActor {
         injected_fault(&s.call_id)?;
         for e in &pending {
             s.fold(e, s.pending_live);
+        }
+        if s.call.is_capped() {
+            return s.cap(&myself).await;
         }
         if s.call.is_ended() && s.ended_at.is_none() {
             s.ended_at = Some(Instant::now());
@@ -268,7 +321,13 @@ impl Actor for CallActor {
                 for e in &events {
                     s.fold(e, true);
                 }
+                if s.call.is_capped() {
+                    return s.cap(&myself).await;
+                }
                 s.arm(&myself);
+            }
+            CallMsg::Tick if s.quarantined => {
+                s.try_finish(&myself);
             }
             CallMsg::Tick => {
                 let now = Instant::now();

@@ -200,6 +200,19 @@ impl CallMap {
     }
 
     /// Every call's actor; resting calls have none.
+    /// Calls in the map, with an actor or resting: what `tracker.max_open_calls` bounds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(super) fn contains(&self, call_id: &str) -> bool {
+        self.entries.contains_key(call_id)
+    }
+
     pub(super) fn actors(&self) -> Vec<ActorRef<CallMsg>> {
         self.entries
             .iter()

@@ -58,6 +58,9 @@ impl Tracker {
         settings: &TrackerSettings,
         quarantined: Vec<String>,
     ) -> Result<(Tracker, JoinHandle<()>), TrackerError> {
+        for call_id in quarantined {
+            ctx.quarantined.insert(call_id);
+        }
         let ctx = Arc::new(ctx);
         let (supervisor, handle) = Actor::spawn(
             None,
@@ -66,7 +69,6 @@ impl Tracker {
                 ctx: ctx.clone(),
                 restart_budget: settings.restart_budget,
                 restart_window: settings.restart_window,
-                quarantined,
             },
         )
         .await?;
@@ -105,6 +107,7 @@ impl Tracker {
                     origin: Origin::SeenBefore,
                     events,
                     live: true,
+                    snapshot: None,
                 }),
                 Routed::Absent(events) => unknown.push((call_id, events)),
             }
@@ -137,30 +140,32 @@ impl Tracker {
                 },
                 events,
                 live: true,
+                snapshot: None,
             }
         }));
         self.spawn_calls(spawns).await
     }
 
-    /// Rebuilds calls loaded from the log (recovery at start: a chunk of calls with all their
-    /// logged events). Calls still open go straight to rest; ended ones get an actor, to linger
-    /// and write. Returns how many events they hold.
-    pub async fn resume(
-        &self,
-        calls: Vec<(String, Vec<LoggedEvent>)>,
-    ) -> Result<usize, TrackerError> {
-        let events_loaded = calls.iter().map(|(_, events)| events.len()).sum();
+    /// Takes up calls rebuilt from the log (recovery at start: each call's fold of its logged
+    /// events). Calls still open go straight to rest; ended and capped ones get an actor, to
+    /// linger and write, or to be written and quarantined.
+    pub async fn resume(&self, calls: Vec<(String, CallSnapshot)>) -> Result<(), TrackerError> {
         let spawns = calls
             .into_iter()
-            .map(|(call_id, events)| SpawnCall {
+            .map(|(call_id, snapshot)| SpawnCall {
                 call_id,
                 origin: Origin::Recovered,
-                events,
+                events: Vec::new(),
                 live: false,
+                snapshot: Some(Box::new(snapshot)),
             })
             .collect();
-        self.spawn_calls(spawns).await?;
-        Ok(events_loaded)
+        self.spawn_calls(spawns).await
+    }
+
+    /// Distinct events a call folds (`tracker.max_events_per_call`).
+    pub fn max_events_per_call(&self) -> u32 {
+        self.ctx.max_events_per_call
     }
 
     async fn spawn_calls(&self, spawns: Vec<SpawnCall>) -> Result<(), TrackerError> {
@@ -192,11 +197,14 @@ impl Tracker {
         self.ctx.calls.scan(self.ctx.idle_timeout, due_by)
     }
 
-    /// Once a second: publishes the active-call gauges, and wakes the resting calls whose idle
-    /// timeout is due (their actor writes the TIMED_OUT record). Counting the map rather than
-    /// keeping running sums means the gauges can never drift, whatever fails.
+    /// Once a second: publishes the active-call gauges, wakes the resting calls whose idle
+    /// timeout is due (their actor writes the TIMED_OUT record), and takes deferred calls up
+    /// while there is room. Counting the map rather than keeping running sums means the gauges
+    /// can never drift, whatever fails.
     async fn report_gauges(self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut catch_up = CatchUp::default();
+        gauge!(metric::OPEN_CALLS_LIMIT_REACHED.name).set(0.0);
         loop {
             tick.tick().await;
             let (c, due) = self.scan(Some(Instant::now()));
@@ -211,13 +219,79 @@ impl Tracker {
                     origin: Origin::Wake,
                     events: Vec::new(),
                     live: false,
+                    snapshot: None,
                 })
                 .collect();
             if let Err(e) = self.spawn_calls(wakes).await {
                 warn!(error = %e, "could not wake calls due for their idle timeout");
             }
+            self.catch_up(&mut catch_up).await;
             if supervisor_gone(self.supervisor.get_status()) {
                 break;
+            }
+        }
+    }
+
+    /// Takes deferred calls up while there is room (`max_open_calls`): walks `open_calls` in
+    /// call-id order, `CATCH_UP_PAGE` ids per query, and starts those not in memory from the
+    /// log, as many as there is room for. A pass that reaches the end with no call deferred
+    /// since it began has taken every deferred call up; otherwise another pass follows.
+    async fn catch_up(&self, pass: &mut CatchUp) {
+        let deferred = &self.ctx.deferred;
+        for _ in 0..CATCH_UP_QUERIES {
+            let room = self.ctx.max_open_calls.saturating_sub(self.ctx.calls.len());
+            if !deferred.pending() || room == 0 || self.ctx.stopping.is_cancelled() {
+                return;
+            }
+            let since = *pass.since.get_or_insert_with(|| deferred.count());
+            let ids = match self
+                .ctx
+                .log
+                .open_calls_after(&pass.after, CATCH_UP_PAGE)
+                .await
+            {
+                Ok(ids) => ids,
+                Err(e) => {
+                    warn!(error = %e, "could not list open calls to take deferred calls up; trying again");
+                    return;
+                }
+            };
+            let end = ids.len() < CATCH_UP_PAGE as usize;
+            let mut spawns = Vec::new();
+            let mut walked = 0;
+            for call_id in &ids {
+                if spawns.len() == room {
+                    break;
+                }
+                walked += 1;
+                if !self.ctx.calls.contains(call_id) && !self.ctx.quarantined.contains(call_id) {
+                    spawns.push(SpawnCall {
+                        call_id: call_id.clone(),
+                        origin: Origin::SeenBefore,
+                        events: Vec::new(),
+                        live: false,
+                        snapshot: None,
+                    });
+                }
+            }
+            if let Some(last) = ids[..walked].last() {
+                pass.after.clone_from(last);
+            }
+            let taken = spawns.len();
+            if let Err(e) = self.spawn_calls(spawns).await {
+                warn!(error = %e, "could not take deferred calls up; trying again");
+                return;
+            }
+            if taken > 0 {
+                info!(calls = taken, "deferred calls taken up");
+            }
+            if end && walked == ids.len() {
+                *pass = CatchUp::default();
+                if deferred.settle(since) {
+                    gauge!(metric::OPEN_CALLS_LIMIT_REACHED.name).set(0.0);
+                    info!("every deferred call is taken up");
+                }
+                return;
             }
         }
     }
@@ -256,6 +330,20 @@ impl Tracker {
             a.kill();
         }
     }
+}
+
+/// Ids of `open_calls` read per catch-up query, and queries per second at most: a pass walks
+/// 10,000 open calls a second.
+const CATCH_UP_PAGE: i64 = 1000;
+const CATCH_UP_QUERIES: usize = 10;
+
+/// Where the catch-up of deferred calls is in its pass over `open_calls`.
+#[derive(Default)]
+struct CatchUp {
+    /// The last call id walked (empty: from the first).
+    after: String,
+    /// The deferral count when the pass began.
+    since: Option<u64>,
 }
 
 /// Whether the gauge and idle-timeout loop should end: only once the supervisor stops. Not

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::log::LoggedEvent;
-use crate::merge::{CallRecord, CallState, Phase, PriceBook, UsageLine};
+use crate::merge::{CallRecord, CallState, EVENTS_CAPPED, Phase, PriceBook, UsageLine};
 
 /// The live view of an active call.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +35,9 @@ pub struct CallSnapshot {
     /// counts from it, so a call without an end times out on schedule however often the
     /// service restarts.
     last_event: Instant,
+    /// An event came past `tracker.max_events_per_call`: nothing more is folded, the record
+    /// says `events_capped`, and the call is quarantined once it is written.
+    capped: bool,
     /// Events folded since the last write (the actor clears it when it writes, and sets it
     /// when a record must be written even with nothing new folded).
     pub(super) dirty: bool,
@@ -50,16 +53,25 @@ impl Default for CallSnapshot {
             last_event: Instant::now()
                 .checked_sub(Duration::from_secs(365 * 24 * 3600))
                 .unwrap_or_else(Instant::now),
+            capped: false,
             dirty: false,
         }
     }
 }
 
 impl CallSnapshot {
-    /// Folds one logged event. When it is new and ended the call, returns when it was
-    /// received (on the monotonic clock).
-    pub fn fold(&mut self, e: &LoggedEvent) -> Option<Instant> {
+    /// Folds one logged event, unless `cap` events are folded already: then the call is
+    /// capped (`is_capped`) and the event left in the log. When it is new and ended the call,
+    /// returns when it was received (on the monotonic clock).
+    ///
+    /// Events come in log order, so a capped call holds the first `cap` of its events in the
+    /// log: the same ones live, after a restart and after a re-activation.
+    pub fn fold(&mut self, e: &LoggedEvent, cap: u32) -> Option<Instant> {
         if e.event_id <= self.max_event_id {
+            return None;
+        }
+        if self.event_count >= cap {
+            self.capped = true;
             return None;
         }
         let was_ended = self.state.is_ended();
@@ -78,16 +90,13 @@ impl CallSnapshot {
         (!was_ended && self.state.is_ended()).then_some(received)
     }
 
-    pub fn from_events(events: &[LoggedEvent]) -> Self {
-        let mut s = CallSnapshot::default();
-        for e in events {
-            s.fold(e);
-        }
-        s
-    }
-
     pub fn is_ended(&self) -> bool {
         self.state.is_ended()
+    }
+
+    /// More events came than the call may fold (see `fold`).
+    pub fn is_capped(&self) -> bool {
+        self.capped
     }
 
     pub fn phase(&self) -> Phase {
@@ -105,7 +114,7 @@ impl CallSnapshot {
             phase: self.state.phase(),
             events: self.event_count,
             resting,
-            record: self.state.record(call_id, prices),
+            record: self.record_and_usage(call_id, prices).0,
         }
     }
 
@@ -115,7 +124,11 @@ impl CallSnapshot {
         call_id: &str,
         prices: &PriceBook,
     ) -> (CallRecord, Vec<UsageLine>) {
-        self.state.record_and_usage(call_id, prices)
+        let (mut record, usage) = self.state.record_and_usage(call_id, prices);
+        if self.capped {
+            record.flag(EVENTS_CAPPED);
+        }
+        (record, usage)
     }
 
     pub(super) fn trace_id(&self) -> Option<&str> {

@@ -3,11 +3,11 @@
 //! down; its events stay in the log. It is the only one that puts entries in the routing map
 //! and takes resting calls out of it (see `map`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
+use metrics::{counter, gauge};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, warn};
 
@@ -26,6 +26,8 @@ pub struct SpawnCall {
     pub events: Vec<LoggedEvent>,
     /// `events` arrive live (not replayed from the log by recovery).
     pub live: bool,
+    /// A recovered call's fold (`Origin::Recovered`), made by recovery from its logged events.
+    pub snapshot: Option<Box<CallSnapshot>>,
 }
 
 /// Why a call is being started. Whatever the origin, a call that has an actor gets `events`
@@ -38,8 +40,8 @@ pub enum Origin {
     /// Seen before (its record was written, or its actor failed): rebuild it from the log, then
     /// fold `events`.
     SeenBefore,
-    /// Rebuilt from the log at start: `events` are all its logged events. A call still open
-    /// goes straight to rest.
+    /// Rebuilt from the log at start: `snapshot` is the fold of its logged events. A call
+    /// still open goes straight to rest.
     Recovered,
     /// A resting call's idle timeout is due; nothing to do if it already woke.
     Wake,
@@ -54,14 +56,12 @@ pub struct SupervisorArgs {
     pub ctx: Arc<CallContext>,
     pub restart_budget: u32,
     pub restart_window: Duration,
-    pub quarantined: Vec<String>,
 }
 
 pub struct SupervisorState {
     ctx: Arc<CallContext>,
     by_actor: HashMap<ActorId, String>,
     failures: HashMap<String, VecDeque<Instant>>,
-    quarantined: HashSet<String>,
     restart_budget: u32,
     restart_window: Duration,
 }
@@ -74,8 +74,9 @@ struct Start {
 
 impl SupervisorState {
     /// Hands a call's events to its actor, wakes it if it rests, or starts it by its origin.
-    /// Returns the actor to start, if one is needed.
-    fn route(&mut self, mut call: SpawnCall) -> Option<Start> {
+    /// Returns the actor to start, if one is needed. `starting` calls are about to be put in
+    /// the map: a call not in it is deferred if those and the map's reach `max_open_calls`.
+    fn route(&mut self, mut call: SpawnCall, starting: usize) -> Option<Start> {
         let events = std::mem::take(&mut call.events);
         let (events, resting) = match self.ctx.calls.route(&call.call_id, events) {
             // Started by an earlier request in the meantime: the events are handed over.
@@ -96,9 +97,13 @@ impl SupervisorState {
         }
         match call.origin {
             Origin::Wake => None,
+            _ if self.ctx.calls.len() + starting >= self.ctx.max_open_calls => {
+                self.defer(&call.call_id);
+                None
+            }
             Origin::Recovered => {
-                let snapshot = Box::new(CallSnapshot::from_events(&call.events));
-                if snapshot.is_ended() {
+                let snapshot = call.snapshot.take().unwrap_or_default();
+                if snapshot.is_ended() || snapshot.is_capped() {
                     Some(Start {
                         call,
                         resume: Some(snapshot),
@@ -109,6 +114,20 @@ impl SupervisorState {
                 }
             }
             Origin::New | Origin::SeenBefore => Some(Start { call, resume: None }),
+        }
+    }
+
+    /// Leaves a call out of memory: `max_open_calls` calls are in it. Its events are in the
+    /// log and it is in `open_calls`; the tracker's catch-up takes it up when there is room.
+    fn defer(&self, call_id: &str) {
+        counter!(metric::CALLS_DEFERRED.name).increment(1);
+        if self.ctx.deferred.add() {
+            gauge!(metric::OPEN_CALLS_LIMIT_REACHED.name).set(1.0);
+            warn!(
+                call_id,
+                max_open_calls = self.ctx.max_open_calls,
+                "tracker.max_open_calls calls are in memory: calls not in memory are deferred (their events are logged and acked; they are taken up as room frees)"
+            );
         }
     }
 
@@ -187,7 +206,6 @@ impl Actor for CallSupervisor {
             ctx: args.ctx,
             by_actor: HashMap::new(),
             failures: HashMap::new(),
-            quarantined: args.quarantined.into_iter().collect(),
             restart_budget: args.restart_budget,
             restart_window: args.restart_window,
         })
@@ -203,12 +221,13 @@ impl Actor for CallSupervisor {
             SupervisorMsg::Spawn(calls, reply) => {
                 let mut starts = Vec::new();
                 for call in calls {
-                    if state.quarantined.contains(&call.call_id) {
+                    if state.ctx.quarantined.contains(&call.call_id) {
                         counter!(metric::QUARANTINED_EVENTS.name)
                             .increment(call.events.len() as u64);
                         continue;
                     }
-                    starts.extend(state.route(call));
+                    let starting = starts.len();
+                    starts.extend(state.route(call, starting));
                 }
                 state.start_calls(&myself, starts).await;
                 let _ = reply.send(());
@@ -239,7 +258,7 @@ impl Actor for CallSupervisor {
                 // Drop the failed actor's entry; events routed meanwhile are in the log.
                 state.ctx.calls.remove_failed(&call_id, failed);
                 if state.over_budget(&call_id) {
-                    state.quarantined.insert(call_id.clone());
+                    state.ctx.quarantined.insert(call_id.clone());
                     counter!(metric::ACTOR_QUARANTINES.name).increment(1);
                     let failures = state.failures.get(&call_id).map_or(0, VecDeque::len);
                     // Recorded off the supervisor's loop: a slow database must not hold up
@@ -275,8 +294,9 @@ impl Actor for CallSupervisor {
                     origin: Origin::SeenBefore,
                     events: Vec::new(),
                     live: true,
+                    snapshot: None,
                 };
-                let starts = state.route(restart).into_iter().collect();
+                let starts = state.route(restart, 0).into_iter().collect();
                 state.start_calls(&myself, starts).await;
             }
             _ => {}

@@ -309,13 +309,37 @@ pub struct CallRecord {
 /// - `quantity_unfit`: a usage quantity beyond its column (`QUANTITY_COLUMN`): its line is left
 ///   out of `usage_records` (the event stays in the log);
 /// - `usage_capped`: more distinct usage reports than `MAX_USAGE_REPORTS_PER_CALL`: only those
-///   of the lowest keys make lines (the others stay in the log).
-pub const ANOMALIES: [&str; 4] = [
+///   of the lowest keys make lines (the others stay in the log);
+/// - `events_capped` (`EVENTS_CAPPED`): more distinct events than the service's cap per call:
+///   the record is folded from the first ones in the log, and the call quarantined (the fold
+///   does not know the cap; the tracker flags the record).
+pub const ANOMALIES: [&str; 5] = [
     "cost_overflow",
     "cost_unfit",
     "quantity_unfit",
     "usage_capped",
+    EVENTS_CAPPED,
 ];
+
+/// The anomaly of a call with more events than the service folds per call.
+pub const EVENTS_CAPPED: &str = "events_capped";
+
+impl CallRecord {
+    /// Adds `anomaly` (one of `ANOMALIES`) to the record's list, once, in the list's order.
+    pub fn flag(&mut self, anomaly: &'static str) {
+        let mut found: Vec<&str> = self
+            .anomalies
+            .as_deref()
+            .map(|a| a.split(',').collect())
+            .unwrap_or_default();
+        if found.contains(&anomaly) {
+            return;
+        }
+        found.push(anomaly);
+        let listed = ANOMALIES.iter().filter(|a| found.contains(a));
+        self.anomalies = Some(listed.copied().collect::<Vec<_>>().join(","));
+    }
+}
 
 /// `usage_records.calculated_cost` and `calls.total_cost`: numeric(10,5).
 pub const COST_COLUMN: (u32, u32) = (10, 5);
