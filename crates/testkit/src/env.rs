@@ -147,6 +147,19 @@ pub fn env_vars(s: &Settings) -> Vec<(String, String)> {
         ),
         ("CDR__TRACKER__REST_AFTER".into(), d(s.tracker.rest_after)),
         (
+            "CDR__TRACKER__MAX_EVENTS_PER_CALL".into(),
+            s.tracker.max_events_per_call.to_string(),
+        ),
+        (
+            "CDR__TRACKER__MAX_OPEN_CALLS".into(),
+            s.tracker.max_open_calls.to_string(),
+        ),
+        ("CDR__AMQP__PREFETCH".into(), s.amqp.prefetch.to_string()),
+        (
+            "CDR__INGEST__BATCH_SIZE".into(),
+            s.ingest.batch_size.to_string(),
+        ),
+        (
             "CDR__INGEST__BATCH_MAX_AGE".into(),
             d(s.ingest.batch_max_age),
         ),

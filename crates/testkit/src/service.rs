@@ -91,6 +91,45 @@ impl Service {
         Self::run(Command::new(binary), vars, port, stdout, stderr).await
     }
 
+    /// As `start`, under a limit on the child's address space of `bytes` (`prlimit --as`, the
+    /// same process once it runs the binary). An allocation past the limit fails, and the
+    /// service aborts. glibc's malloc (the service allocates with jemalloc, but glibc still
+    /// serves its threads' own bookkeeping) is kept to two arenas: otherwise each thread's
+    /// arena reserves 64 MB of address space that is never used (an idle service maps 380 MB
+    /// instead of 180), and the limit would weigh reservations rather than allocations.
+    pub async fn start_limited(
+        binary: &Path,
+        env: &TestEnv,
+        settings: &Settings,
+        bytes: u64,
+    ) -> Service {
+        let port = free_port();
+        let mut vars = env.env_vars(settings);
+        vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");
+        vars.push(("CDR__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")));
+        vars.push(("MALLOC_ARENA_MAX".into(), "2".into()));
+        let mut command = Command::new("prlimit");
+        command.arg(format!("--as={bytes}")).arg("--").arg(binary);
+        Self::run(command, vars, port, Stdio::null(), Stdio::inherit()).await
+    }
+
+    /// The most address space the child has had mapped (`VmPeak`), in bytes.
+    pub fn peak_address_space(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the child's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmPeak:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmPeak")
+            * 1024
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Starts `binary` with `run` and exactly the environment `vars` (nothing inherited from the
     /// tests' own, so that a platform name set where they run changes nothing), and waits until
     /// it is ready on `port` of 127.0.0.1: `vars` must make it listen there.
