@@ -44,7 +44,10 @@
 //!    100,000 calls, with one actor each (before they rest);
 //! 6. takeover: an active instance and a standby; up to 100,000 calls opened (every event but
 //!    the ends); kill -9 of the active; the time until the standby holds the lease and until it
-//!    consumes again (recovered, ready); then the ends, and every record verified.
+//!    consumes again (recovered, ready); then the ends, and every record verified;
+//! 7. bounds: RSS with `tracker.max_open_calls` = `--open-calls` and 10% more calls published
+//!    (those deferred), and the peak RSS while the largest allowed call (10,000 events of about
+//!    1 MB) is re-activated by a late event.
 //!
 //! Writes `target/bench/storm-report.{json,md}` and SVG charts beside them. It measures and
 //! reports only: nothing here passes or fails on a timing.
@@ -65,6 +68,7 @@ use cdr_service::event::{self, EventKind, Limits};
 use cdr_service::ingest::queue_arguments;
 use cdr_service::log::EventLog;
 use cdr_storm::publish::{StormPublisher, queue_depth};
+use cdr_storm::simulate::Publisher;
 use cdr_storm::verify::Verifier;
 use cdr_storm::{Message, MessageKind, Storm, StormOptions, generate, limits, options_json};
 
@@ -90,6 +94,7 @@ macro_rules! progress {
 }
 
 mod args;
+mod bounds;
 mod broker;
 mod charts;
 mod clock;
@@ -181,6 +186,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
         steady::steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
     let memory = memory::memory(env, sizes.open_calls).await?;
     let takeover = takeover::takeover(env, sizes.open_calls.min(TAKEOVER_CALLS)).await?;
+    let bounds = bounds::bounds(env, sizes.open_calls).await?;
 
     charts::draw(&dir, &storm, &rounds, &seed, &steady, events_per_call)?;
     let (pg_version, rabbit_version) = env::server_versions(env).await;
@@ -196,5 +202,6 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
         steady_calls: steady_o.calls,
         memory: &memory,
         takeover: &takeover,
+        bounds: &bounds,
     }))
 }

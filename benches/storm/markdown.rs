@@ -135,6 +135,26 @@ fn steady_rows(md: &mut String, r: &Report) {
         count(t.records_mismatched),
         count(t.records_missing),
     );
+    let b = &r.bounds;
+    let mib = |bytes: u64| Some(bytes as f64 / 1048576.0);
+    let _ = writeln!(
+        md,
+        "| open-call limit {}: calls published / in memory / deferrals | {} / {} / {} |\n\
+         | open-call limit: RSS idle -> with the limit reached | {} -> {} MiB ({} bytes per call in memory) |\n\
+         | largest call ({} events, {} MiB of bodies) re-activated by a late event: RSS idle / peak | {} / {} MiB (in {} s) |",
+        count(b.max_open_calls),
+        count(b.open_calls_published),
+        count(b.calls_in_memory as usize),
+        fixed(b.calls_deferred, 0),
+        fixed(mib(b.limit_rss_before_bytes), 1),
+        fixed(mib(b.limit_rss_after_bytes), 1),
+        fixed(b.limit_rss_bytes_per_call_in_memory, 0),
+        count(b.largest_call_events),
+        fixed(Some(b.largest_call_history_bytes as f64 / 1048576.0), 0),
+        fixed(mib(b.reactivation_rss_idle_bytes), 1),
+        fixed(mib(b.reactivation_rss_peak_bytes), 1),
+        fixed(b.reactivation_seconds, 2),
+    );
 }
 
 /// The CPU rows and the service drain's log writes.

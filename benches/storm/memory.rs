@@ -86,7 +86,7 @@ pub async fn memory(env: &Env, n: usize) -> anyhow::Result<Memory> {
 }
 
 /// RSS once it has stopped falling (less than 1% lower over 3 s), at most 60 s from now.
-async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
+pub async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = rss_bytes(pid)?;
     loop {
@@ -156,7 +156,12 @@ async fn open_calls(
 }
 
 /// Publishes `n` calls' `call.started` and `call.answered`, in storms of 100,000 calls.
-async fn publish_open_calls(env: &Env, label: &str, n: usize, round: u64) -> anyhow::Result<()> {
+pub async fn publish_open_calls(
+    env: &Env,
+    label: &str,
+    n: usize,
+    round: u64,
+) -> anyhow::Result<()> {
     const PER_CHUNK: usize = 100_000;
     let s = &env.settings;
     let publisher = StormPublisher::connect(&amqp_url(), &s.amqp.exchange).await?;
@@ -208,7 +213,7 @@ async fn publish_open_calls(env: &Env, label: &str, n: usize, round: u64) -> any
 
 /// Waits (at most 900 s) until `n` calls are active and, with `rest`, resting; returns the last
 /// (active, resting) counts seen.
-async fn wait_settled(service: &Service, label: &str, n: usize, rest: bool) -> (u64, u64) {
+pub async fn wait_settled(service: &Service, label: &str, n: usize, rest: bool) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut last_line = Instant::now();
     let (mut active, mut resting) = (0u64, 0u64);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::bounds::Bounds;
 use crate::clock::Drain;
 use crate::cpu::{CpuBudget, CpuShares, Machine};
 use crate::drains::Rounds;
@@ -48,6 +49,7 @@ pub struct Report {
     #[serde(flatten)]
     pub memory: OpenCallFigures,
     pub takeover: Takeover,
+    pub bounds: Bounds,
 }
 
 /// The drain storm.
@@ -228,6 +230,7 @@ pub struct Phases<'a> {
     pub steady_calls: usize,
     pub memory: &'a Memory,
     pub takeover: &'a Takeover,
+    pub bounds: &'a Bounds,
 }
 
 impl Report {
@@ -267,6 +270,7 @@ impl Report {
                 memory_actors: p.memory.actors.figures(),
             },
             takeover: p.takeover.clone(),
+            bounds: p.bounds.clone(),
         }
     }
 }
