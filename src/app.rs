@@ -371,7 +371,10 @@ async fn migrate(
             Ok(true)
         }
         Err(Stop::Cancelled) => Ok(false),
-        Err(Stop::Refused(e)) => Err(e).context("database migrations"),
+        Err(Stop::Refused(e)) => {
+            let what = e.context("database migrations");
+            Err(e).context(what)
+        }
     }
 }
 
@@ -403,7 +406,10 @@ async fn schema_fits(
             Err(e) if e.is_transient() => {
                 warn!(error = %e, "could not read the schema; checking again");
             }
-            Err(e) => return Err(e).context("schema check"),
+            Err(e) => {
+                let what = db::refusal_context(&e, "schema check");
+                return Err(e).context(what);
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(false),

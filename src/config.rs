@@ -5,9 +5,10 @@
 //! message naming the key and the value instead of failing later in the middle of a call storm.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cdr_core::redact::redact;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -63,7 +64,20 @@ pub struct DatabaseSettings {
     pub migrate: bool,
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// TLS to PostgreSQL: `disable`, `prefer`, `require`, `verify-ca`, `verify-full`; empty
+    /// for the URL's `sslmode` (`prefer` without one, as libpq).
+    pub tls_mode: String,
+    /// PEM: the CA that signed the server's certificate; empty for the URL's `sslrootcert`,
+    /// else the public roots.
+    pub tls_ca_file: PathBuf,
+    /// PEM: a client certificate and its key, for mutual TLS; empty for the URL's `sslcert` and
+    /// `sslkey`, else none.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
 }
+
+/// The values `database.tls_mode` takes, as libpq's `sslmode`.
+pub const TLS_MODES: [&str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -288,13 +302,43 @@ impl Settings {
 
     /// `database.*`.
     fn validate_database(&self) -> Result<(), ConfigError> {
-        if !(self.database.url.starts_with("postgres://")
-            || self.database.url.starts_with("postgresql://"))
-        {
+        let d = &self.database;
+        if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
             return Err(invalid(
                 "database.url",
-                &self.database.url,
+                redact(&d.url),
                 "must start with postgres:// or postgresql://",
+            ));
+        }
+        if let Err(e) = d.url.parse::<sqlx::postgres::PgConnectOptions>() {
+            // sqlx's message may quote the string: only its kind is kept.
+            let reason = match e {
+                sqlx::Error::Configuration(_) => {
+                    "is not a valid connection string (host, port, database or a parameter)"
+                }
+                _ => "is not a valid connection string",
+            };
+            return Err(invalid("database.url", redact(&d.url), reason));
+        }
+        if !d.tls_mode.is_empty() && !TLS_MODES.contains(&d.tls_mode.as_str()) {
+            return Err(invalid(
+                "database.tls_mode",
+                &d.tls_mode,
+                &format!("must be one of {}", TLS_MODES.join(", ")),
+            ));
+        }
+        check_pem("database.tls_ca_file", &d.tls_ca_file, Pem::Certificates)?;
+        check_pem(
+            "database.tls_cert_file",
+            &d.tls_cert_file,
+            Pem::Certificates,
+        )?;
+        check_pem("database.tls_key_file", &d.tls_key_file, Pem::PrivateKey)?;
+        if d.tls_cert_file.as_os_str().is_empty() != d.tls_key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "database.tls_key_file",
+                d.tls_key_file.display(),
+                "a client certificate (database.tls_cert_file) and its key go together",
             ));
         }
         if self.database.max_connections < 2 {
@@ -312,8 +356,15 @@ impl Settings {
         if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
             return Err(invalid(
                 "amqp.url",
-                &self.amqp.url,
+                redact(&self.amqp.url),
                 "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(invalid(
+                "amqp.url",
+                redact(&self.amqp.url),
+                "is not a valid AMQP URI (host, port, vhost or a parameter)",
             ));
         }
         for (key, value) in [
@@ -502,6 +553,42 @@ impl Settings {
 }
 
 /// The error for `key` set to `value`.
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    /// One or more certificates.
+    Certificates,
+    /// One private key (PKCS#8, PKCS#1 or SEC1).
+    PrivateKey,
+}
+
+/// Checks at load that a configured PEM file can be read and holds what it must, so that a
+/// TLS misconfiguration stops the start with the key and the path rather than failing every
+/// connection later. An empty path is not configured.
+fn check_pem(key: &'static str, path: &Path, what: Pem) -> Result<(), ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let shown = path.display();
+    let bytes =
+        std::fs::read(path).map_err(|e| invalid(key, &shown, &format!("cannot be read: {e}")))?;
+    match what {
+        Pem::Certificates => {
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+            match certs {
+                Ok(certs) if !certs.is_empty() => Ok(()),
+                Ok(_) => Err(invalid(key, &shown, "holds no PEM certificate")),
+                Err(e) => Err(invalid(key, &shown, &format!("is not valid PEM: {e}"))),
+            }
+        }
+        Pem::PrivateKey => PrivateKeyDer::from_pem_slice(&bytes)
+            .map(|_| ())
+            .map_err(|e| invalid(key, &shown, &format!("holds no PEM private key: {e}"))),
+    }
+}
+
 fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         key,

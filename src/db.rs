@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseSettings;
 use crate::retry::Transient;
@@ -52,9 +52,27 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
         url: redact(&settings.url),
         source,
     })?;
-    Ok(options
+    Ok(tls(options, settings)
         .application_name("cdr-service")
         .options(SESSION_SETTINGS))
+}
+
+/// The TLS settings over the URL's own (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`): each one
+/// set wins, each one empty leaves the URL's. The files were checked at load.
+fn tls(mut options: PgConnectOptions, settings: &DatabaseSettings) -> PgConnectOptions {
+    if let Ok(mode) = settings.tls_mode.parse::<PgSslMode>() {
+        options = options.ssl_mode(mode);
+    }
+    let set = |p: &std::path::Path| !p.as_os_str().is_empty();
+    if set(&settings.tls_ca_file) {
+        options = options.ssl_root_cert(&settings.tls_ca_file);
+    }
+    if set(&settings.tls_cert_file) {
+        options = options
+            .ssl_client_cert(&settings.tls_cert_file)
+            .ssl_client_key(&settings.tls_key_file);
+    }
+    options
 }
 
 /// The settings of every session of the service (`connect_options`).
@@ -82,13 +100,74 @@ impl Transient for sqlx::Error {
                     .iter()
                     .any(|class| code.starts_with(class))
             }
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
+            // A TLS failure is a misconfiguration (a certificate that does not verify, a
+            // server without TLS under `require`), never retried, unless the network failed
+            // under the handshake.
+            sqlx::Error::Tls(e) => network_failure(e.as_ref()),
+            // rustls reports a certificate that does not verify as invalid data on the socket.
+            sqlx::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,
+            sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_) => true,
             _ => false,
+        }
+    }
+}
+
+/// Whether an error, or one it was caused by, is the network failing (not a verification or a
+/// protocol refusal: rustls reports those as `InvalidData`).
+fn network_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionReset
+                    | ConnectionAborted
+                    | ConnectionRefused
+                    | BrokenPipe
+                    | UnexpectedEof
+                    | TimedOut
+                    | NotConnected
+            )
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Whether PostgreSQL's connection failed on TLS itself (a certificate, a name, a server
+/// without TLS), which only the settings can fix.
+pub fn tls_refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(e) => !network_failure(e.as_ref()),
+        sqlx::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
+}
+
+/// What to tell the operator a refusal came from: the TLS settings, or `what` failed.
+pub fn refusal_context(e: &sqlx::Error, what: &'static str) -> &'static str {
+    if tls_refused(e) {
+        "TLS to PostgreSQL failed (database.tls_mode, database.tls_ca_file, \
+         database.tls_cert_file, database.tls_key_file, or the URL's sslmode)"
+    } else {
+        what
+    }
+}
+
+impl DbError {
+    /// `refusal_context` for the error under this one.
+    pub fn context(&self, what: &'static str) -> &'static str {
+        match self {
+            DbError::Sqlx(e) | DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                refusal_context(e, what)
+            }
+            _ => what,
         }
     }
 }
@@ -117,13 +196,6 @@ pub fn violates_unique_index(error: &sqlx::Error, index: &str) -> bool {
     }
 }
 
-/// A connection string without its password, for logs and error messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
+/// A connection string without its password, for logs and error messages (`cdr_core::redact`:
+/// whatever the string, parsable or not).
+pub use cdr_core::redact::redact;

@@ -126,7 +126,7 @@ async fn publish(
     println!(
         "publishing to exchange {:?} on {}{}",
         target.exchange(),
-        redact(target.amqp_url()),
+        cdr_core::redact::redact(target.amqp_url()),
         if o.rate > 0.0 {
             format!(" at {} calls/s", o.rate)
         } else {
@@ -190,15 +190,4 @@ fn write_report(o: &StormOptions, report: &Value) -> anyhow::Result<()> {
         println!("report: {}", path.display());
     }
     Ok(())
-}
-
-/// A URL without its password.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }

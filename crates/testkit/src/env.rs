@@ -175,6 +175,23 @@ pub fn env_vars(s: &Settings) -> Vec<(String, String)> {
         ("CDR__LOG__LEVEL".into(), s.log.level.clone()),
         ("CDR__CLUSTER__LEASE_CHECK".into(), d(s.cluster.lease_check)),
     ];
+    let path = |p: &std::path::Path| p.display().to_string();
+    for (key, value) in [
+        ("CDR__DATABASE__TLS_MODE", s.database.tls_mode.clone()),
+        ("CDR__DATABASE__TLS_CA_FILE", path(&s.database.tls_ca_file)),
+        (
+            "CDR__DATABASE__TLS_CERT_FILE",
+            path(&s.database.tls_cert_file),
+        ),
+        (
+            "CDR__DATABASE__TLS_KEY_FILE",
+            path(&s.database.tls_key_file),
+        ),
+    ] {
+        if !value.is_empty() {
+            vars.push((key.into(), value));
+        }
+    }
     if !s.cluster.lease_key.is_empty() {
         vars.push((
             "CDR__CLUSTER__LEASE_KEY".into(),

@@ -2,7 +2,8 @@
 //! and queue names on the real PostgreSQL and RabbitMQ ([`TestEnv`]), so tests run in parallel
 //! without seeing each other; the service runs in-process ([`TestApp`], [`Running`]) or as the
 //! real binary in a child process ([`service::Service`]); [`proxy::Proxy`] cuts its
-//! connections; [`metrics`] scrapes and reads `/metrics`.
+//! connections; [`tls`] makes a test CA and terminates TLS in front of a plain listener;
+//! [`metrics`] scrapes and reads `/metrics`.
 //!
 //! Tests use it as `use cdr_testkit as common;` and `use common::*;`.
 
@@ -15,6 +16,7 @@ mod platform;
 pub mod proxy;
 mod rows;
 pub mod service;
+pub mod tls;
 
 use std::time::{Duration, Instant};
 
