@@ -180,13 +180,21 @@ async fn run_lease_terms(
                     "standing by: the lease was lost; in-memory calls dropped, the log keeps them"
                 );
             }
-            Ended::Shutdown | Ended::IngestStopped => {
+            Ended::Shutdown | Ended::IngestStopped(None) => {
                 running.stop().await;
                 done_watching.cancel();
                 if let Ok(lease) = watcher.await {
                     lease.release().await;
                 }
                 return Ok(());
+            }
+            Ended::IngestStopped(Some(refused)) => {
+                running.stop().await;
+                done_watching.cancel();
+                if let Ok(lease) = watcher.await {
+                    lease.release().await;
+                }
+                return Err(refused.into());
             }
         }
     }
@@ -269,7 +277,15 @@ async fn activate(
         health.clone(),
         committed,
     );
-    running.ingest = Some(running.tasks.spawn(ingest.run(active.clone())));
+    let refused = running.ingest_refused.clone();
+    let consuming = ingest.run(active.clone());
+    running.ingest = Some(running.tasks.spawn(async move {
+        if let Err(e) = consuming.await
+            && let Ok(mut slot) = refused.lock()
+        {
+            *slot = Some(e);
+        }
+    }));
     info!(http = %settings.http.listen, "cdr-service running");
     Ok(running)
 }
@@ -339,6 +355,7 @@ async fn start_downstream(
         background,
         expired,
         ingest: None,
+        ingest_refused: Default::default(),
         dispatcher: None,
         projector: Some(projector_task),
         tracker,
@@ -481,7 +498,9 @@ enum Ended {
     Shutdown,
     /// The lease was lost: stand down at once.
     Lost,
-    IngestStopped,
+    /// Ingest ended on its own: with the refusal that stopped it (TLS), the service stops
+    /// with that error.
+    IngestStopped(Option<crate::ingest::IngestError>),
 }
 
 /// An active instance's components.
@@ -495,6 +514,8 @@ pub struct Running {
     /// once, leaving what they hold to the log.
     expired: CancellationToken,
     ingest: Option<JoinHandle<()>>,
+    /// Why ingest stopped on its own, when the broker refused what only the settings can fix.
+    ingest_refused: std::sync::Arc<std::sync::Mutex<Option<crate::ingest::IngestError>>>,
     dispatcher: Option<JoinHandle<()>>,
     projector: Option<JoinHandle<()>>,
     tracker: Tracker,
@@ -523,9 +544,21 @@ impl Running {
             _ = lost.cancelled() => Ended::Lost,
             _ = shutdown.cancelled() => Ended::Shutdown,
             r = ingest => {
-                error!(result = ?r, "ingest ended unexpectedly");
                 self.ingest = None;
-                if lost.is_cancelled() { Ended::Lost } else { Ended::IngestStopped }
+                if lost.is_cancelled() {
+                    return Ended::Lost;
+                }
+                let refused = self.ingest_refused.lock().ok().and_then(|mut r| r.take());
+                match refused {
+                    Some(refused) => {
+                        error!(error = %refused, "ingest stopped: the broker refused what only the settings can fix");
+                        Ended::IngestStopped(Some(refused))
+                    }
+                    None => {
+                        error!(result = ?r, "ingest ended unexpectedly");
+                        Ended::IngestStopped(None)
+                    }
+                }
             }
         }
     }

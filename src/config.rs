@@ -106,6 +106,12 @@ pub struct AmqpSettings {
     pub queue_version: u8,
     pub prefetch: u16,
     pub consumer_tag: String,
+    /// PEM, for `amqps://`: the CA that signed the broker's certificate (empty: the public
+    /// roots built into the binary), and a client certificate and its key for mutual TLS (with
+    /// `?auth_mechanism=external` in the URL, RabbitMQ's `EXTERNAL` login by that certificate).
+    pub tls_ca_file: PathBuf,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -376,6 +382,17 @@ impl Settings {
             if value.trim().is_empty() || value.len() > 255 {
                 return Err(invalid(key, value, "must be 1 to 255 characters"));
             }
+        }
+        let a = &self.amqp;
+        check_pem("amqp.tls_ca_file", &a.tls_ca_file, Pem::Certificates)?;
+        check_pem("amqp.tls_cert_file", &a.tls_cert_file, Pem::Certificates)?;
+        check_pem("amqp.tls_key_file", &a.tls_key_file, Pem::PrivateKey)?;
+        if a.tls_cert_file.as_os_str().is_empty() != a.tls_key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "amqp.tls_key_file",
+                a.tls_key_file.display(),
+                "a client certificate (amqp.tls_cert_file) and its key go together",
+            ));
         }
         if self.amqp.binding_keys.is_empty() {
             return Err(invalid(

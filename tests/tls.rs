@@ -167,3 +167,73 @@ async fn postgres_verify_full_takes_the_right_ca_and_refuses_the_wrong_one_at_st
     }
     env.cleanup(&settings).await;
 }
+
+/// The machine's RabbitMQ.
+fn rabbitmq() -> std::net::SocketAddr {
+    let url = url::Url::parse(&amqp_url()).expect("the broker's URL");
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", url.port().unwrap_or(5672))
+        .parse()
+        .expect("RabbitMQ's address")
+}
+
+/// `amqps://` through a proxy that presents a certificate of the test's CA and requires a
+/// client certificate of it: a call goes through; a wrong CA or no client certificate stops
+/// the service with a message that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_over_mutual_tls_takes_the_right_ca_and_refuses_the_wrong_one() {
+    let ca = TestCa::new("cdr test CA");
+    let server = ca.issue("broker", &["localhost"]);
+    let client = ca.issue("client", &["cdr-service"]);
+    let proxy = TlsProxy::start(rabbitmq(), Protocol::Tls, &server, Some(&ca)).await;
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let mut url = url::Url::parse(&amqp_url()).expect("the broker's URL");
+    url.set_scheme("amqps").expect("scheme");
+    url.set_host(Some("localhost")).expect("host");
+    url.set_port(Some(proxy.addr().port())).expect("port");
+    settings.amqp.url = url.to_string();
+    settings.amqp.tls_ca_file = ca.ca_file();
+    settings.amqp.tls_cert_file = client.cert.clone();
+    settings.amqp.tls_key_file = client.key.clone();
+
+    let running = Running::start(&settings).await;
+    // The test publishes on the broker's plain listener; the service consumes over TLS.
+    let publisher = cdr_storm::simulate::Publisher::connect(&amqp_url(), &settings.amqp.exchange)
+        .await
+        .expect("publisher");
+    let pool = env.pool().await;
+    let c = call("amqps");
+    for e in c.events(true) {
+        publisher.publish(&e).await.expect("publish");
+    }
+    let r = wait_for_row(&pool, &c.call_id, 5).await;
+    assert_full_record(&r, &c);
+    running.stop().await;
+
+    let other = TestCa::new("another CA");
+    let mut wrong_ca = settings.clone();
+    wrong_ca.amqp.tls_ca_file = other.ca_file();
+    let mut no_client_cert = settings.clone();
+    no_client_cert.amqp.tls_cert_file = Default::default();
+    no_client_cert.amqp.tls_key_file = Default::default();
+    for (what, s, says) in [
+        ("a wrong CA", &wrong_ca, "UnknownIssuer"),
+        (
+            "no client certificate",
+            &no_client_cert,
+            "TLS to RabbitMQ failed",
+        ),
+    ] {
+        let stderr = fails_at_start(&env, s);
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(!stderr.contains("guest:guest"), "{what}: {stderr}");
+    }
+    pool.close().await;
+    env.cleanup(&settings).await;
+}

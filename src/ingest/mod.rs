@@ -49,7 +49,7 @@ use crate::config::{AmqpSettings, BackoffSettings, IngestSettings};
 use crate::event::Envelope;
 use crate::health::Health;
 use crate::log::{EventLog, LoggedEvent};
-use crate::retry::{Retry, Transient};
+use crate::retry::{Retry, Stop, Transient};
 use crate::telemetry::metric;
 use committer::Committer;
 pub use consumer::OTHER_PLATFORM_EVENTS;
@@ -73,14 +73,68 @@ pub enum IngestError {
     ConsumerCancelled,
     #[error("the batch committer stopped: {0}")]
     CommitterStopped(String),
+    /// The broker's TLS refused (a certificate that does not verify, a name that does not
+    /// match): only the settings can fix it.
+    #[error(
+        "TLS to RabbitMQ failed (amqp.tls_ca_file, amqp.tls_cert_file, amqp.tls_key_file, or the URL's host): {0}"
+    )]
+    TlsRefused(lapin::Error),
+    /// A TLS file configured could not be read (it was readable at start).
+    #[error("cannot read {key} {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Whatever ends a broker session, the service reconnects (with backoff) and consumes again:
 /// an exchange of the wrong type, say, can be fixed by an operator while the service waits.
+/// A TLS refusal cannot be waited out: it stops ingest, and the service with it.
 impl Transient for IngestError {
     fn is_transient(&self) -> bool {
-        true
+        !matches!(self, IngestError::TlsRefused(_))
     }
+}
+
+/// The TLS of an `amqps://` connection: the CA (`amqp.tls_ca_file`, else the public roots)
+/// and the client's certificate, read at each connection so that renewed files are taken up
+/// on the next one. Unused for `amqp://`.
+fn tls_config(amqp: &AmqpSettings) -> Result<lapin::tcp::OwnedTLSConfig, IngestError> {
+    if !amqp.url.starts_with("amqps://") {
+        return Ok(Default::default());
+    }
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| IngestError::TlsFile {
+            key,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let cert_chain = if amqp.tls_ca_file.as_os_str().is_empty() {
+        None
+    } else {
+        let pem = read("amqp.tls_ca_file", &amqp.tls_ca_file)?;
+        Some(String::from_utf8_lossy(&pem).into_owned())
+    };
+    let identity = if amqp.tls_cert_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read("amqp.tls_cert_file", &amqp.tls_cert_file)?,
+            key: read("amqp.tls_key_file", &amqp.tls_key_file)?,
+        })
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+/// Whether a connection failed on TLS itself: rustls reports a certificate that does not
+/// verify as invalid data on the socket.
+fn tls_refused(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData)
 }
 
 pub struct Ingest {
@@ -177,7 +231,7 @@ impl Ingest {
     /// Consumes until `shutdown` fires, reconnecting with backoff whenever the broker goes away.
     /// Returns once the last batch is committed and acked; dropping `self` then closes the
     /// committed queue.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
         let retry = Retry::new(&self.backoff, &shutdown);
         let lost = |e: &IngestError, retry_in: Duration| {
             self.health.set_broker_up(false);
@@ -187,8 +241,13 @@ impl Ingest {
         while !shutdown.is_cancelled() {
             // A session that ends after it was established reconnects at once; failed
             // connections back off.
-            let Ok(session) = retry.run(|| self.connect(), lost).await else {
-                break;
+            let session = match retry.run(|| self.connect(), lost).await {
+                Ok(session) => session,
+                Err(Stop::Cancelled) => break,
+                Err(Stop::Refused(e)) => {
+                    self.health.set_broker_up(false);
+                    return Err(e);
+                }
             };
             match self.session(session, &shutdown).await {
                 Ok(()) => break,
@@ -197,15 +256,25 @@ impl Ingest {
         }
         self.health.set_broker_up(false);
         info!("ingest stopped");
+        Ok(())
     }
 
     /// Connects, declares the topology and starts consuming.
     async fn connect(&self) -> Result<Session, IngestError> {
-        let conn = Connection::connect(
+        let conn = Connection::connect_with_config(
             &self.amqp.url,
             ConnectionProperties::default().with_connection_name("cdr-service".into()),
+            tls_config(&self.amqp)?,
+            lapin::runtime::default_runtime()?,
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            if tls_refused(&e) {
+                IngestError::TlsRefused(e)
+            } else {
+                e.into()
+            }
+        })?;
         let consume = conn.create_channel().await?;
         let dead_letters = conn.create_channel().await?;
         dead_letters
