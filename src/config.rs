@@ -263,7 +263,7 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> = env.into_iter().collect();
+        let env = with_secret_files(env.into_iter().collect())?;
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
@@ -626,6 +626,45 @@ fn invalid_variable(variable: &'static str, value: &str, reason: &str) -> Config
 /// The platform's own variable names, which deployments already set, as the keys they set.
 /// `below` is the configuration they layer over (defaults and file): `CDR_SERVICE_METRICS_PORT`
 /// keeps the host of its `http.listen`.
+/// The variables holding a secret (a connection string with its password), each of which can
+/// also be given as `<NAME>_FILE`: the path of a file holding it, as container secret mounts
+/// provide.
+pub const SECRET_VARIABLES: [&str; 5] = [
+    "POSTGRES_URL",
+    "DATABASE_URL",
+    "RABBITMQ_URL",
+    "CDR__DATABASE__URL",
+    "CDR__AMQP__URL",
+];
+
+/// `env` with each `<NAME>_FILE` of `SECRET_VARIABLES` replaced by `<NAME>` set to the file's
+/// content (a final line break dropped). Setting both is an error, as is a file that cannot be
+/// read; neither message holds the secret.
+fn with_secret_files(mut env: Vec<(String, String)>) -> Result<Vec<(String, String)>, ConfigError> {
+    for name in SECRET_VARIABLES {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = env
+            .iter()
+            .find(|(k, v)| *k == file_var && !v.is_empty())
+            .map(|(_, v)| v.clone())
+        else {
+            continue;
+        };
+        if env.iter().any(|(k, v)| k == name && !v.is_empty()) {
+            return Err(ConfigError::Load(format!(
+                "both {name} and {file_var} are set: set one"
+            )));
+        }
+        let content = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::Load(format!("{file_var}: cannot read {path}: {e}")))?;
+        let value = content.strip_suffix('\n').unwrap_or(&content);
+        let value = value.strip_suffix('\r').unwrap_or(value).to_owned();
+        env.retain(|(k, _)| k != name && *k != file_var);
+        env.push((name.to_owned(), value));
+    }
+    Ok(env)
+}
+
 fn platform_overrides(
     env: &[(String, String)],
     below: &Figment,
@@ -828,6 +867,65 @@ mod tests {
         assert_eq!(s.tracker.rest_after, Duration::from_secs(30));
         assert_eq!(s.ingest.max_body_bytes, 1024 * 1024);
         assert_eq!(s.runtime.worker_threads, 0, "0: sized from the CPUs");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_into_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::write(&db, "postgres://cdr:S3cretPW@db:5432/cdr\n").unwrap();
+        let mq = dir.path().join("mq");
+        std::fs::write(&mq, "amqps://cdr:S3cretPW@mq:5671/%2f").unwrap();
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("POSTGRES_URL_FILE", db.to_str().unwrap()),
+                ("CDR__AMQP__URL_FILE", mq.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url, "postgres://cdr:S3cretPW@db:5432/cdr");
+        assert_eq!(s.amqp.url, "amqps://cdr:S3cretPW@mq:5671/%2f");
+        let both = Settings::load_from(
+            None,
+            env(&[
+                ("POSTGRES_URL_FILE", db.to_str().unwrap()),
+                ("POSTGRES_URL", "postgres://cdr:S3cretPW@db/cdr"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("POSTGRES_URL_FILE") && !both.contains("S3cret"),
+            "{both}"
+        );
+        let missing = Settings::load_from(None, env(&[("RABBITMQ_URL_FILE", "/nowhere/mq")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("RABBITMQ_URL_FILE") && missing.contains("/nowhere/mq"),
+            "{missing}"
+        );
+        for (var, url) in [
+            ("POSTGRES_URL", "postgress://cdr:S3cretPW@db:5432/cdr"),
+            ("POSTGRES_URL", "postgres://cdr:S3cretPW@db:99999/cdr"),
+            ("POSTGRES_URL", "postgres://cdr:S3cret/PW@db:5432/cdr"),
+            ("POSTGRES_URL", "postgres://db/cdr?password=S3cretPW&port=x"),
+            ("RABBITMQ_URL", "ampq://cdr:S3cretPW@mq/%2f"),
+            ("RABBITMQ_URL", "amqp://cdr:S3cretPW@mq:notaport/%2f"),
+            (
+                "RABBITMQ_URL",
+                "amqp://cdr:S3cretPW@mq:5672/%2f?heartbeat=x",
+            ),
+        ] {
+            let err = Settings::load_from(None, env(&[(var, url)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("url") && !err.contains("S3cret"),
+                "{url}: {err}"
+            );
+        }
     }
 
     #[test]
