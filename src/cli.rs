@@ -4,6 +4,7 @@
 //! (one synthetic call, end to end) and `storm` (a load test). The tooling sees the service
 //! through [`cdr_storm::Target`], implemented here for the settings.
 
+use secrecy::ExposeSecret;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -121,7 +122,7 @@ async fn run(command: Command, settings: Settings, workers: usize) -> anyhow::Re
 /// database that refuses the connection (a wrong password, no such database) or a migration
 /// (a role without the right to change the schema) fails it at once.
 async fn migrate(settings: &Settings, options: &MigrateOptions) -> anyhow::Result<ExitCode> {
-    let url = db::redact(&settings.database.url);
+    let url = db::redact(settings.database.url.expose_secret());
     let pool = db::pool(&settings.database)?;
     say(&format!("applying the migrations to {url}"));
     let give_up = CancellationToken::new();
@@ -403,7 +404,7 @@ async fn on_signal(shutdown: CancellationToken) {
 /// timers and database as `cdr-service run` with these settings.
 impl Target for Settings {
     fn amqp_url(&self) -> &str {
-        &self.amqp.url
+        self.amqp.url.expose_secret()
     }
 
     fn exchange(&self) -> &str {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use cdr_core::redact::redact;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The defaults, compiled in so that the binary runs from any directory.
@@ -59,7 +60,10 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    pub url: String,
+    /// A secret: `Debug` shows none of it; `expose_secret` where it is used, `redact` where it
+    /// is shown.
+    #[serde(serialize_with = "redacted")]
+    pub url: SecretString,
     pub max_connections: u32,
     pub migrate: bool,
     #[serde(with = "duration")]
@@ -82,7 +86,9 @@ pub const TLS_MODES: [&str; 5] = ["disable", "prefer", "require", "verify-ca", "
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    pub url: String,
+    /// A secret, as `database.url`.
+    #[serde(serialize_with = "redacted")]
+    pub url: SecretString,
     pub exchange: String,
     pub accept_existing_exchange_type: bool,
     pub queue: String,
@@ -309,14 +315,20 @@ impl Settings {
     /// `database.*`.
     fn validate_database(&self) -> Result<(), ConfigError> {
         let d = &self.database;
-        if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+        if !(d.url.expose_secret().starts_with("postgres://")
+            || d.url.expose_secret().starts_with("postgresql://"))
+        {
             return Err(invalid(
                 "database.url",
-                redact(&d.url),
+                redact(d.url.expose_secret()),
                 "must start with postgres:// or postgresql://",
             ));
         }
-        if let Err(e) = d.url.parse::<sqlx::postgres::PgConnectOptions>() {
+        if let Err(e) = d
+            .url
+            .expose_secret()
+            .parse::<sqlx::postgres::PgConnectOptions>()
+        {
             // sqlx's message may quote the string: only its kind is kept.
             let reason = match e {
                 sqlx::Error::Configuration(_) => {
@@ -324,7 +336,11 @@ impl Settings {
                 }
                 _ => "is not a valid connection string",
             };
-            return Err(invalid("database.url", redact(&d.url), reason));
+            return Err(invalid(
+                "database.url",
+                redact(d.url.expose_secret()),
+                reason,
+            ));
         }
         if !d.tls_mode.is_empty() && !TLS_MODES.contains(&d.tls_mode.as_str()) {
             return Err(invalid(
@@ -359,17 +375,25 @@ impl Settings {
 
     /// `amqp.*`.
     fn validate_amqp(&self) -> Result<(), ConfigError> {
-        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+        if !(self.amqp.url.expose_secret().starts_with("amqp://")
+            || self.amqp.url.expose_secret().starts_with("amqps://"))
+        {
             return Err(invalid(
                 "amqp.url",
-                redact(&self.amqp.url),
+                redact(self.amqp.url.expose_secret()),
                 "must start with amqp:// or amqps://",
             ));
         }
-        if self.amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
+        if self
+            .amqp
+            .url
+            .expose_secret()
+            .parse::<lapin::uri::AMQPUri>()
+            .is_err()
+        {
             return Err(invalid(
                 "amqp.url",
-                redact(&self.amqp.url),
+                redact(self.amqp.url.expose_secret()),
                 "is not a valid AMQP URI (host, port, vhost or a parameter)",
             ));
         }
@@ -570,6 +594,11 @@ impl Settings {
 }
 
 /// The error for `key` set to `value`.
+/// A secret connection string serialized as `redact` shows it.
+fn redacted<S: serde::Serializer>(url: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact(url.expose_secret()))
+}
+
 /// What a PEM file must hold.
 #[derive(Clone, Copy)]
 enum Pem {
@@ -884,8 +913,14 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.database.url, "postgres://cdr:S3cretPW@db:5432/cdr");
-        assert_eq!(s.amqp.url, "amqps://cdr:S3cretPW@mq:5671/%2f");
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://cdr:S3cretPW@db:5432/cdr"
+        );
+        assert_eq!(
+            s.amqp.url.expose_secret(),
+            "amqps://cdr:S3cretPW@mq:5671/%2f"
+        );
         let both = Settings::load_from(
             None,
             env(&[
@@ -943,8 +978,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.database.url, "postgres://a@h/db1");
-        assert_eq!(s.amqp.url, "amqp://u:p@h:5672/%2f");
+        assert_eq!(s.database.url.expose_secret(), "postgres://a@h/db1");
+        assert_eq!(s.amqp.url.expose_secret(), "amqp://u:p@h:5672/%2f");
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.log.level, "debug");
         assert_eq!(s.tracker.linger, Duration::from_millis(750));
@@ -1178,7 +1213,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(s.database.url, "postgres://a@h/two");
+        assert_eq!(s.database.url.expose_secret(), "postgres://a@h/two");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The PostgreSQL pool and the schema.
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
@@ -48,10 +49,15 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// and on a shared database they would take cores from the other sessions. Settings in the
 /// URL's `options` come first; these are added after them.
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbError> {
-    let options: PgConnectOptions = settings.url.parse().map_err(|source| DbError::BadUrl {
-        url: redact(&settings.url),
-        source,
-    })?;
+    let options: PgConnectOptions =
+        settings
+            .url
+            .expose_secret()
+            .parse()
+            .map_err(|source| DbError::BadUrl {
+                url: redact(settings.url.expose_secret()),
+                source,
+            })?;
     Ok(tls(options, settings)
         .application_name("cdr-service")
         .options(SESSION_SETTINGS))

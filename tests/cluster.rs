@@ -209,7 +209,7 @@ async fn an_active_cut_from_the_database_stands_down_and_stays_down() {
     let settings = env.settings();
     let (db_proxy, proxied_url) = proxied(&env.db_url).await;
     let mut cut_settings = settings.clone();
-    cut_settings.database.url = proxied_url;
+    cut_settings.database.url = (proxied_url).into();
     let (a, b) = active_and_standby(&env, &cut_settings, &settings).await;
     let pool = env.pool().await;
     let producer = Producer::connect(&settings.amqp.exchange).await;

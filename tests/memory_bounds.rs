@@ -5,6 +5,7 @@
 //! record is right.
 
 use cdr_testkit as common;
+use secrecy::ExposeSecret;
 
 use std::time::Duration;
 
@@ -40,10 +41,12 @@ async fn a_call_larger_than_the_memory_limit_is_logged_recovered_and_reactivated
     settings.tracker.max_events_per_call = 100_000;
     let binary = service_binary!();
     let service = Service::start_limited(binary, &env, &settings, ADDRESS_SPACE).await;
-    let publisher =
-        cdr_storm::simulate::Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
-            .await
-            .expect("publisher");
+    let publisher = cdr_storm::simulate::Publisher::connect(
+        settings.amqp.url.expose_secret(),
+        &settings.amqp.exchange,
+    )
+    .await
+    .expect("publisher");
     let pool = env.pool().await;
 
     let large = call("memory-large");

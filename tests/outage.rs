@@ -60,7 +60,7 @@ async fn database_outage_mid_stream_stands_the_service_down_and_loses_nothing() 
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     let (db_proxy, db_url) = proxied(&env.db_url).await;
-    settings.database.url = db_url;
+    settings.database.url = (db_url).into();
     let pool = env.pool().await;
     let app = Running::start(&settings).await;
     let publisher = Publisher::connect(&amqp_url(), &settings.amqp.exchange)
@@ -136,8 +136,8 @@ async fn deliveries_held_during_a_database_outage_stay_unacked_at_the_broker() {
     let mut settings = env.settings();
     let (db_proxy, db_url) = proxied(&env.db_url).await;
     let (amqp_proxy, amqp_url_proxied) = proxied(&amqp_url()).await;
-    settings.database.url = db_url;
-    settings.amqp.url = amqp_url_proxied;
+    settings.database.url = (db_url).into();
+    settings.amqp.url = (amqp_url_proxied).into();
     let pool = env.pool().await;
     let app = Running::start(&settings).await;
     let publisher = Publisher::connect(&amqp_url(), &settings.amqp.exchange)
@@ -202,7 +202,7 @@ async fn broker_connection_cut_mid_stream_reconnects_and_loses_nothing() {
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     let (amqp_proxy, amqp_url_proxied) = proxied(&amqp_url()).await;
-    settings.amqp.url = amqp_url_proxied;
+    settings.amqp.url = (amqp_url_proxied).into();
     // Batches that wait a while: the cut finds deliveries taken but not yet acked.
     settings.ingest.batch_max_age = Duration::from_millis(200);
     let pool = env.pool().await;

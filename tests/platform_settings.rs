@@ -4,6 +4,7 @@
 //! How the names layer with the rest of the configuration is unit-tested in `src/config.rs`.
 
 use cdr_testkit as common;
+use secrecy::ExposeSecret;
 
 use std::process::{Command, Stdio};
 
@@ -65,7 +66,7 @@ async fn every_json_line_carries_node_hostname_and_metrics_answer_on_the_platfor
     let service =
         Service::start_with_env(service_binary!(), vars, port, stdout, Stdio::inherit()).await;
 
-    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+    let publisher = Publisher::connect(settings.amqp.url.expose_secret(), &settings.amqp.exchange)
         .await
         .unwrap();
     let c = call("node-hostname");

@@ -1,6 +1,7 @@
 //! The real binary as a child process: graceful stop on SIGTERM, and resumption on restart.
 
 use cdr_testkit as common;
+use secrecy::ExposeSecret;
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ async fn sigterm_mid_stream_loses_nothing_and_restart_completes_open_calls() {
     let service = Service::start(service_binary!(), &env, &settings).await;
     assert!(service.port > 0);
 
-    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+    let publisher = Publisher::connect(settings.amqp.url.expose_secret(), &settings.amqp.exchange)
         .await
         .unwrap();
     let t0: chrono::DateTime<chrono::Utc> = "2025-09-24T10:00:00Z".parse().unwrap();
@@ -129,7 +130,7 @@ async fn a_closed_log_pipe_loses_logs_only() {
     let service =
         Service::start_logging_to(service_binary!(), &env, &settings, stdout, stderr).await;
 
-    let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
+    let publisher = Publisher::connect(settings.amqp.url.expose_secret(), &settings.amqp.exchange)
         .await
         .unwrap();
     let calls: Vec<SyntheticCall> = (0..20).map(|i| call(&format!("mute-{i}"))).collect();

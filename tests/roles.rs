@@ -270,7 +270,7 @@ async fn the_service_runs_a_storm_as_a_role_that_may_only_read_and_write_rows() 
     .expect("drop the bare database");
 
     // The service, as the runtime role, migrating nothing.
-    settings.database.url = role.url();
+    settings.database.url = (role.url()).into();
     let port = free_port();
     let mut vars = env.env_vars(&settings);
     vars.retain(|(k, _)| k != "CDR__HTTP__LISTEN");

@@ -3,6 +3,7 @@
 //! them meanwhile.
 
 use cdr_testkit as common;
+use secrecy::ExposeSecret;
 
 use common::*;
 
@@ -25,10 +26,12 @@ async fn an_incompatible_column_keeps_the_service_unready_and_consuming_nothing(
     }
     // The queue as a deployment has it, holding one call's events.
     let c = call("unready");
-    let publisher =
-        cdr_storm::simulate::Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
-            .await
-            .unwrap();
+    let publisher = cdr_storm::simulate::Publisher::connect(
+        settings.amqp.url.expose_secret(),
+        &settings.amqp.exchange,
+    )
+    .await
+    .unwrap();
     declare_bound_queue(
         &settings.amqp.queue,
         &settings.amqp.exchange,

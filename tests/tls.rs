@@ -128,7 +128,7 @@ async fn postgres_verify_full_takes_the_right_ca_and_refuses_the_wrong_one_at_st
 
     let env = TestEnv::new().await;
     let mut settings = env.settings();
-    settings.database.url = via(&env.db_url, "localhost", proxy.addr().port());
+    settings.database.url = (via(&env.db_url, "localhost", proxy.addr().port())).into();
     settings.database.tls_mode = "verify-full".into();
     settings.database.tls_ca_file = ca.ca_file();
     let app = TestApp::start(env, settings.clone()).await;
@@ -136,7 +136,7 @@ async fn postgres_verify_full_takes_the_right_ca_and_refuses_the_wrong_one_at_st
     let (env, _) = app.stop().await;
 
     let mut mtls = settings.clone();
-    mtls.database.url = via(&env.db_url, "localhost", mutual.addr().port());
+    mtls.database.url = (via(&env.db_url, "localhost", mutual.addr().port())).into();
     mtls.database.tls_cert_file = client.cert.clone();
     mtls.database.tls_key_file = client.key.clone();
     let app = TestApp::start(env, mtls.clone()).await;
@@ -147,7 +147,7 @@ async fn postgres_verify_full_takes_the_right_ca_and_refuses_the_wrong_one_at_st
     let mut wrong_ca = settings.clone();
     wrong_ca.database.tls_ca_file = other.ca_file();
     let mut wrong_name = settings.clone();
-    wrong_name.database.url = via(&env.db_url, "127.0.0.1", proxy.addr().port());
+    wrong_name.database.url = (via(&env.db_url, "127.0.0.1", proxy.addr().port())).into();
     let mut no_client_cert = mtls.clone();
     no_client_cert.database.tls_cert_file = Default::default();
     no_client_cert.database.tls_key_file = Default::default();
@@ -197,7 +197,7 @@ async fn rabbitmq_over_mutual_tls_takes_the_right_ca_and_refuses_the_wrong_one()
     url.set_scheme("amqps").expect("scheme");
     url.set_host(Some("localhost")).expect("host");
     url.set_port(Some(proxy.addr().port())).expect("port");
-    settings.amqp.url = url.to_string();
+    settings.amqp.url = (url.to_string()).into();
     settings.amqp.tls_ca_file = ca.ca_file();
     settings.amqp.tls_cert_file = client.cert.clone();
     settings.amqp.tls_key_file = client.key.clone();

@@ -1,6 +1,7 @@
 //! The bench's environment: its databases, exchanges and queues (created here, removed at the
 //! end), the release binary as a child process, and the service's own metrics.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::fmt;
 use std::process::{Child, Command, Stdio};
@@ -45,8 +46,8 @@ impl Env {
             None,
             std::env::vars().filter(|(k, _)| k.starts_with("CDR__")),
         )?;
-        s.database.url = db_url.clone();
-        s.amqp.url = amqp_url();
+        s.database.url = db_url.clone().into();
+        s.amqp.url = amqp_url().into();
         s.amqp.exchange = format!("cdr_bench.{id}.events");
         s.amqp.queue = format!("cdr_bench.{id}.queue");
         s.amqp.dead_letter_exchange = format!("cdr_bench.{id}.failed");
@@ -69,7 +70,7 @@ impl Env {
         self.db_url = create_database(&db_name).await?;
         self.db_names.push(db_name);
         let s = &mut self.settings;
-        s.database.url = self.db_url.clone();
+        s.database.url = self.db_url.clone().into();
         s.amqp.exchange = format!("cdr_bench.{}.events.r{round}", self.id);
         s.amqp.queue = format!("cdr_bench.{}.queue.r{round}", self.id);
         Ok(())
@@ -268,8 +269,8 @@ impl Service {
         let spawned = Instant::now();
         let child = Command::new(env!("CARGO_BIN_EXE_cdr-service"))
             .arg("run")
-            .env("POSTGRES_URL", &s.database.url)
-            .env("RABBITMQ_URL", &s.amqp.url)
+            .env("POSTGRES_URL", s.database.url.expose_secret())
+            .env("RABBITMQ_URL", s.amqp.url.expose_secret())
             .env("CDR__AMQP__EXCHANGE", &s.amqp.exchange)
             .env("CDR__AMQP__QUEUE", &s.amqp.queue)
             .env(

@@ -30,6 +30,7 @@ mod consumer;
 mod dead_letter;
 mod topology;
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -101,7 +102,7 @@ impl Transient for IngestError {
 /// and the client's certificate, read at each connection so that renewed files are taken up
 /// on the next one. Unused for `amqp://`.
 fn tls_config(amqp: &AmqpSettings) -> Result<lapin::tcp::OwnedTLSConfig, IngestError> {
-    if !amqp.url.starts_with("amqps://") {
+    if !amqp.url.expose_secret().starts_with("amqps://") {
         return Ok(Default::default());
     }
     let read = |key: &'static str, path: &std::path::Path| {
@@ -262,7 +263,7 @@ impl Ingest {
     /// Connects, declares the topology and starts consuming.
     async fn connect(&self) -> Result<Session, IngestError> {
         let conn = Connection::connect_with_config(
-            &self.amqp.url,
+            self.amqp.url.expose_secret(),
             ConnectionProperties::default().with_connection_name("cdr-service".into()),
             tls_config(&self.amqp)?,
             lapin::runtime::default_runtime()?,

@@ -16,6 +16,7 @@
 //! cargo run --release --example ack_delay -- --queue sentiric.cdr_service.events --messages 277800 --delay-ms 27
 //! ```
 
+use secrecy::ExposeSecret;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -64,7 +65,11 @@ fn args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let settings = Settings::load(None)?;
-    let conn = Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(
+        settings.amqp.url.expose_secret(),
+        ConnectionProperties::default(),
+    )
+    .await?;
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(a.prefetch, BasicQosOptions::default())

@@ -2,6 +2,7 @@
 //! that a crash is seen, and [`TestApp`], that with the test's own environment, a pool and a
 //! publisher.
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use cdr_service::app::Application;
@@ -116,9 +117,10 @@ impl TestApp {
 
     pub async fn start(env: TestEnv, settings: Settings) -> TestApp {
         let running = Running::start(&settings).await;
-        let publisher = Publisher::connect(&settings.amqp.url, &settings.amqp.exchange)
-            .await
-            .expect("publisher");
+        let publisher =
+            Publisher::connect(settings.amqp.url.expose_secret(), &settings.amqp.exchange)
+                .await
+                .expect("publisher");
         let pool = env.pool().await;
         TestApp {
             env,

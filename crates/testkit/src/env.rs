@@ -1,6 +1,7 @@
 //! A test's own environment: a fresh database on the test PostgreSQL and its own exchange and
 //! queue names on the test RabbitMQ, so tests run in parallel without seeing each other.
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use cdr_service::config::Settings;
@@ -59,8 +60,8 @@ impl TestEnv {
     /// Settings for this test: its database, its own names, fast timers, an ephemeral port.
     pub fn settings(&self) -> Settings {
         let mut s = Settings::load_from(None, Vec::new()).expect("default settings");
-        s.database.url = self.db_url.clone();
-        s.amqp.url = amqp_url();
+        s.database.url = self.db_url.clone().into();
+        s.amqp.url = amqp_url().into();
         s.amqp.exchange = format!("test.{}.events", self.id);
         s.amqp.queue = format!("test.{}.queue", self.id);
         s.amqp.dead_letter_exchange = format!("test.{}.failed", self.id);
@@ -123,8 +124,11 @@ impl TestEnv {
 pub fn env_vars(s: &Settings) -> Vec<(String, String)> {
     let d = |d: Duration| humantime::format_duration(d).to_string();
     let mut vars = vec![
-        ("POSTGRES_URL".into(), s.database.url.clone()),
-        ("RABBITMQ_URL".into(), s.amqp.url.clone()),
+        (
+            "POSTGRES_URL".into(),
+            s.database.url.expose_secret().to_owned(),
+        ),
+        ("RABBITMQ_URL".into(), s.amqp.url.expose_secret().to_owned()),
         ("CDR__AMQP__EXCHANGE".into(), s.amqp.exchange.clone()),
         ("CDR__AMQP__QUEUE".into(), s.amqp.queue.clone()),
         (
