@@ -38,6 +38,8 @@ pub struct Application {
     settings: Settings,
     pool: PgPool,
     listener: TcpListener,
+    /// `http.probe_listen`'s, when set.
+    probe: Option<TcpListener>,
     health: Health,
 }
 
@@ -46,17 +48,34 @@ impl Application {
         let listener = TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("http.listen: cannot bind {}", settings.http.listen))?;
+        let probe = match settings.http.probe_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("http.probe_listen: cannot bind {address}"))?,
+            ),
+            None => None,
+        };
         let pool = db::pool(&settings.database)?;
         Ok(Application {
             settings,
             pool,
             listener,
+            probe,
             health: Health::default(),
         })
     }
 
     pub fn http_port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The port of `http.probe_listen`, when set.
+    pub fn probe_port(&self) -> Option<u16> {
+        self.probe
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn health(&self) -> Health {
@@ -73,6 +92,7 @@ impl Application {
             settings,
             pool,
             listener,
+            probe,
             health,
         } = self;
         // The recorder first: everything after reports to it.
@@ -85,8 +105,21 @@ impl Application {
         let serving = TaskTracker::new();
         let background = CancellationToken::new();
         let tracker_slot = http::TrackerSlot::default();
+        let main = match http::TlsFiles::of(&settings.http) {
+            Some(files) => http::Main::Tls(
+                http::TlsListener::start(
+                    listener,
+                    files,
+                    settings.http.tls_reload_check,
+                    background.clone(),
+                )
+                .context("TLS on the HTTP listener")?,
+            ),
+            None => http::Main::Plain(listener),
+        };
         serving.spawn(http::serve(
-            listener,
+            main,
+            probe,
             health.clone(),
             metrics,
             tracker_slot.clone(),
@@ -471,6 +504,9 @@ fn export_known_series() {
     }
     counter!(metric::PROJECTION_ROWS.name, "table" => "call_dialog_events").absolute(0);
     counter!(metric::EVENT_FIELDS_DROPPED.name, "field" => "trace_id").absolute(0);
+    for outcome in ["loaded", "failed"] {
+        counter!(metric::HTTP_TLS_RELOADS.name, "outcome" => outcome).absolute(0);
+    }
     for anomaly in crate::merge::ANOMALIES {
         counter!(metric::RECORD_ANOMALIES.name, "anomaly" => anomaly).absolute(0);
     }

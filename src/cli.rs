@@ -49,7 +49,7 @@ pub enum Command {
     /// that may change the schema, while the service runs with `database.migrate = false` as
     /// a role that may only read and write rows (deploy/roles.sql).
     Migrate(MigrateOptions),
-    /// Ask the service listening on `http.listen` whether it is live (or ready): exit 0 on a
+    /// Ask the service listening on `http.listen` (`http.probe_listen` when set) whether it is live (or ready): exit 0 on a
     /// 2xx answer, 1 otherwise, one line printed. A container health check without curl or a
     /// shell.
     Healthcheck(HealthcheckOptions),
@@ -260,7 +260,18 @@ const MAX_BODY_SHOWN: usize = 400;
 /// within `options.timeout`; prints one line (the URL, the status and the body, or why there
 /// was no answer) and exits 0 on a 2xx status, 1 otherwise.
 async fn healthcheck(http: &HttpSettings, options: &HealthcheckOptions) -> ExitCode {
-    let address = probe_address(http.listen);
+    // The plain probe listener when there is one; `listen` itself only while it is plain HTTP.
+    let listen = match http.probe_listen {
+        Some(probe) => probe,
+        None if crate::http::TlsFiles::of(http).is_some() => {
+            say(
+                "http.listen serves TLS: set http.probe_listen, the plain listener of the probes, for the health check",
+            );
+            return ExitCode::FAILURE;
+        }
+        None => http.listen,
+    };
+    let address = probe_address(listen);
     let path = if options.ready {
         "/health/ready"
     } else {

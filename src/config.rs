@@ -190,6 +190,19 @@ pub struct BackoffSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
+    /// PEM: the certificate chain and key `listen` serves TLS with; both empty for plain HTTP.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// PEM: when set, clients must present a certificate this CA signed (mutual TLS).
+    pub tls_client_ca_file: PathBuf,
+    /// How often the certificate files are checked for a change (and read again when they
+    /// changed): rotation without a restart.
+    #[serde(with = "duration")]
+    pub tls_reload_check: Duration,
+    /// A second listener, plain HTTP, serving only `/health/*` and `/metrics`: probes and
+    /// scrapers inside the pod while `listen` requires TLS. None: no such listener.
+    #[serde(default)]
+    pub probe_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -308,6 +321,7 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_database()?;
         self.validate_amqp()?;
+        self.validate_http()?;
         self.validate_ingest()?;
         self.validate_the_rest()
     }
@@ -368,6 +382,46 @@ impl Settings {
                 "database.max_connections",
                 self.database.max_connections,
                 "must be at least 2 (the event log and the record writer each hold one)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `http.*`: the TLS files read and parsed, and set together.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        check_pem("http.tls_cert_file", &h.tls_cert_file, Pem::Certificates)?;
+        check_pem("http.tls_key_file", &h.tls_key_file, Pem::PrivateKey)?;
+        check_pem(
+            "http.tls_client_ca_file",
+            &h.tls_client_ca_file,
+            Pem::Certificates,
+        )?;
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        if set(&h.tls_cert_file) != set(&h.tls_key_file) {
+            return Err(invalid(
+                "http.tls_key_file",
+                h.tls_key_file.display(),
+                "the listener's certificate (http.tls_cert_file) and its key go together",
+            ));
+        }
+        if set(&h.tls_client_ca_file) && !set(&h.tls_cert_file) {
+            return Err(invalid(
+                "http.tls_client_ca_file",
+                h.tls_client_ca_file.display(),
+                "client certificates need TLS on the listener: set http.tls_cert_file and http.tls_key_file",
+            ));
+        }
+        if h.tls_reload_check.is_zero() {
+            return Err(invalid("http.tls_reload_check", "0s", "must be above zero"));
+        }
+        if let Some(probe) = h.probe_listen
+            && probe == h.listen
+        {
+            return Err(invalid(
+                "http.probe_listen",
+                probe,
+                "must differ from http.listen",
             ));
         }
         Ok(())

@@ -348,6 +348,15 @@ pub const RECORD_FLUSH_LATENCY: Metric = Metric::seconds(
 
 // Connections and the process.
 
+pub const HTTP_TLS_HANDSHAKES_FAILED: Metric = Metric::counter(
+    "cdr_http_tls_handshakes_failed_total",
+    "TLS handshakes on the HTTP listener refused or timed out (no client certificate, a wrong one, not TLS)",
+);
+pub const HTTP_TLS_RELOADS: Metric = Metric::counter(
+    "cdr_http_tls_reloads_total",
+    "The HTTP listener's certificate files read again after they changed, by outcome (loaded, failed: the previous ones kept)",
+)
+.labelled(&["outcome"]);
 pub const BROKER_UP: Metric = Metric::gauge("cdr_broker_up", "1 while connected to RabbitMQ");
 pub const BROKER_RECONNECTS: Metric = Metric::counter(
     "cdr_broker_reconnects_total",
@@ -383,6 +392,8 @@ pub const ALL: &[Metric] = &[
     CALLS_CAPPED,
     CALLS_DEFERRED,
     OPEN_CALLS_LIMIT_REACHED,
+    HTTP_TLS_HANDSHAKES_FAILED,
+    HTTP_TLS_RELOADS,
     CALLS_RECOVERED,
     DISPATCH_QUEUE_BATCHES,
     DISPATCH_DURATION,

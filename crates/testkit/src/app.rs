@@ -25,6 +25,8 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 pub struct Running {
     pub health: Health,
     pub port: u16,
+    /// The port of `http.probe_listen`, when set.
+    pub probe_port: Option<u16>,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -45,12 +47,14 @@ impl Running {
             .await
             .expect("build app");
         let port = app.http_port();
+        let probe_port = app.probe_port();
         let health = app.health();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run(stop.clone()));
         Running {
             health,
             port,
+            probe_port,
             stop,
             handle,
         }

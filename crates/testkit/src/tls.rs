@@ -191,3 +191,72 @@ async fn forward(
     tokio::io::copy_bidirectional(&mut tls, &mut plain).await?;
     Ok(())
 }
+
+/// GET `path` over HTTPS from `addr`, verifying the server as `server_name` with the CA in
+/// `ca`, presenting `client` if given; the status code and the body. An error when the
+/// handshake or the exchange fails (a refused client certificate, an unknown CA).
+pub async fn https_get(
+    addr: SocketAddr,
+    server_name: &str,
+    path: &str,
+    ca: &Path,
+    client: Option<&CertFiles>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Error, ErrorKind};
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(Error::other)? {
+        roots
+            .add(cert.map_err(Error::other)?)
+            .map_err(Error::other)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::other)?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(files) => {
+            let chain = CertificateDer::pem_file_iter(&files.cert)
+                .map_err(Error::other)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::other)?;
+            let key = PrivateKeyDer::from_pem_file(&files.key).map_err(Error::other)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(Error::other)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+    let socket = TcpStream::connect(addr).await?;
+    let mut tls = connector.connect(name, socket).await?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    // A server that closes without close_notify ends the read with an error after the body.
+    if let Err(e) = tls.read_to_end(&mut answer).await
+        && answer.is_empty()
+    {
+        return Err(e);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("no HTTP answer: {answer:?}"),
+            )
+        })?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}

@@ -1,5 +1,10 @@
 //! The HTTP surface: Prometheus metrics, liveness and readiness probes, and the live view of
-//! active calls.
+//! active calls; over TLS (`tls`) when the settings give a certificate, and then optionally a
+//! plain listener of its own for the probes and the metrics alone.
+
+mod tls;
+
+pub use tls::{TlsError, TlsFiles, TlsListener};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -49,27 +54,62 @@ impl TrackerSlot {
     }
 }
 
+/// The listener of `http.listen`.
+pub enum Main {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+/// Serves every endpoint on `main`, and on `probe` (plain) the probes and the metrics alone,
+/// until `shutdown` fires.
 pub async fn serve(
-    listener: TcpListener,
+    main: Main,
+    probe: Option<TcpListener>,
     health: Health,
     metrics: PrometheusHandle,
     tracker: TrackerSlot,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let state = AppState {
+        health,
+        metrics,
+        tracker,
+    };
+    let probes = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
+        .route("/health/ready", get(ready));
+    let app = probes
+        .clone()
         .route("/calls", get(active_calls))
         .route("/calls/{call_id}", get(one_call))
-        .with_state(AppState {
-            health,
-            metrics,
-            tracker,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .with_state(state.clone());
+    let stopped = |token: CancellationToken| async move { token.cancelled().await };
+    let main = async {
+        match main {
+            Main::Plain(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(shutdown.clone()))
+                    .await
+            }
+            Main::Tls(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(shutdown.clone()))
+                    .await
+            }
+        }
+    };
+    let probe = async {
+        match probe {
+            Some(listener) => {
+                axum::serve(listener, probes.with_state(state))
+                    .with_graceful_shutdown(stopped(shutdown.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(main, probe).map(|_| ())
 }
 
 async fn render_metrics(State(s): State<AppState>) -> Response {
