@@ -34,7 +34,8 @@
 //!    drains: the ack path alone, above what any service that keeps the log and writes the
 //!    records could reach here;
 //!    Then the wire formats: the same storm all in JSON and as the default mix (mostly
-//!    protobuf), one service drain each, back to back; their ratio;
+//!    protobuf), one service drain each, back to back; their ratio; then TLS to both peers
+//!    against none, the service reaching each through a proxy either way; their ratio;
 //! 3. seed baseline: what the platform's original consumer did, per event and serially: insert
 //!    the raw event, upsert the `calls` column of that event type (autocommit each), ack each;
 //! 4. steady state: the service fed at a fixed rate; flush latency from publishing a call's
@@ -71,6 +72,8 @@ use cdr_storm::publish::{StormPublisher, queue_depth};
 use cdr_storm::simulate::Publisher;
 use cdr_storm::verify::Verifier;
 use cdr_storm::{Message, MessageKind, Storm, StormOptions, generate, limits, options_json};
+use cdr_testkit::proxy::Proxy;
+use cdr_testkit::tls::{Protocol, TestCa, TlsProxy};
 
 /// The service's default prefetch (`amqp.prefetch`), used by the bench's own consumers too.
 const PREFETCH: u16 = 6000;
@@ -111,6 +114,7 @@ mod service_drain;
 mod stats;
 mod steady;
 mod takeover;
+mod tls;
 
 use args::Sizes;
 use env::Env;
@@ -181,6 +185,7 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
 
     let rounds = drains::Rounds::run(env, &storm, &o, sizes.rounds).await?;
     let formats = formats::formats(env, &storm, &o, sizes.rounds + 1).await?;
+    let tls = tls::tls(env, &storm, &o, sizes.rounds + 3).await?;
     let seed = seed::seed_baseline(env, &storm, sizes.seed_messages, sizes.seed_max).await?;
     let (steady, steady_o) =
         steady::steady_state(env, sizes.steady_rate, sizes.steady_secs, events_per_call).await?;
@@ -203,5 +208,6 @@ async fn phases(env: &mut Env, sizes: &Sizes) -> anyhow::Result<Report> {
         memory: &memory,
         takeover: &takeover,
         bounds: &bounds,
+        tls: &tls,
     }))
 }

@@ -135,6 +135,20 @@ fn steady_rows(md: &mut String, r: &Report) {
         count(t.records_mismatched),
         count(t.records_missing),
     );
+    let t = &r.tls;
+    let _ = writeln!(
+        md,
+        "| service drain through proxies, plain / TLS to both peers (verify-full, amqps, client certificates) | {} / {} events/s |\n\
+         | TLS / plain drain rate; service CPU per event, plain / TLS | {}; {} / {} µs |\n\
+         | records mismatched / missing (both TLS-phase drains) | {} / {} |",
+        fixed(t.plain_drain_events_per_s, 0),
+        fixed(t.tls_drain_events_per_s, 0),
+        fixed(t.tls_vs_plain_ratio, 3),
+        fixed(t.plain_service_cpu_us_per_event, 1),
+        fixed(t.tls_service_cpu_us_per_event, 1),
+        count(t.records_mismatched),
+        count(t.records_missing),
+    );
     let b = &r.bounds;
     let mib = |bytes: u64| Some(bytes as f64 / 1048576.0);
     let _ = writeln!(

@@ -21,6 +21,7 @@ use crate::memory::{Memory, MemoryFigures};
 use crate::stats::{finite, percentile, round};
 use crate::steady::Steady;
 use crate::takeover::Takeover;
+use crate::tls::{Tls, TlsFigures};
 use crate::{ENV_PREFIX, LINGER, PREFETCH, Storm, StormOptions, options_json};
 
 /// The whole report.
@@ -50,6 +51,7 @@ pub struct Report {
     pub memory: OpenCallFigures,
     pub takeover: Takeover,
     pub bounds: Bounds,
+    pub tls: TlsFigures,
 }
 
 /// The drain storm.
@@ -231,6 +233,7 @@ pub struct Phases<'a> {
     pub memory: &'a Memory,
     pub takeover: &'a Takeover,
     pub bounds: &'a Bounds,
+    pub tls: &'a Tls,
 }
 
 impl Report {
@@ -271,6 +274,7 @@ impl Report {
             },
             takeover: p.takeover.clone(),
             bounds: p.bounds.clone(),
+            tls: p.tls.figures(),
         }
     }
 }

@@ -206,6 +206,17 @@ pub async fn service_drain(
     storm: &Storm,
     o: &StormOptions,
 ) -> anyhow::Result<ServiceDrain> {
+    service_drain_with(env, storm, o, &[]).await
+}
+
+/// A service drain with the service given `vars` over the bench's settings (its peers' URLs
+/// and TLS, say).
+pub async fn service_drain_with(
+    env: &mut Env,
+    storm: &Storm,
+    o: &StormOptions,
+    vars: &[(&str, String)],
+) -> anyhow::Result<ServiceDrain> {
     let backlog = Backlog::publish(env, storm).await?;
     let pool = &backlog.pool;
     let calls = storm.calls.len() as u64;
@@ -214,7 +225,7 @@ pub async fn service_drain(
     let started = Instant::now();
     let started_at = Utc::now();
     progress!("service drain: starting the release binary");
-    let service = Service::start(env).await?;
+    let service = Service::start_with(env, vars).await?;
     progress!(
         "service drain: ready {:.2}s after start; draining",
         service.startup.as_secs_f64()
