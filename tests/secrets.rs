@@ -61,7 +61,7 @@ fn broken_connection_strings_are_named_and_never_printed_with_their_password() {
         ),
         (
             "POSTGRES_URL",
-            format!("postgres://cdr:S3c/ret?PW#x@db:5432/cdr"),
+            "postgres://cdr:S3c/ret?PW#x@db:5432/cdr".to_owned(),
         ),
         (
             "POSTGRES_URL",
