@@ -438,25 +438,49 @@ impl EventLog {
         call_ids: &[String],
         after: Option<&Cursor>,
     ) -> Result<Page, LogError> {
+        use futures_util::TryStreamExt;
         let start = after.cloned().unwrap_or_default();
-        let rows: Vec<PagedRow> = sqlx::query_as(LOAD_PAGE_SQL)
+        let limit = if start.limit > 0 {
+            start.limit
+        } else {
+            PAGE_EVENTS
+        };
+        let mut stream = sqlx::query_as::<_, StoredRow>(LOAD_PAGE_SQL)
             .bind(call_ids)
             .bind(&start.call_id)
             .bind(start.event_id)
-            .bind(PAGE_EVENTS)
-            .bind(PAGE_BYTES)
-            .fetch_all(&self.pool)
-            .await?;
-        // More is left after a page the byte bound cut (its last row has a next one) or that
-        // the row bound filled.
-        let next = rows
-            .last()
-            .filter(|last| last.more_after || rows.len() as i64 == PAGE_EVENTS)
-            .map(|last| Cursor {
-                call_id: last.row.call_id.clone(),
-                event_id: last.row.event_id,
+            .bind(limit)
+            .fetch(&self.pool);
+        // Rows are taken as they arrive until the page's bytes are reached; the rows of the
+        // limit left unread are read past, never held (sqlx drains them before the
+        // connection's next use). The next page's limit follows what this one held, so that
+        // after a page of large bodies at most one row is read past.
+        let mut rows: Vec<StoredRow> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cut = false;
+        while let Some(row) = stream.try_next().await? {
+            bytes += row.size();
+            rows.push(row);
+            if bytes >= PAGE_BYTES {
+                cut = true;
+                break;
+            }
+        }
+        drop(stream);
+        let held = rows.len() as i64;
+        let next_limit = if cut {
+            held + 1
+        } else {
+            (held + held / 2 + 1).min(PAGE_EVENTS)
+        };
+        let next = (cut || held == limit)
+            .then(|| rows.last())
+            .flatten()
+            .map(|r| Cursor {
+                call_id: r.call_id.clone(),
+                event_id: r.event_id,
+                limit: next_limit,
             });
-        let rows: Vec<StoredRow> = rows.into_iter().map(|r| r.row).collect();
         // What is read back is logged: remembering it spares the recheck a redelivered copy
         // would cost (the unacked window after a restart belongs mostly to the calls that
         // recovery loads here). Only stored hashes: a row from before the hash column has
@@ -485,45 +509,32 @@ impl EventLog {
 /// Events per page of `EventLog::load_page`, at most: recovery's chunk of 1,000 calls (some
 /// 6,000 events) fits one page, so only a call of thousands of events takes more than one.
 pub const PAGE_EVENTS: i64 = 20_000;
-/// Bytes of stored bodies per page, at most (a page holds at least one event, of at most
-/// `ingest.max_body_bytes`).
-pub const PAGE_BYTES: i64 = 16 << 20;
+/// Bytes of stored bodies per page, at most, and one body more (a page holds at least one
+/// event, of at most `ingest.max_body_bytes`).
+pub const PAGE_BYTES: usize = 16 << 20;
 
 /// One page of the log: the events of `call_ids` after the cursor `($2, $3)` in (call id,
-/// event id) order, at most `$4` of them and, counting each body's bytes, as many as fit `$5`
-/// (the first always); `more_after` says whether a row of the `$4` follows. The byte count
-/// reads each body's size from its TOAST pointer and the rows past the bound are filtered out
-/// before output, so no body past the page is read from disk or sent. Without a
-/// (call_id, event_id) index (it would cost every append), the calls' rows are found by the
-/// unique index's leading column and sorted; a call's later pages find them again.
-const LOAD_PAGE_SQL: &str = "SELECT * FROM ( \
-       SELECT r.*, sum(r.size) OVER w AS upto, lead(r.event_id) OVER w IS NOT NULL AS more_after \
-       FROM ( \
-         SELECT event_id, call_id, event_type, \
-                COALESCE(event_timestamp, received_at, created_at) AS ts, \
-                timestamp_inferred OR event_timestamp IS NULL AS inferred, \
-                COALESCE(received_at, created_at) AS received, \
-                trace_id, body_sha256, body, body_encoding, \
-                CASE WHEN body IS NULL THEN payload END AS payload, \
-                COALESCE(octet_length(body), pg_column_size(payload), 0)::bigint AS size \
-         FROM call_events \
-         WHERE call_id = ANY($1::text[]) AND (call_id, event_id) > ($2, $3) \
-         ORDER BY call_id, event_id LIMIT $4) r \
-       WINDOW w AS (ORDER BY r.call_id, r.event_id)) p \
-     WHERE upto - size < $5 ORDER BY call_id, event_id";
-
-#[derive(sqlx::FromRow)]
-struct PagedRow {
-    #[sqlx(flatten)]
-    row: StoredRow,
-    more_after: bool,
-}
+/// event id) order, at most `$4` of them; `load_page` stops reading at `PAGE_BYTES`. Without
+/// a (call_id, event_id) index (it would cost every append), the calls' rows are found by the
+/// unique index's leading column and sorted; a call's later pages find them again. (Counting
+/// the bytes in the query, with a window over the rows, made recovery a third slower.)
+const LOAD_PAGE_SQL: &str = "SELECT event_id, call_id, event_type, \
+            COALESCE(event_timestamp, received_at, created_at) AS ts, \
+            timestamp_inferred OR event_timestamp IS NULL AS inferred, \
+            COALESCE(received_at, created_at) AS received, \
+            trace_id, body_sha256, body, body_encoding, \
+            CASE WHEN body IS NULL THEN payload END AS payload \
+     FROM call_events \
+     WHERE call_id = ANY($1::text[]) AND (call_id, event_id) > ($2, $3) \
+     ORDER BY call_id, event_id LIMIT $4";
 
 /// Where a page of the log starts: after this call's event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     call_id: String,
     event_id: i64,
+    /// The next page's row limit (0: `PAGE_EVENTS`).
+    limit: i64,
 }
 
 /// A page of calls' logged events (`EventLog::load_page`). A call may go on in the next page.
@@ -595,6 +606,16 @@ impl StoredRow {
             call_id: self.call_id,
             received_at: self.received,
             event,
+        }
+    }
+
+    /// The bytes the row holds in memory, about: its body, or its JSON for a row from before
+    /// the body column.
+    fn size(&self) -> usize {
+        match (&self.body, &self.payload) {
+            (Some(body), _) => body.len(),
+            (None, Some(payload)) => payload.0.to_string().len(),
+            (None, None) => 0,
         }
     }
 
