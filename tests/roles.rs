@@ -198,17 +198,7 @@ async fn the_service_runs_a_storm_as_a_role_that_may_only_read_and_write_rows() 
     );
 
     // Unit prices, as the platform keeps them (the records are priced from them).
-    sqlx::query(
-        "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) VALUES \
-           ('tel-1970', 'telephony_minute', 0.012, 'USD', '1970-01-01'), \
-           ('tel-2025-09-24', 'telephony_minute', 0.010, 'USD', '2025-09-24'), \
-           ('stt-1970', 'stt_second', 0.0004, 'USD', '1970-01-01'), \
-           ('llm-1970', 'llm_token', 0.000002, 'USD', '1970-01-01'), \
-           ('tts-1970', 'tts_character', 0.000015, 'USD', '1970-01-01')",
-    )
-    .execute(&admin)
-    .await
-    .expect("insert prices");
+    insert_storm_prices(&admin).await;
 
     // The runtime role: created with its password on the command line, then again (as a
     // deployment does on every upgrade) with it from the environment.

@@ -51,17 +51,7 @@ async fn storm_verify_passes_on(platform_tables: bool) {
     // Unit prices as the platform keeps them (named ids, a start date), one of them changing
     // at midnight in the middle of the storm's timeline (it starts two minutes before; calls
     // are priced at their start).
-    sqlx::query(
-        "INSERT INTO cost_models (id, resource_type, cost_per_unit, currency, start_date) VALUES \
-           ('tel-1970', 'telephony_minute', 0.012, 'USD', '1970-01-01'), \
-           ('tel-2025-09-24', 'telephony_minute', 0.010, 'USD', '2025-09-24'), \
-           ('stt-1970', 'stt_second', 0.0004, 'USD', '1970-01-01'), \
-           ('llm-1970', 'llm_token', 0.000002, 'USD', '1970-01-01'), \
-           ('tts-1970', 'tts_character', 0.000015, 'USD', '1970-01-01')",
-    )
-    .execute(&pool)
-    .await
-    .expect("insert prices");
+    insert_storm_prices(&pool).await;
     pool.close().await;
     let app = TestApp::start(env, settings).await;
     let platform_counted = app.metric("cdr_platform_events_total").await;

@@ -8,21 +8,12 @@ use cdr_testkit as common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tls::{Protocol, TestCa, TlsProxy};
+use common::tls::{Protocol, TestCa, TlsProxy, socket_address};
 use common::*;
 
 /// The machine's PostgreSQL.
 fn postgres() -> std::net::SocketAddr {
-    let url = url::Url::parse(&postgres_admin_url()).expect("the admin URL");
-    let host = url.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    format!("{host}:{}", url.port().unwrap_or(5432))
-        .parse()
-        .expect("PostgreSQL's address")
+    socket_address(&postgres_admin_url(), 5432)
 }
 
 /// The test database's URL with another host and port.
@@ -170,16 +161,7 @@ async fn postgres_verify_full_takes_the_right_ca_and_refuses_the_wrong_one_at_st
 
 /// The machine's RabbitMQ.
 fn rabbitmq() -> std::net::SocketAddr {
-    let url = url::Url::parse(&amqp_url()).expect("the broker's URL");
-    let host = url.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    format!("{host}:{}", url.port().unwrap_or(5672))
-        .parse()
-        .expect("RabbitMQ's address")
+    socket_address(&amqp_url(), 5672)
 }
 
 /// `amqps://` through a proxy that presents a certificate of the test's CA and requires a

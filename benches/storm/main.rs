@@ -73,7 +73,7 @@ use cdr_storm::simulate::Publisher;
 use cdr_storm::verify::Verifier;
 use cdr_storm::{Message, MessageKind, Storm, StormOptions, generate, limits, options_json};
 use cdr_testkit::proxy::Proxy;
-use cdr_testkit::tls::{Protocol, TestCa, TlsProxy};
+use cdr_testkit::tls::{Protocol, TestCa, TlsProxy, socket_address};
 
 /// The service's default prefetch (`amqp.prefetch`), used by the bench's own consumers too.
 const PREFETCH: u16 = 6000;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::env::Env;
 use crate::service_drain::{ServiceDrain, service_drain_with};
 use crate::stats::finite;
-use crate::{Protocol, Proxy, Storm, StormOptions, TestCa, TlsProxy};
+use crate::{Protocol, Proxy, Storm, StormOptions, TestCa, TlsProxy, socket_address};
 
 pub struct Tls {
     pub plain: ServiceDrain,
@@ -57,16 +57,6 @@ impl Tls {
     }
 }
 
-/// The host and port of a URL, as a socket address (localhost as 127.0.0.1).
-fn address(url: &str, default_port: u16) -> anyhow::Result<std::net::SocketAddr> {
-    let url = url::Url::parse(url)?;
-    let host = match url.host_str() {
-        None | Some("localhost") => "127.0.0.1",
-        Some(host) => host,
-    };
-    Ok(format!("{host}:{}", url.port().unwrap_or(default_port)).parse()?)
-}
-
 /// `url` with another scheme, host and port.
 fn moved(url: &str, scheme: &str, host: &str, port: u16) -> anyhow::Result<String> {
     let mut url = url::Url::parse(url)?;
@@ -85,8 +75,8 @@ pub async fn tls(
     round: usize,
 ) -> anyhow::Result<Tls> {
     let amqp = crate::env::amqp_url();
-    let postgres = address(&env.db_url, 5432)?;
-    let broker = address(&amqp, 5672)?;
+    let postgres = socket_address(&env.db_url, 5432);
+    let broker = socket_address(&amqp, 5672);
 
     progress!("tls: service drain, plain, through TCP proxies");
     env.next_round(round).await?;

@@ -26,7 +26,8 @@ pub use calls::{assert_full_record, call, t0};
 pub use env::{TestEnv, amqp_url, create_database, env_vars, postgres_admin_url};
 pub use metrics::metric_at;
 pub use platform::{
-    PLATFORM_BILLING, PLATFORM_CALLS, create_platform_tables, platform_usage_columns, usage_columns,
+    PLATFORM_BILLING, PLATFORM_CALLS, create_platform_tables, insert_storm_prices,
+    platform_usage_columns, usage_columns,
 };
 pub use rows::{Row, logged_events, row, wait_for_row};
 

@@ -82,6 +82,19 @@ impl TestCa {
     }
 }
 
+/// The host and port of a URL as a socket address (`localhost` as 127.0.0.1), for a proxy's
+/// upstream.
+pub fn socket_address(url: &str, default_port: u16) -> SocketAddr {
+    let url = url::Url::parse(url).expect("a URL");
+    let host = match url.host_str() {
+        None | Some("localhost") => "127.0.0.1",
+        Some(host) => host,
+    };
+    format!("{host}:{}", url.port().unwrap_or(default_port))
+        .parse()
+        .expect("an address")
+}
+
 /// What the proxy's clients speak before TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
