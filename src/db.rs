@@ -110,8 +110,7 @@ impl Transient for sqlx::Error {
             // server without TLS under `require`), never retried, unless the network failed
             // under the handshake.
             sqlx::Error::Tls(e) => network_failure(e.as_ref()),
-            // rustls reports a certificate that does not verify as invalid data on the socket.
-            sqlx::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,
+            sqlx::Error::Io(e) => !crate::retry::tls_refused(e),
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
@@ -151,7 +150,7 @@ fn network_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 pub fn tls_refused(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Tls(e) => !network_failure(e.as_ref()),
-        sqlx::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+        sqlx::Error::Io(e) => crate::retry::tls_refused(e),
         _ => false,
     }
 }

@@ -15,6 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::BackoffSettings;
 
+/// Whether a socket error is TLS refusing the peer (a certificate that does not verify, a name
+/// that does not match): rustls reports those as invalid data on the socket. Only the settings
+/// can fix it, so it is never transient, for the database as for the broker.
+pub fn tls_refused(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidData
+}
+
 /// Whether a failure may go away by itself.
 pub trait Transient {
     /// True when the peer is unreachable or overloaded right now (retry the same operation),

@@ -132,10 +132,9 @@ fn tls_config(amqp: &AmqpSettings) -> Result<lapin::tcp::OwnedTLSConfig, IngestE
     })
 }
 
-/// Whether a connection failed on TLS itself: rustls reports a certificate that does not
-/// verify as invalid data on the socket.
+/// Whether a connection failed on TLS itself (`retry::tls_refused`).
 fn tls_refused(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData)
+    matches!(e.kind(), lapin::ErrorKind::IOError(io) if crate::retry::tls_refused(io))
 }
 
 pub struct Ingest {

@@ -49,6 +49,23 @@ where
     }
 }
 
+/// Reads the report `cdr-service storm --report` wrote and checks its verification: passed,
+/// every one of `calls` records correct, none mismatched or missing, no poison message logged.
+/// Returns the report for the caller's own checks.
+pub fn storm_report_verified(report: &std::path::Path, calls: usize) -> serde_json::Value {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).expect("the report file exists"))
+            .expect("the report is JSON");
+    let verify = &report["verify"];
+    assert_eq!(verify["passed"], true, "{verify}");
+    assert_eq!(verify["calls"], calls);
+    assert_eq!(verify["correct"], calls);
+    assert_eq!(verify["mismatched"], 0);
+    assert_eq!(verify["missing"], 0);
+    assert_eq!(verify["poison_leaked"], 0);
+    report
+}
+
 /// The arguments of `cdr-service storm` for `calls` calls of storm `seed` with every fault share
 /// non-zero (reordering, duplicates, calls without an end, late events, poison, platform events,
 /// producer variants), verified (`--verify`), its report written to `report`. Callers add
