@@ -91,7 +91,11 @@ async fn database_outage_mid_stream_stands_the_service_down_and_loses_nothing() 
         async move { queue_depth(&queue).await == 25 }
     })
     .await;
-    assert_eq!(app.health.role(), cdr_service::health::Role::Standby);
+    // The lease watch notices the cut within its check and its connection's timeout.
+    wait_until(WAIT, "stood down to standby", || async {
+        app.health.role() == cdr_service::health::Role::Standby
+    })
+    .await;
     // ...and it keeps trying to take the lease back: give it several rounds to go wrong.
     tokio::time::sleep(Duration::from_secs(2)).await;
     app.assert_alive();
